@@ -1,0 +1,153 @@
+"""Module scorers under one interface.
+
+Every scorer returns a :class:`ModuleScores`: one score per module (``[n_layers, n_heads]``
+for head sites, ``[n_layers]`` for layer sites), higher = more relevant to the behaviour.
+Scorers register themselves by name in :data:`SCORERS`; look them up with :func:`get_scorer`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from ..errors import ScoringError, unknown_name_error
+from ..hooks import module_label
+from ..io import read_json, read_tensors, write_json, write_tensors
+
+SCORES_FILE, SCORES_META_FILE = "scores.safetensors", "scores.json"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Kept modules, best first, with their steering strengths.
+
+    ``modules`` are ``(layer, head)`` pairs, or ``(layer, None)`` for layer sites.
+    """
+
+    modules: tuple[tuple[int, int | None], ...]
+    strengths: tuple[float, ...]
+    method: str
+
+    @property
+    def labels(self) -> list[str]:
+        return [module_label(layer, head) for layer, head in self.modules]
+
+
+@dataclass(frozen=True)
+class ModuleScores:
+    scores: Tensor
+    method: str
+    config: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.scores.ndim not in (1, 2):
+            raise ScoringError(f"scores must be [n_layers, n_heads] or [n_layers]; found {tuple(self.scores.shape)}")
+        for name, value in self.diagnostics.items():
+            if tuple(value.shape) != tuple(self.scores.shape):
+                raise ScoringError(
+                    f"diagnostic {name!r} has shape {tuple(value.shape)}; expected the scores' shape "
+                    f"{tuple(self.scores.shape)}"
+                )
+
+    @property
+    def n_modules(self) -> int:
+        return self.scores.numel()
+
+    def _module(self, flat_index: int) -> tuple[int, int | None]:
+        if self.scores.ndim == 1:
+            return flat_index, None
+        n_heads = self.scores.shape[1]
+        return flat_index // n_heads, flat_index % n_heads
+
+    def ranking(self) -> list[tuple[int, int | None]]:
+        """All modules, best first (ties broken by module index, so it is deterministic)."""
+        order = torch.argsort(-self.scores.flatten().double(), stable=True)
+        return [self._module(int(i)) for i in order]
+
+    def top_k(self, k: int, *, uniform: bool = False) -> Selection:
+        """The ``k`` best modules. Strength = score / max kept score (REAL), or 1 if ``uniform`` (ITI)."""
+        if not 1 <= k <= self.n_modules:
+            raise ScoringError(f"k must be between 1 and the number of modules ({self.n_modules}); got {k}")
+        flat = self.scores.flatten().double()
+        order = torch.argsort(-flat, stable=True)[:k]
+        kept = flat[order]
+        if uniform:
+            strengths = torch.ones_like(kept)
+        else:
+            if not kept.max() > 0:
+                raise ScoringError(
+                    f"{self.method} scores of the top {k} modules are all <= 0, so score/max strengths "
+                    "are undefined; use uniform strengths (top_k(k, uniform=True))"
+                )
+            strengths = (kept / kept.max()).clamp(min=0.0)
+        return Selection(
+            tuple(self._module(int(i)) for i in order),
+            tuple(float(s) for s in strengths),
+            self.method,
+        )
+
+    # --- storage -----------------------------------------------------------
+    def save(self, directory) -> Path:
+        directory = Path(directory)
+        tensors = {"scores": self.scores, **{f"diag.{k}": v for k, v in self.diagnostics.items()}}
+        write_tensors(directory / SCORES_FILE, tensors)
+        write_json(directory / SCORES_META_FILE, {"method": self.method, "config": self.config, "meta": self.meta})
+        return directory
+
+    @classmethod
+    def load(cls, directory) -> "ModuleScores":
+        directory = Path(directory)
+        if not (directory / SCORES_FILE).is_file() or not (directory / SCORES_META_FILE).is_file():
+            raise ScoringError(
+                f"{directory} holds no module scores: expected {SCORES_FILE} and {SCORES_META_FILE}; "
+                "create them with `real-lens score --out DIR`"
+            )
+        tensors = read_tensors(directory / SCORES_FILE)
+        stored = read_json(directory / SCORES_META_FILE)
+        diagnostics = {k[len("diag."):]: v for k, v in tensors.items() if k.startswith("diag.")}
+        return cls(tensors["scores"], stored["method"], stored["config"], diagnostics, stored["meta"])
+
+
+class Scorer(Protocol):
+    """``scorer(bank, *, model=None, seed=0, device=None) -> ModuleScores``.
+
+    Model-free scorers ignore ``model``; patching-style scorers require it.
+    """
+
+    def __call__(self, bank, *, model=None, seed: int = 0, device=None) -> ModuleScores: ...
+
+
+SCORERS: dict[str, Scorer] = {}
+
+
+def register_scorer(name: str) -> Callable[[Scorer], Scorer]:
+    def register(fn: Scorer) -> Scorer:
+        SCORERS[name] = fn
+        return fn
+
+    return register
+
+
+def get_scorer(name: str) -> Scorer:
+    _import_builtin_scorers()
+    if name not in SCORERS:
+        raise unknown_name_error("scoring method", name, SCORERS)
+    return SCORERS[name]
+
+
+def _import_builtin_scorers() -> None:
+    """Import the built-in scorer modules so they register (lazy: keeps imports light)."""
+    import importlib
+
+    for module in ("real", "probe", "patching", "attribution", "random"):
+        try:
+            importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{module}":
+                raise
