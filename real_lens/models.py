@@ -66,7 +66,10 @@ def cache_root() -> Path:
 
 def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, dtype: torch.dtype = torch.float32):
     """A ``TransformerBridge`` in compatibility mode (hook names as in HookedTransformer)."""
+    import transformers
     from transformer_lens.model_bridge import TransformerBridge
+
+    transformers.utils.logging.disable_progress_bar()
 
     hf_model, tokenizer, official_name = _load_hf(name, dtype=dtype)
     bridge = TransformerBridge.boot_transformers(

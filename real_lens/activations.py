@@ -1,0 +1,205 @@
+"""collect_activations(model, task) → ActivationBank, with a resumable on-disk cache.
+
+Each example is read once: ``prompt + answer`` runs through the model and a forward hook at
+every layer's site keeps only the readout:
+
+- ``readout="last"``: the last token's activation (the paper's readout);
+- ``readout="mean_answer"``: the mean over the answer's tokens.
+
+Batches are right-padded. Under causal attention a real token never attends to the padding
+after it and its position ids are unchanged, so padded batches give the same activations
+as one example at a time (tests/…/test_activations.py checks this, to float tolerance).
+Examples are sorted by length into batches to keep padding small.
+
+Cache: ``<cache>/banks/<key>/`` where the key hashes the model identity, the examples, the
+site, the readout, the prompt format and the package version. Finished chunks of examples
+are written atomically as they complete, so an interrupted collection resumes; an unreadable
+or mismatched chunk or bank is recomputed, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import __version__, hooks
+from .bank import ActivationBank
+from .errors import BankError, RealLensError, unknown_name_error
+from .io import read_tensors, write_tensors
+from .models import cache_root, model_identity
+from .tasks.base import Example, Task, check_examples
+
+READOUTS = ("last", "mean_answer")
+
+
+@dataclass(frozen=True)
+class _Tokenized:
+    tokens: list[Tensor]  # one 1-D tensor per example (BOS included, as the model adds it)
+    answer_start: list[int]  # index of the first answer token
+
+
+def collect_activations(
+    model,
+    task_or_examples: Task | Sequence[Example],
+    *,
+    site: str = "head_z",
+    readout: str = "last",
+    batch_size: int = 16,
+    chunk_size: int = 256,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> ActivationBank:
+    """Activations ``[example, layer, head, d_head]`` (head site) or ``[example, layer, d_model]``."""
+    hooks.check_site(site)
+    if readout not in READOUTS:
+        raise unknown_name_error("readout", readout, READOUTS)
+    if batch_size < 1 or chunk_size < 1:
+        raise RealLensError(f"batch_size and chunk_size must be >= 1; got {batch_size} and {chunk_size}")
+    if isinstance(task_or_examples, Task):
+        task_name, prompt_format = task_or_examples.name, task_or_examples.prompt_format
+        examples = tuple(task_or_examples.examples)
+    else:
+        examples = tuple(task_or_examples)
+        check_examples(examples, source="examples")
+        task_name, prompt_format = "examples", "prompt+answer"
+
+    meta = {
+        "model": model_identity(model),
+        "site": site,
+        "hook": hooks.hook_template(site),
+        "readout": readout,
+        "task": task_name,
+        "prompt_format": prompt_format,
+        "n_layers": model.cfg.n_layers,
+        "real_lens_version": __version__,
+    }
+    key = _cache_key(meta, examples)
+    meta["cache_key"] = key
+    if not cache:
+        return ActivationBank(_collect(model, examples, site, readout, batch_size, progress), examples, meta)
+
+    folder = Path(cache_dir or cache_root() / "banks") / key
+    bank = _load_cached_bank(folder, key)
+    if bank is not None:
+        return bank
+    chunks = []
+    n_chunks = (len(examples) + chunk_size - 1) // chunk_size
+    for c in tqdm(range(n_chunks), desc=f"collect {site}", unit="chunk", disable=not progress or n_chunks == 1):
+        part = examples[c * chunk_size:(c + 1) * chunk_size]
+        chunk_key = _cache_key({"bank": key, "chunk": c}, part)
+        path = folder / f"chunk_{c:05d}.safetensors"
+        acts = _load_chunk(path, chunk_key)
+        if acts is None:
+            acts = _collect(model, part, site, readout, batch_size, progress and n_chunks == 1)
+            write_tensors(path, {"acts": acts, "key": _key_tensor(chunk_key)})
+        chunks.append(acts)
+    bank = ActivationBank(torch.cat(chunks), examples, meta)
+    bank.save(folder)
+    for path in folder.glob("chunk_*.safetensors"):
+        path.unlink()
+    return bank
+
+
+# --------------------------------------------------------------------------- forward
+def _collect(model, examples, site, readout, batch_size, progress) -> Tensor:
+    tokenized = _tokenize(model, examples)
+    n_layers = model.cfg.n_layers
+    order = sorted(range(len(examples)), key=lambda i: len(tokenized.tokens[i]))
+    out: Tensor | None = None
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc=f"collect {site}", unit="batch", disable=not progress):
+        seqs = [tokenized.tokens[i] for i in batch]
+        lengths = torch.tensor([len(s) for s in seqs])
+        tokens = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad_id)
+        tokens = tokens.to(model.cfg.device)
+        weights = _readout_weights(readout, lengths, [tokenized.answer_start[i] for i in batch], tokens.shape[1])
+        weights = weights.to(tokens.device)
+        captured: list[Tensor | None] = [None] * n_layers
+
+        def keep(act: Tensor, hook, layer: int) -> None:
+            # act: [batch, pos, n_heads, d_head] or [batch, pos, d_model]; weights: [batch, pos]
+            w = weights.to(act.dtype)
+            captured[layer] = torch.einsum("bp,bp...->b...", w, act).detach().float().cpu()
+
+        fwd_hooks = [
+            (hooks.hook_name(site, layer), lambda act, hook, layer=layer: keep(act, hook, layer))
+            for layer in range(n_layers)
+        ]
+        with torch.inference_mode():
+            model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, return_type=None)
+        acts = torch.stack(captured, dim=1)  # [batch, layer, ...]
+        if out is None:
+            out = torch.empty((len(examples), *acts.shape[1:]), dtype=torch.float32)
+        out[batch] = acts
+    return out
+
+
+def _tokenize(model, examples) -> _Tokenized:
+    tokens, starts = [], []
+    for e in examples:
+        full = model.to_tokens(e.text, padding_side="right")[0].cpu()
+        prompt = model.to_tokens(e.prompt, padding_side="right")[0].cpu()
+        n = min(len(prompt), len(full))
+        # The answer starts where the prompt's tokens stop matching (BPE may merge across).
+        start = int((prompt[:n] != full[:n]).nonzero()[0, 0]) if (prompt[:n] != full[:n]).any() else n
+        tokens.append(full)
+        starts.append(min(start, len(full) - 1))
+    return _Tokenized(tokens, starts)
+
+
+def _readout_weights(readout: str, lengths: Tensor, answer_start: list[int], width: int) -> Tensor:
+    """``[batch, pos]`` weights: one-hot on the last token, or uniform over the answer tokens."""
+    positions = torch.arange(width)
+    if readout == "last":
+        return (positions[None, :] == (lengths - 1)[:, None]).float()
+    start = torch.tensor(answer_start)
+    mask = (positions[None, :] >= start[:, None]) & (positions[None, :] < lengths[:, None])
+    return mask.float() / mask.sum(dim=1, keepdim=True)
+
+
+# --------------------------------------------------------------------------- cache
+def _cache_key(meta: dict, examples: Sequence[Example]) -> str:
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for e in examples:
+        digest.update(json.dumps([e.prompt, e.answer, e.label, e.group]).encode())
+    return digest.hexdigest()[:24]
+
+
+def _key_tensor(key: str) -> Tensor:
+    return torch.tensor(list(key.encode()), dtype=torch.uint8)
+
+
+def _load_chunk(path: Path, key: str) -> Tensor | None:
+    if not path.is_file():
+        return None
+    try:
+        stored = read_tensors(path)
+        if bytes(stored["key"].tolist()).decode() == key:
+            return stored["acts"]
+    except Exception:  # corrupt or foreign file: recompute it
+        pass
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _load_cached_bank(folder: Path, key: str) -> ActivationBank | None:
+    if not folder.is_dir() or not (folder / "bank.json").is_file():
+        return None
+    try:
+        bank = ActivationBank.load(folder)
+        if bank.meta.get("cache_key") == key:
+            return bank
+    except BankError:
+        pass
+    shutil.rmtree(folder, ignore_errors=True)  # stale or corrupt: rebuild
+    return None

@@ -1,0 +1,35 @@
+"""Behaviour datasets → labelled, grouped examples.
+
+``load_task(name)`` with ``name`` one of :data:`TASKS` or ``file:<path>``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import unknown_name_error
+from .base import ALIGNED, VIOLATING, Example, Fold, Task, make_folds
+from .files import load_file_task
+from .truthfulqa import load_truthfulqa
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "truthfulqa": load_truthfulqa,
+}
+TASK_DESCRIPTIONS = {
+    "truthfulqa": "TruthfulQA MC (817 questions), the paper's 2-fold splits",
+    "file:<path>": "your own CSV/JSONL: prompt,aligned,violating[,group] or prompt,answer,label,group",
+}
+
+
+def load_task(name: str, *, data_dir=None) -> Task:
+    if name.startswith("file:"):
+        return load_file_task(name[len("file:"):])
+    if name not in TASKS:
+        raise unknown_name_error("task", name, [*TASKS, "file:<path>"])
+    return TASKS[name](data_dir=data_dir)
+
+
+__all__ = [
+    "ALIGNED", "VIOLATING", "Example", "Fold", "Task", "TASKS", "TASK_DESCRIPTIONS",
+    "load_task", "make_folds",
+]
