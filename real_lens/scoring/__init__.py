@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -114,6 +114,7 @@ class ModuleScores:
         return cls(tensors["scores"], stored["method"], stored["config"], diagnostics, stored["meta"])
 
 
+@runtime_checkable
 class Scorer(Protocol):
     """``scorer(bank, *, model=None, seed=0, device=None) -> ModuleScores``.
 
