@@ -68,6 +68,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.set_defaults(run=_cmd_generate)
 
+    p = sub.add_parser("score", help="score every module of a bank with one method (scores + heatmap PNG)")
+    model_arg(p)
+    p.add_argument("--bank", default=None, help="an activation bank made by `real-lens collect`")
+    p.add_argument("--task", default=None, help="collect first: truthfulqa, or file:<path>")
+    p.add_argument("--limit", type=_positive_int, default=None)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--method", default="real", help="real, iti, patching, attribution or random")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_cmd_score)
+
+    p = sub.add_parser("steer", help="unsteered and steered answers side by side")
+    model_arg(p)
+    p.add_argument("--scores", required=True, help="a scores directory made by `real-lens score`")
+    p.add_argument("--bank", default=None, help="bank for the directions (default: the one the scores came from)")
+    p.add_argument("--top-k", type=_positive_int, default=16)
+    p.add_argument("--alpha", type=float, default=15.0)
+    p.add_argument("--uniform", action="store_true", help="strength 1 for every head (ITI) instead of score/max")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=48)
+    p.set_defaults(run=_cmd_steer)
+
+    p = sub.add_parser("run", help="the main job: folds x scorers x K x alpha on TruthfulQA")
+    p.add_argument("--model", default=None)
+    p.add_argument("--device", default=None)
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="a few questions and grid points (tests, CI)")
+    preset.add_argument("--full", action="store_true", help="the paper's protocol at full size (for a GPU)")
+    p.add_argument("--methods", default=None, help="comma-separated subset of real,iti,patching,attribution,random")
+    p.add_argument("--k-grid", default=None, help="comma-separated K values, e.g. 8,24")
+    p.add_argument("--alpha-grid", default=None, help="comma-separated alpha values, e.g. 5,15")
+    p.add_argument("--test-questions", type=_positive_int, default=None, help="per fold (default: all)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default="runs/truthfulqa", help="run directory (reused to resume)")
+    p.set_defaults(run=_cmd_run)
+
     p = sub.add_parser("tasks", help="list the tasks and where their data comes from")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(run=_cmd_tasks)
@@ -118,6 +154,88 @@ def _cmd_generate(args) -> None:
 
     model = _load(args)
     print(generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens, chat=False if args.no_chat else None))
+
+
+def _bank_for(args, model=None):
+    from .activations import collect_activations
+    from .bank import ActivationBank
+    from .tasks import load_task
+
+    if args.bank:
+        return ActivationBank.load(args.bank)
+    if not getattr(args, "task", None):
+        raise RealLensError("give --bank DIR (from `real-lens collect`) or --task T to collect first")
+    task = load_task(args.task, data_dir=args.data_dir)
+    if args.limit:
+        task = task.limit(args.limit)
+    return collect_activations(model or _load(args), task)
+
+
+def _cmd_score(args) -> None:
+    from pathlib import Path
+
+    from .plotting import plot_score_heatmap
+    from .scoring import get_scorer
+
+    scorer = get_scorer(args.method)  # unknown names fail before any loading
+    model = _load(args) if (args.method in ("patching", "attribution") or not args.bank) else None
+    bank = _bank_for(args, model)
+    scores = scorer(bank, model=model, seed=args.seed, device=args.device)
+    if args.bank:
+        scores.meta["bank"] = str(Path(args.bank).resolve())
+    scores.save(args.out)
+    png = plot_score_heatmap(scores, Path(args.out) / "heatmap.png")
+    top = scores.top_k(min(10, scores.n_modules))
+    print(f"wrote {args.out} and {png}; top modules by {args.method}: "
+          + ", ".join(f"{label} ({float(scores.scores.flatten()[i]):.3f})" for label, i in zip(top.labels, _flat_indices(scores, top))))
+
+
+def _flat_indices(scores, selection):
+    n_heads = scores.scores.shape[1] if scores.scores.ndim == 2 else 1
+    return [layer * n_heads + (head or 0) for layer, head in selection.modules]
+
+
+def _cmd_steer(args) -> None:
+    from .bank import ActivationBank
+    from .generation import generate_text
+    from .scoring import ModuleScores
+    from .steering import build_steering
+
+    scores = ModuleScores.load(args.scores)
+    bank_dir = args.bank or scores.meta.get("bank")
+    if not bank_dir:
+        raise RealLensError(f"{args.scores} does not record its bank; pass --bank DIR (the bank it was scored on)")
+    bank = ActivationBank.load(bank_dir)
+    steering = build_steering(bank, scores.top_k(args.top_k, uniform=args.uniform), alpha=args.alpha)
+    model = _load(args)
+    unsteered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens)
+    with steering.applied(model):
+        steered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens)
+    print(f"prompt: {args.prompt}\n\n[unsteered]\n{unsteered}\n\n[steered: {scores.method}, top {args.top_k}, "
+          f"alpha {args.alpha:g}]\n{steered}")
+
+
+def _grid(text, cast):
+    if text is None:
+        return None
+    try:
+        return tuple(cast(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise RealLensError(f"could not read the grid {text!r}; expected comma-separated numbers like 8,24") from None
+
+
+def _cmd_run(args) -> None:
+    from .experiment import config_for, run_experiment
+
+    cfg = config_for(
+        "quick" if args.quick else "full" if args.full else None,
+        model=args.model, device=args.device, data_dir=args.data_dir,
+        methods=_grid(args.methods, str), k_grid=_grid(args.k_grid, int), alpha_grid=_grid(args.alpha_grid, float),
+        n_test_questions=args.test_questions,
+    )
+    out = run_experiment(cfg, args.out)
+    print((out / "summary.md").read_text())
+    print(f"outputs in {out}")
 
 
 def _cmd_tasks(args) -> None:

@@ -72,8 +72,14 @@ class Task:
         keep = frozenset(groups)
         return tuple(e for e in self.examples if e.group in keep)
 
+    def restrict(self, groups) -> "Task":
+        """The same task on a subset of its groups; folds are intersected with it."""
+        keep = frozenset(groups)
+        folds = tuple(Fold(f.train & keep, f.val & keep, f.test & keep) for f in self.folds)
+        return Task(self.name, self.select(keep), folds, self.prompt_format, self.source, dict(self.eval_data))
+
     def limit(self, n: int) -> "Task":
-        """At most ``n`` examples, whole groups only (so splits stay valid)."""
+        """At most ``n`` examples, whole groups only (so splits stay valid), in task order."""
         if n < 1:
             raise DataError(f"--limit must be at least 1, got {n}")
         kept, count = [], 0
@@ -83,14 +89,19 @@ class Task:
                 break
             kept.append(group)
             count += size
-        keep = frozenset(kept)
-        folds = tuple(
-            Fold(f.train & keep, f.val & keep, f.test & keep) for f in self.folds
-        )
-        return Task(
-            self.name, self.select(keep), folds, self.prompt_format, self.source,
-            {k: v for k, v in self.eval_data.items()},
-        )
+        return self.restrict(kept)
+
+    def sample_per_part(self, n: int) -> "Task":
+        """At most ``n`` groups from each fold's train, val and test parts (task order), so every
+        part of every fold stays non-empty in a small run."""
+        if n < 1:
+            raise DataError(f"questions per fold part must be at least 1, got {n}")
+        order = {g: i for i, g in enumerate(self.groups)}
+        kept = set()
+        for fold in self.folds:
+            for part in (fold.train, fold.val, fold.test):
+                kept.update(sorted(part, key=order.__getitem__)[:n])
+        return self.restrict(kept)
 
 
 def check_examples(examples, *, source: str) -> None:
