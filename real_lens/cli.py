@@ -244,8 +244,9 @@ def _cmd_tasks(args) -> None:
 
     root = resolve_data_dir(args.data_dir)
     where = str(root) if root else "the Hugging Face Hub (no local data folder found)"
+    width = max(map(len, TASK_DESCRIPTIONS))
     for name, description in TASK_DESCRIPTIONS.items():
-        print(f"{name:16s} {description}")
+        print(f"{name:{width}s}  {description}")
     print(f"\ndata from: {where}")
 
 
