@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -35,7 +35,7 @@ def write_json(path: Path, obj: Any) -> None:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def read_json(path: Path) -> Any:
@@ -45,7 +45,7 @@ def read_json(path: Path) -> Any:
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(contiguous, tmp))
+    atomic_write(path, lambda tmp: save_file(contiguous, tmp))
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
