@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma-separated subset of real,iti,patching,attribution,random")
     p.add_argument("--k-grid", default=None, help="comma-separated K values, e.g. 8,24")
     p.add_argument("--alpha-grid", default=None, help="comma-separated alpha values, e.g. 5,15")
-    p.add_argument("--test-questions", type=_positive_int, default=None, help="per fold (default: all)")
+    p.add_argument("--val-questions", type=_positive_int, default=None, help="per fold (default 40; --full: all)")
+    p.add_argument("--test-questions", type=_positive_int, default=None, help="per fold (default 100; --full: all)")
+    p.add_argument("--questions-per-part", type=_positive_int, default=None,
+                   help="use at most N questions from each fold's train, val and test parts (smaller runs)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="runs/truthfulqa", help="run directory (reused to resume)")
     p.set_defaults(run=_cmd_run)
@@ -231,7 +234,8 @@ def _cmd_run(args) -> None:
         "quick" if args.quick else "full" if args.full else None,
         model=args.model, device=args.device, data_dir=args.data_dir,
         methods=_grid(args.methods, str), k_grid=_grid(args.k_grid, int), alpha_grid=_grid(args.alpha_grid, float),
-        n_test_questions=args.test_questions,
+        n_val_questions=args.val_questions, n_test_questions=args.test_questions,
+        questions_per_part=args.questions_per_part,
     )
     out = run_experiment(cfg, args.out)
     print((out / "summary.md").read_text())
