@@ -18,7 +18,7 @@ activation is that row's own gradient.)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
@@ -28,7 +28,7 @@ from transformer_lens.tools.analysis.attribution_patching import Node, cache_act
 from .. import hooks
 from ..errors import ScoringError
 from . import ModuleScores, register_scorer
-from .pairs import ContrastPairs, build_contrast_pairs, check_model_for_bank, scores_from_pair_effects
+from .pairs import ContrastPairs, score_with_pairs
 from .patching import Positions, check_pair_options
 
 METHOD = "attribution"
@@ -68,13 +68,8 @@ def attribution_scorer(
     Needs the model the bank was collected from; reads the bank's examples, not its
     activations. Runs where the model is (``device`` is unused).
     """
-    cfg = cfg or AttributionConfig()
-    check_model_for_bank(bank, model, method=METHOD)
-    pairs = build_contrast_pairs(bank.examples, model, n_pairs=cfg.n_pairs, seed=seed)
-    effects, gaps = attribute_pairs(model, pairs, site=bank.site, batch_size=cfg.batch_size, positions=cfg.positions)
-    return scores_from_pair_effects(
-        effects, gaps, pairs, min_gap=cfg.min_gap, method=METHOD, unit=SCORE_UNIT,
-        site=bank.site, seed=seed, config=asdict(cfg), bank_meta=bank.meta,
+    return score_with_pairs(
+        bank, model, seed=seed, cfg=cfg or AttributionConfig(), effects_fn=attribute_pairs, method=METHOD, unit=SCORE_UNIT
     )
 
 

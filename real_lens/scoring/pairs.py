@@ -25,7 +25,7 @@ never influences a real position, and the metric is read at each pair's last rea
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -317,3 +317,15 @@ def _right_pad(rows: list[Tensor], pad: int) -> Tensor:
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out
+
+
+def score_with_pairs(bank, model, *, seed: int, cfg, effects_fn, method: str, unit: str) -> ModuleScores:
+    """The body shared by the patching-style scorers: build the bank's contrast pairs, measure
+    per-pair module effects with ``effects_fn`` (activation or attribution patching), normalise."""
+    check_model_for_bank(bank, model, method=method)
+    pairs = build_contrast_pairs(bank.examples, model, n_pairs=cfg.n_pairs, seed=seed)
+    effects, gaps = effects_fn(model, pairs, site=bank.site, batch_size=cfg.batch_size, positions=cfg.positions)
+    return scores_from_pair_effects(
+        effects, gaps, pairs, min_gap=cfg.min_gap, method=method, unit=unit,
+        site=bank.site, seed=seed, config=asdict(cfg), bank_meta=bank.meta,
+    )

@@ -22,7 +22,7 @@ everything downstream of that layer, so every layer scores exactly 1. Use
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -34,7 +34,7 @@ from transformer_lens.patching import generic_activation_patch, layer_head_vecto
 from .. import hooks
 from ..errors import ScoringError
 from . import ModuleScores, register_scorer
-from .pairs import ContrastPairs, build_contrast_pairs, check_model_for_bank, scores_from_pair_effects
+from .pairs import ContrastPairs, score_with_pairs
 
 METHOD = "patching"
 SCORE_UNIT = "fraction of logit-diff gap restored"
@@ -83,13 +83,8 @@ def patching_scorer(
     Needs the model the bank was collected from; reads the bank's examples, not its
     activations. Runs where the model is (``device`` is unused).
     """
-    cfg = cfg or PatchingConfig()
-    check_model_for_bank(bank, model, method=METHOD)
-    pairs = build_contrast_pairs(bank.examples, model, n_pairs=cfg.n_pairs, seed=seed)
-    effects, gaps = patch_pairs(model, pairs, site=bank.site, batch_size=cfg.batch_size, positions=cfg.positions)
-    return scores_from_pair_effects(
-        effects, gaps, pairs, min_gap=cfg.min_gap, method=METHOD, unit=SCORE_UNIT,
-        site=bank.site, seed=seed, config=asdict(cfg), bank_meta=bank.meta,
+    return score_with_pairs(
+        bank, model, seed=seed, cfg=cfg or PatchingConfig(), effects_fn=patch_pairs, method=METHOD, unit=SCORE_UNIT
     )
 
 
