@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma-separated subset of real,iti,patching,attribution,random")
     p.add_argument("--k-grid", default=None, help="comma-separated K values, e.g. 8,24")
     p.add_argument("--alpha-grid", default=None, help="comma-separated alpha values, e.g. 5,15")
-    p.add_argument("--val-questions", type=_positive_int, default=None, help="per fold (default 40; --full: all)")
-    p.add_argument("--test-questions", type=_positive_int, default=None, help="per fold (default 100; --full: all)")
+    p.add_argument("--val-questions", type=_positive_int, default=None, help="per fold (default 25; --full: all)")
+    p.add_argument("--test-questions", type=_positive_int, default=None, help="per fold (default 40; --full: all)")
     p.add_argument("--questions-per-part", type=_positive_int, default=None,
                    help="use at most N questions from each fold's train, val and test parts (smaller runs)")
     p.add_argument("--data-dir", default=None)

@@ -48,8 +48,8 @@ class ExperimentConfig:
     readout: str = "last"
     questions_per_part: int | None = None  # at most N questions per fold part (train/val/test), for quick runs
     # Defaults sized for the 2-core CPU (≤45 min): the full protocol is the "full" preset.
-    n_val_questions: int | None = 40  # per fold; None = all val questions (a seeded sample otherwise)
-    n_test_questions: int | None = 100  # per fold; None = all test questions (a seeded sample otherwise)
+    n_val_questions: int | None = 25  # per fold; None = all val questions (a seeded sample otherwise)
+    n_test_questions: int | None = 40  # per fold; None = all test questions (a seeded sample otherwise)
     patching_pairs: int = 4
     real_epochs: int = 20
     real_prior_epochs: int = 10
