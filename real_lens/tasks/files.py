@@ -28,7 +28,7 @@ def load_file_task(path: str | Path, *, seed: int = 0) -> Task:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"task file {path} does not exist; use file:<path to a .csv or .jsonl file>")
-    rows = _read_rows(path)
+    rows = read_rows(path)
     if not rows:
         raise DataError(f"{path}: the file holds no rows; add rows with columns {PAIRED} or {LABELLED}")
     columns = set(rows[0][1])
@@ -53,7 +53,7 @@ def load_file_task(path: str | Path, *, seed: int = 0) -> Task:
     )
 
 
-def _read_rows(path: Path) -> list[tuple[int, dict]]:
+def read_rows(path: Path) -> list[tuple[int, dict]]:
     """``(line number, row)`` pairs; line numbers are what a user sees in an editor."""
     if path.suffix.lower() == ".jsonl":
         rows = []

@@ -44,7 +44,6 @@ split ``dev`` (the same rows).
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ import numpy as np
 from ..errors import DataError
 from .base import ALIGNED, VIOLATING, Example, Task, make_folds
 from .data import load_hub_dataset, require_file, resolve_data_dir
+from .files import read_rows
 
 PROMPT_FORMAT = "context: {context}\nquestion: {question}?\nanswer:"
 ANSWER_FORMAT = " {answer}"
@@ -134,7 +134,7 @@ def load_nq_swap(
         source = "hub:pminervini/NQ-Swap"
     else:
         path = require_file(root / "nq_swap" / "nq_swap_dev.jsonl", what="NQ-Swap file nq_swap_dev.jsonl")
-        rows = _read_jsonl(path)
+        rows = [row for _, row in read_rows(path)]
         source = str(path)
 
     aligned_is_context = direction == "context"
@@ -185,19 +185,6 @@ def load_nq_swap(
             **counts,
         },
     )
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {line_no}: not valid JSON ({exc.msg}); restore the file from the NQ-Swap release") from None
-    return rows
 
 
 def _check_row(source: str, i: int, row) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
