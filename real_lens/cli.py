@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def model_arg(p):
-        p.add_argument("--model", default=DEFAULT_MODEL, help=f"embedded name, local dir/.gguf, or Hub name (default {DEFAULT_MODEL})")
+        p.add_argument("--model", default=None, help=f"embedded name, local dir/.gguf, or Hub name (default {DEFAULT_MODEL})")
         p.add_argument("--device", default=None, help="torch device (default: the bridge's choice)")
 
     p = sub.add_parser("hooks", help="every hook point with its shape on a short prompt, grouped by layer")
@@ -114,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
-    from .models import load_model
+    from .models import DEFAULT_MODEL, load_model
 
-    return load_model(args.model, device=args.device)
+    return load_model(args.model or DEFAULT_MODEL, device=args.device)
 
 
 def _cmd_hooks(args) -> None:
@@ -129,7 +129,7 @@ def _cmd_hooks(args) -> None:
         group = ".".join(name.split(".")[:2]) if name.startswith("blocks.") else "model"
         by_layer[group].append((name, tuple(act.shape)))
     n_tokens = model.to_tokens(args.prompt).shape[1]
-    print(f"{args.model}: {model.cfg.n_layers} layers, {model.cfg.n_heads} heads, d_head {model.cfg.d_head}, "
+    print(f"{model.real_lens_identity['name']}: {model.cfg.n_layers} layers, {model.cfg.n_heads} heads, d_head {model.cfg.d_head}, "
           f"d_model {model.cfg.d_model}; prompt of {n_tokens} tokens; shapes are [batch, pos, ...]")
     order = sorted(by_layer, key=lambda g: (g != "model", int(g.split(".")[1]) if g.startswith("blocks.") else -1))
     for group in order:
@@ -181,8 +181,15 @@ def _cmd_score(args) -> None:
     from .scoring import get_scorer
 
     scorer = get_scorer(args.method)  # unknown names fail before any loading
-    model = _load(args) if (args.method in ("patching", "attribution") or not args.bank) else None
-    bank = _bank_for(args, model)
+    needs_model = args.method in ("patching", "attribution")
+    if args.bank:
+        bank = _bank_for(args)
+        if args.model is None:  # the bank's metadata names the model it came from
+            args.model = bank.meta.get("model", {}).get("name", args.model)
+        model = _load(args) if needs_model else None
+    else:
+        model = _load(args)
+        bank = _bank_for(args, model)
     scores = scorer(bank, model=model, seed=args.seed, device=args.device)
     if args.bank:
         scores.meta["bank"] = str(Path(args.bank).resolve())

@@ -1,0 +1,35 @@
+import pytest
+
+from real_lens.cli import main
+
+
+def _exit_code(argv) -> int:
+    """argparse mistakes exit via SystemExit(2); library errors return 2 from main."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("argv", [
+    ["collect", "--task", "nope", "--out", "x"],
+    ["collect", "--task", "truthfulqa"],  # --out missing
+    ["run", "--k-grid", "8,x"],
+    ["score", "--method", "magic", "--bank", "x", "--out", "y"],
+    ["collect", "--model", "nope", "--task", "file:/no/such.csv", "--out", "x"],
+])
+def test_user_mistakes_are_one_line_and_exit_2(capsys, argv):
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "Traceback" not in err
+
+
+def test_score_takes_the_model_from_the_bank(tmp_path, tiny_model, capsys):
+    csv = tmp_path / "beh.csv"
+    csv.write_text("prompt,aligned,violating,group\n" + "".join(
+        f"Q: claim {i}? A:,yes,no,q{i}\n" for i in range(12)))
+    assert main(["collect", "--model", "tiny-llama", "--task", f"file:{csv}", "--out", str(tmp_path / "bank")]) == 0
+    # No --model: patching must use the bank's model (tiny-llama), not the embedded default.
+    assert main(["score", "--bank", str(tmp_path / "bank"), "--method", "attribution", "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "heatmap.png").is_file()
+    assert "top modules by attribution" in capsys.readouterr().out
