@@ -18,7 +18,6 @@ activation is that row's own gradient.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
@@ -28,8 +27,7 @@ from transformer_lens.tools.analysis.attribution_patching import Node, cache_act
 from .. import hooks
 from ..errors import ScoringError
 from . import ModuleScores, register_scorer
-from .pairs import ContrastPairs, score_with_pairs
-from .patching import Positions, check_pair_options
+from .pairs import ContrastPairs, PairConfig, Positions, score_with_pairs
 
 METHOD = "attribution"
 SCORE_UNIT = "estimated fraction of logit-diff gap restored (AtP)"
@@ -46,17 +44,7 @@ SCORE_UNIT = "estimated fraction of logit-diff gap restored (AtP)"
 _UPSTREAM_HOOK = Node(kind="embed", position=0).hook_name
 
 
-@dataclass(frozen=True)
-class AttributionConfig:
-    """Same options, and the same defaults, as :class:`~real_lens.scoring.patching.PatchingConfig`."""
-
-    n_pairs: int = 64
-    batch_size: int = 8
-    min_gap: float = 1e-3
-    positions: Positions = "all"
-
-    def __post_init__(self):
-        check_pair_options(self)
+AttributionConfig = PairConfig
 
 
 @register_scorer(METHOD)

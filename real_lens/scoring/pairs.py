@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,35 @@ METRIC_DESCRIPTION = (
     "logit(A) - logit(B) at the last prompt token on both runs; A = the aligned answer's letter "
     "in the clean prompt; score = (patched - corrupted) / (clean - corrupted), mean over pairs"
 )
+
+
+Positions = Literal["all", "last"]
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """Options of the patching-style scorers (activation and attribution patching share them).
+
+    ``n_pairs`` groups are paired (seeded); ``batch_size`` pairs run per forward. Pairs whose
+    ``|clean - corrupted|`` metric gap is below ``min_gap`` logits have no meaningful "fraction
+    restored" and are skipped (counted in ``meta["pairs"]``). ``positions``: patch the module at
+    every token ("all") or at the last token only.
+    """
+
+    n_pairs: int = 64
+    batch_size: int = 8
+    min_gap: float = 1e-3
+    positions: Positions = "all"
+
+    def __post_init__(self):
+        if self.n_pairs < 1:
+            raise ScoringError(f"n_pairs must be at least 1; got {self.n_pairs}")
+        if self.batch_size < 1:
+            raise ScoringError(f"batch_size must be at least 1; got {self.batch_size}")
+        if not self.min_gap >= 0:
+            raise ScoringError(f"min_gap must be >= 0 (logits); got {self.min_gap}")
+        if self.positions not in ("all", "last"):
+            raise ScoringError(f"positions must be 'all' or 'last'; got {self.positions!r}")
 
 
 @dataclass(frozen=True)

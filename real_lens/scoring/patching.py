@@ -22,8 +22,6 @@ everything downstream of that layer, so every layer scores exactly 1. Use
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import transformer_lens.utilities as tl_utils
@@ -34,44 +32,17 @@ from transformer_lens.patching import generic_activation_patch, layer_head_vecto
 from .. import hooks
 from ..errors import ScoringError
 from . import ModuleScores, register_scorer
-from .pairs import ContrastPairs, score_with_pairs
+from .pairs import ContrastPairs, PairConfig, Positions, score_with_pairs
 
 METHOD = "patching"
 SCORE_UNIT = "fraction of logit-diff gap restored"
-Positions = Literal["all", "last"]
 
 # generic_activation_patch builds hook names itself with get_act_name(short, layer); these
 # short names give exactly the names real_lens.hooks spells (checked in _tl_act_name).
 _TL_ACT_NAMES = {"head_z": "z", "attn_out": "attn_out", "mlp_out": "mlp_out", "resid_post": "resid_post"}
 
 
-@dataclass(frozen=True)
-class PatchingConfig:
-    """``n_pairs`` groups are paired (seeded); ``batch_size`` pairs run per forward.
-
-    Pairs whose ``|clean - corrupted|`` metric gap is below ``min_gap`` logits have no
-    meaningful "fraction restored" and are skipped (counted in ``meta["pairs"]``).
-    ``positions``: patch the module at every token ("all") or at the last token only.
-    """
-
-    n_pairs: int = 64
-    batch_size: int = 8
-    min_gap: float = 1e-3
-    positions: Positions = "all"
-
-    def __post_init__(self):
-        check_pair_options(self)
-
-
-def check_pair_options(cfg) -> None:
-    if cfg.n_pairs < 1:
-        raise ScoringError(f"n_pairs must be at least 1; got {cfg.n_pairs}")
-    if cfg.batch_size < 1:
-        raise ScoringError(f"batch_size must be at least 1; got {cfg.batch_size}")
-    if not cfg.min_gap >= 0:
-        raise ScoringError(f"min_gap must be >= 0 (logits); got {cfg.min_gap}")
-    if cfg.positions not in ("all", "last"):
-        raise ScoringError(f"positions must be 'all' or 'last'; got {cfg.positions!r}")
+PatchingConfig = PairConfig
 
 
 @register_scorer(METHOD)
