@@ -26,7 +26,9 @@ import torch
 from . import __version__
 from .activations import collect_activations
 from .errors import RealLensError
-from .evaluation import bootstrap_ci, evaluate_side_effects, evaluate_truthfulqa, load_wikitext_sample
+from .evaluation import (
+    bootstrap_ci, evaluate_side_effects, evaluate_truthfulqa, load_wikitext_sample, select_mc_questions,
+)
 from .io import read_json, write_json
 from .models import DEFAULT_MODEL, load_model
 from .scoring import ModuleScores, get_scorer
@@ -177,14 +179,14 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
 
 # --------------------------------------------------------------------------- evaluation cells
 def _questions(task, groups, limit, seed):
-    mc = task.eval_data.get("mc")
-    if mc is None:
+    """The fold part's MC questions in task order; a seeded sample of ``limit`` of them."""
+    if "mc" not in task.eval_data:
         raise RealLensError(f"task {task.name!r} has no multiple-choice evaluation data; `real-lens run` needs truthfulqa")
-    names = [g for g in task.groups if g in groups]
-    if limit is not None and limit < len(names):
-        rng = np.random.default_rng(seed)
-        names = [names[i] for i in sorted(rng.choice(len(names), size=limit, replace=False))]
-    return [mc[g] for g in names]
+    questions = select_mc_questions(task, groups)
+    if limit is not None and limit < len(questions):
+        keep = np.random.default_rng(seed).choice(len(questions), size=limit, replace=False)
+        questions = [questions[i] for i in sorted(keep)]
+    return questions
 
 
 def _evaluate(model, questions, texts, steering, cfg) -> dict:
