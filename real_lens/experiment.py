@@ -126,12 +126,14 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
     rows: list[dict] = []
     per_question: dict[str, dict[str, list]] = {}
     all_scores: dict[int, list[ModuleScores]] = {}
+    t = time.perf_counter()
+    # One bank for the whole task (each fold's train+val is a part of it), collected or loaded once.
+    full_bank = collect_activations(model, task, site=cfg.site, readout=cfg.readout,
+                                    batch_size=cfg.batch_size, progress=progress)
+    timer.add("collect activations", t)
     for fold_index in cfg.folds:
         fold = task.folds[fold_index]
-        t = time.perf_counter()
-        bank = collect_activations(model, task, site=cfg.site, readout=cfg.readout,
-                                   batch_size=cfg.batch_size, progress=progress).select(fold.train | fold.val)
-        timer.add("collect activations", t)
+        bank = full_bank.select(fold.train | fold.val)
 
         val_q = _questions(task, fold.val, cfg.n_val_questions, cfg.seed)
         test_q = _questions(task, fold.test, cfg.n_test_questions, cfg.seed)
