@@ -48,8 +48,8 @@ class ExperimentConfig:
     alpha_grid: tuple[float, ...] = (5.0, 15.0)
     site: str = "head_z"
     readout: str = "last"
-    questions_per_part: int | None = None  # at most N questions per fold part (train/val/test), for quick runs
     # Defaults sized for the 2-core CPU (≤45 min): the full protocol is the "full" preset.
+    questions_per_part: int | None = 120  # at most N questions per fold part (train/val/test); None = all
     n_val_questions: int | None = 25  # per fold; None = all val questions (a seeded sample otherwise)
     n_test_questions: int | None = 40  # per fold; None = all test questions (a seeded sample otherwise)
     patching_pairs: int = 4
@@ -83,7 +83,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   methods=METHODS),
     # The paper's protocol at full size (for a GPU): K 48 among the grid, α 15, every test question.
     "full": dict(k_grid=(16, 32, 48, 64), alpha_grid=(5.0, 10.0, 15.0, 20.0), patching_pairs=128,
-                 n_val_questions=None, n_test_questions=None, side_effect_texts=100),
+                 questions_per_part=None, n_val_questions=None, n_test_questions=None, side_effect_texts=100),
 }
 
 
@@ -126,6 +126,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
     rows: list[dict] = []
     per_question: dict[str, dict[str, list]] = {}
     all_scores: dict[int, list[ModuleScores]] = {}
+    bank_sizes: dict[int, int] = {}
     t = time.perf_counter()
     # One bank for the whole task (each fold's train+val is a part of it), collected or loaded once.
     full_bank = collect_activations(model, task, site=cfg.site, readout=cfg.readout,
@@ -134,6 +135,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
     for fold_index in cfg.folds:
         fold = task.folds[fold_index]
         bank = full_bank.select(fold.train | fold.val)
+        bank_sizes[fold_index] = len(bank.examples)
 
         val_q = _questions(task, fold.val, cfg.n_val_questions, cfg.seed)
         test_q = _questions(task, fold.test, cfg.n_test_questions, cfg.seed)
@@ -175,7 +177,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
             _collect(per_question, method, result)
 
     timer.seconds["total"] = time.perf_counter() - started
-    _write_outputs(out, cfg, rows, per_question, all_scores, timer)
+    _write_outputs(out, cfg, rows, per_question, all_scores, timer, bank_sizes)
     return out
 
 
@@ -271,7 +273,7 @@ def _jsonable(obj):
 
 
 # --------------------------------------------------------------------------- outputs
-def _write_outputs(out, cfg, rows, per_question, all_scores, timer) -> None:
+def _write_outputs(out, cfg, rows, per_question, all_scores, timer, bank_sizes) -> None:
     from .plotting import plot_metric_vs_k, plot_score_heatmaps
 
     with open(out / "results.csv.tmp", "w", newline="") as f:
@@ -285,7 +287,7 @@ def _write_outputs(out, cfg, rows, per_question, all_scores, timer) -> None:
 
     summary = summarise(rows, per_question, n_boot=cfg.n_boot, seed=cfg.seed)
     write_json(out / "summary.json", summary)
-    (out / "summary.md.tmp").write_text(render_summary(cfg, summary, rows, timer))
+    (out / "summary.md.tmp").write_text(render_summary(cfg, summary, rows, timer, bank_sizes))
     (out / "summary.md.tmp").replace(out / "summary.md")
 
 
@@ -305,7 +307,7 @@ def summarise(rows, per_question, *, n_boot: int, seed: int) -> dict:
     return out
 
 
-def render_summary(cfg: ExperimentConfig, summary: dict, rows, timer: _Timer) -> str:
+def render_summary(cfg: ExperimentConfig, summary: dict, rows, timer: _Timer, bank_sizes: dict[int, int]) -> str:
     lines = [
         f"# real-lens run: {cfg.task} on {cfg.model}",
         "",
@@ -329,6 +331,10 @@ def render_summary(cfg: ExperimentConfig, summary: dict, rows, timer: _Timer) ->
         "",
         f"- model `{cfg.model}`, site `{cfg.site}`, readout `{cfg.readout}`, seed {cfg.seed}",
         f"- K grid {list(cfg.k_grid)}, α grid {list(cfg.alpha_grid)}",
+        "- questions per fold part (train / val / test): "
+        + ("all" if cfg.questions_per_part is None else f"at most {cfg.questions_per_part} (the first in task order)")
+        + "; examples scored and used for steering directions (train+val) per fold: "
+        + ", ".join(f"fold {f}: {n}" for f, n in bank_sizes.items()),
         f"- val questions per fold {n_val}" + (" (all)" if cfg.n_val_questions is None else " (a seeded sample)")
         + f"; test questions per fold {n_test}" + (" (all)" if cfg.n_test_questions is None else " (a seeded sample)"),
         f"- activation/attribution patching on {cfg.patching_pairs} contrast pairs per fold",
