@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, hooks
 from .bank import ActivationBank
+from .evaluation.forward import tokenize
 from .errors import BankError, RealLensError, unknown_name_error
 from .io import read_tensors, write_tensors
 from .models import cache_root, model_identity
@@ -147,8 +148,7 @@ def _collect(model, examples, site, readout, batch_size, progress) -> Tensor:
 def _tokenize(model, examples) -> _Tokenized:
     tokens, starts = [], []
     for e in examples:
-        full = model.to_tokens(e.text, padding_side="right")[0].cpu()
-        prompt = model.to_tokens(e.prompt, padding_side="right")[0].cpu()
+        full, prompt = tokenize(model, e.text), tokenize(model, e.prompt)
         n = min(len(prompt), len(full))
         # The answer starts where the prompt's tokens stop matching (BPE may merge across).
         start = int((prompt[:n] != full[:n]).nonzero()[0, 0]) if (prompt[:n] != full[:n]).any() else n

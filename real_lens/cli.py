@@ -90,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_positive_int, default=48)
     p.set_defaults(run=_cmd_steer)
 
-    p = sub.add_parser("run", help="the main job: folds x scorers x K x alpha on TruthfulQA")
+    p = sub.add_parser("run", help="the main job: folds x scorers x K x alpha on a task (default TruthfulQA)")
     p.add_argument("--model", default=None)
+    p.add_argument("--task", default=None, help="a task from `real-lens tasks` (default truthfulqa)")
+    p.add_argument("--select-metric", default=None, help="the val metric K and alpha are chosen by (default: the task's)")
+    p.add_argument("--folds", default=None, help="comma-separated fold indices (default: every fold of the task)")
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None)
     preset = p.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="a few questions and grid points (tests, CI)")
@@ -104,8 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions-per-part", type=_positive_int, default=None,
                    help="use at most N questions from each fold's train, val and test parts (smaller runs)")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="runs/truthfulqa", help="run directory (reused to resume)")
+    p.add_argument("--out", default=None, help="run directory, reused to resume (default runs/<task>)")
     p.set_defaults(run=_cmd_run)
+
+    p = sub.add_parser("transfer", help="evaluate a finished run's selected heads on another task, without re-selection")
+    p.add_argument("--source-run", required=True, help="a finished `real-lens run` directory (e.g. runs/truthfulqa)")
+    p.add_argument("--task", required=True, help="the target task (see `real-lens tasks`)")
+    p.add_argument("--methods", default=None, help="comma-separated subset of the source run's methods")
+    p.add_argument("--test-questions", type=_positive_int, default=None, help="per fold (default: as the source run)")
+    p.add_argument("--out", default=None, help="output directory (default runs/transfer-<source>-to-<task>)")
+    p.set_defaults(run=_cmd_transfer)
 
     p = sub.add_parser("tasks", help="list the tasks and where their data comes from")
     p.add_argument("--data-dir", default=None)
@@ -242,9 +254,25 @@ def _cmd_run(args) -> None:
         model=args.model, device=args.device, data_dir=args.data_dir,
         methods=_grid(args.methods, str), k_grid=_grid(args.k_grid, int), alpha_grid=_grid(args.alpha_grid, float),
         n_val_questions=args.val_questions, n_test_questions=args.test_questions,
-        questions_per_part=args.questions_per_part,
+        questions_per_part=args.questions_per_part, task=args.task, select_metric=args.select_metric,
+        folds=_grid(args.folds, int), seed=args.seed,
     )
-    out = run_experiment(cfg, args.out)
+    out = run_experiment(cfg, args.out or f"runs/{_slug(cfg.task)}")
+    print((out / "summary.md").read_text())
+    print(f"outputs in {out}")
+
+
+def _slug(task: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in task)
+
+
+def _cmd_transfer(args) -> None:
+    from .transfer import TransferConfig, load_source_run, run_transfer
+
+    source_cfg, _ = load_source_run(args.source_run)
+    tcfg = TransferConfig(args.source_run, args.task, methods=_grid(args.methods, str),
+                          n_test_questions=args.test_questions)
+    out = run_transfer(tcfg, args.out or f"runs/transfer-{_slug(source_cfg.task)}-to-{_slug(args.task)}")
     print((out / "summary.md").read_text())
     print(f"outputs in {out}")
 

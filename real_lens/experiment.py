@@ -1,9 +1,10 @@
-"""The main job: folds × scorers × K × α on TruthfulQA → results table, summary and figures.
+"""The main job: folds × scorers × K × α on a task → results table, summary and figures.
 
 For each fold: collect the head bank on the fold's train+val questions, score every module
 with every method, pick each method's K (top-K heads) and α on the fold's **val** questions
-(by MC2), then evaluate MC1, MC2, CE and KL on the fold's **test** questions. Test questions
-never enter selection. Results are means over folds, with bootstrap CIs over test questions.
+(by the task's selection metric: MC2 for TruthfulQA, see :mod:`real_lens.evaluation.suite`),
+then evaluate the task's metrics, CE and KL on the fold's **test** questions. Test questions
+never enter selection. Results are means over folds, with bootstrap CIs over test items.
 
 Everything is cached in the run directory (scores per fold × method, one JSON per evaluated
 cell), so an interrupted run resumes where it stopped and a rerun reuses what is done.
@@ -18,22 +19,20 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from . import __version__
 from .activations import collect_activations
 from .errors import RealLensError
-from .evaluation import (
-    bootstrap_ci, evaluate_side_effects, evaluate_truthfulqa, load_wikitext_sample, select_mc_questions,
-)
-from .io import read_json, write_json
+from .evaluation import bootstrap_ci, evaluate_side_effects, load_wikitext_sample
+from .evaluation.suite import TaskEvaluation, evaluation_for
+from .io import atomic_write, read_json, write_json
 from .models import DEFAULT_MODEL, load_model
 from .scoring import ModuleScores, get_scorer
 from .steering import build_steering
-from .tasks import load_task
+from .tasks import Task, load_task
 
 METHODS = ("real", "iti", "patching", "attribution", "random")
 
@@ -43,9 +42,10 @@ class ExperimentConfig:
     model: str = DEFAULT_MODEL
     task: str = "truthfulqa"
     methods: tuple[str, ...] = METHODS
-    folds: tuple[int, ...] = (0, 1)
+    folds: tuple[int, ...] | None = None  # None = every fold of the task (2 for TruthfulQA, 1 for CAA)
     k_grid: tuple[int, ...] = (8, 24)
     alpha_grid: tuple[float, ...] = (5.0, 15.0)
+    select_metric: str | None = None  # None = the task's own (MC2 for TruthfulQA); see evaluation.suite
     site: str = "head_z"
     readout: str = "last"
     # Defaults sized for the 2-core CPU (≤45 min): the full protocol is the "full" preset.
@@ -53,6 +53,7 @@ class ExperimentConfig:
     n_val_questions: int | None = 25  # per fold; None = all val questions (a seeded sample otherwise)
     n_test_questions: int | None = 40  # per fold; None = all test questions (a seeded sample otherwise)
     patching_pairs: int = 4
+    patching_min_gap: float = 1e-3  # pairs whose clean-corrupted logit gap is smaller are skipped
     real_epochs: int = 20
     real_prior_epochs: int = 10
     side_effect_texts: int = 20
@@ -71,8 +72,8 @@ class ExperimentConfig:
             raise RealLensError(f"k_grid must hold positive integers; got {self.k_grid}")
         if not self.alpha_grid:
             raise RealLensError("alpha_grid must not be empty")
-        if any(f not in (0, 1) for f in self.folds):
-            raise RealLensError(f"folds must be 0 and/or 1; got {self.folds}")
+        if self.folds is not None and (not self.folds or min(self.folds) < 0):
+            raise RealLensError(f"folds must be fold indices (0, 1, ...); got {self.folds}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -102,8 +103,41 @@ class _Timer:
         self.seconds[what] = self.seconds.get(what, 0.0) + time.perf_counter() - start
 
 
-def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> Path:
-    """Run (or resume) the experiment; returns ``out_dir`` holding results.csv, summary.md, figures."""
+@dataclass
+class Setup:
+    """What a run needs before scoring: the model, the (sampled) task, its evaluation, side-effect texts."""
+
+    model: Any
+    task: Task
+    evaluation: TaskEvaluation
+    select_metric: str
+    folds: tuple[int, ...]
+    texts: list[str]
+
+
+def prepare(cfg: ExperimentConfig, *, task_name: str | None = None, model=None) -> Setup:
+    """Load the model (unless given) and the task (``cfg.task`` unless named), checked against ``cfg``."""
+    model = model if model is not None else load_model(cfg.model, device=cfg.device)
+    task = load_task(task_name or cfg.task, data_dir=cfg.data_dir)
+    if cfg.questions_per_part:
+        task = task.sample_per_part(cfg.questions_per_part)
+    evaluation = evaluation_for(task)
+    metric = cfg.select_metric or evaluation.select_metric
+    if metric not in evaluation.metrics:
+        raise RealLensError(
+            f"task {task.name!r} reports {list(evaluation.metrics)}; --select-metric {metric!r} is not one of them"
+        )
+    folds = tuple(range(len(task.folds))) if cfg.folds is None else cfg.folds
+    if max(folds) >= len(task.folds):
+        raise RealLensError(
+            f"task {task.name!r} has {len(task.folds)} fold(s) (0..{len(task.folds) - 1}); folds {list(folds)} asked for"
+        )
+    texts = load_wikitext_sample(cfg.data_dir, n=cfg.side_effect_texts, max_tokens=cfg.side_effect_tokens, seed=cfg.seed)
+    return Setup(model, task, evaluation, metric, folds, texts)
+
+
+def start_run_dir(out_dir, cfg) -> Path:
+    """Create (or reopen) a run directory; refuse one that holds a run with another configuration."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     previous = out / "config.json"
@@ -113,18 +147,21 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
             "use a new --out directory or delete that one"
         )
     write_json(previous, {"config": _jsonable(cfg), "real_lens_version": __version__})
+    return out
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> Path:
+    """Run (or resume) the experiment; returns ``out_dir`` holding results.csv, summary.md, figures."""
+    out = start_run_dir(out_dir, cfg)
     timer, started = _Timer(), time.perf_counter()
 
     t = time.perf_counter()
-    model = load_model(cfg.model, device=cfg.device)
-    task = load_task(cfg.task, data_dir=cfg.data_dir)
-    if cfg.questions_per_part:
-        task = task.sample_per_part(cfg.questions_per_part)
-    texts = load_wikitext_sample(cfg.data_dir, n=cfg.side_effect_texts, max_tokens=cfg.side_effect_tokens, seed=cfg.seed)
+    setup = prepare(cfg)
+    model, task, evaluation = setup.model, setup.task, setup.evaluation
     timer.add("load model + data", t)
 
     rows: list[dict] = []
-    per_question: dict[str, dict[str, list]] = {}
+    pooled: dict[str, dict[str, list]] = {}
     all_scores: dict[int, list[ModuleScores]] = {}
     bank_sizes: dict[int, int] = {}
     t = time.perf_counter()
@@ -132,83 +169,92 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
     full_bank = collect_activations(model, task, site=cfg.site, readout=cfg.readout,
                                     batch_size=cfg.batch_size, progress=progress)
     timer.add("collect activations", t)
-    for fold_index in cfg.folds:
+    for fold_index in setup.folds:
         fold = task.folds[fold_index]
         bank = full_bank.select(fold.train | fold.val)
         bank_sizes[fold_index] = len(bank.examples)
 
-        val_q = _questions(task, fold.val, cfg.n_val_questions, cfg.seed)
-        test_q = _questions(task, fold.test, cfg.n_test_questions, cfg.seed)
-        cell = lambda **key: _cached_cell(out, cfg, fold_index, key)  # noqa: E731
+        val_items = eval_items(evaluation, task, fold.val, cfg.n_val_questions, cfg.seed)
+        test_items = eval_items(evaluation, task, fold.test, cfg.n_test_questions, cfg.seed)
+        cell = lambda **key: cached_cell(out, cfg, fold_index, key)  # noqa: E731
 
         t = time.perf_counter()
         base_test = cell(method="unsteered", split="test", k=0, alpha=0.0)(
-            lambda: _evaluate(model, test_q, texts, None, cfg))
+            lambda: evaluate_cell(setup, test_items, None, cfg, side_effects=True))
         base_val = cell(method="unsteered", split="val", k=0, alpha=0.0)(
-            lambda: _evaluate(model, val_q, [], None, cfg))
+            lambda: evaluate_cell(setup, val_items, None, cfg))
         timer.add("evaluate (unsteered)", t)
-        rows += [_row(fold_index, "unsteered", "val", 0, 0.0, base_val), _row(fold_index, "unsteered", "test", 0, 0.0, base_test)]
-        _collect(per_question, "unsteered", base_test)
+        rows += [result_row(evaluation, fold_index, "unsteered", "val", 0, 0.0, base_val),
+                 result_row(evaluation, fold_index, "unsteered", "test", 0, 0.0, base_test)]
+        pool(pooled, "unsteered", base_test)
 
         all_scores[fold_index] = []
         for method in cfg.methods:
             t = time.perf_counter()
-            scores = _cached_scores(out, cfg, fold_index, method, bank, model)
+            scores = cached_scores(out, cfg, fold_index, method, bank, model)
             timer.add(f"score: {method}", t)
             all_scores[fold_index].append(scores)
             t = time.perf_counter()
             grid = {}
             for k in cfg.k_grid:
-                selection = scores.top_k(min(k, scores.n_modules), uniform=method != "real")
-                steering = build_steering(bank, selection, alpha=1.0)
+                steering = build_steering(bank, select_top(scores, k), alpha=1.0)
                 for alpha in cfg.alpha_grid:
                     result = cell(method=method, split="val", k=k, alpha=alpha)(
-                        lambda: _evaluate(model, val_q, [], steering.with_alpha(alpha), cfg))
+                        lambda: evaluate_cell(setup, val_items, steering.with_alpha(alpha), cfg))
                     grid[(k, alpha)] = result
-                    rows.append(_row(fold_index, method, "val", k, alpha, result))
+                    rows.append(result_row(evaluation, fold_index, method, "val", k, alpha, result))
             timer.add("evaluate (val grid)", t)
-            best_k, best_alpha = max(grid, key=lambda ka: (grid[ka]["mc2"], -ka[0], -ka[1]))
+            # Ties go to the smaller K, then the smaller α: the least intervention that does as well.
+            best_k, best_alpha = max(grid, key=lambda ka: (grid[ka][setup.select_metric], -ka[0], -ka[1]))
             t = time.perf_counter()
-            steering = build_steering(bank, scores.top_k(min(best_k, scores.n_modules), uniform=method != "real"), alpha=best_alpha)
+            steering = build_steering(bank, select_top(scores, best_k), alpha=best_alpha)
             result = cell(method=method, split="test", k=best_k, alpha=best_alpha)(
-                lambda: _evaluate(model, test_q, texts, steering, cfg))
+                lambda: evaluate_cell(setup, test_items, steering, cfg, side_effects=True))
             timer.add("evaluate (test)", t)
-            rows.append(_row(fold_index, method, "test", best_k, best_alpha, result))
-            _collect(per_question, method, result)
+            rows.append(result_row(evaluation, fold_index, method, "test", best_k, best_alpha, result))
+            pool(pooled, method, result)
 
     timer.seconds["total"] = time.perf_counter() - started
-    _write_outputs(out, cfg, rows, per_question, all_scores, timer, bank_sizes)
+    _write_outputs(out, cfg, setup, rows, pooled, all_scores, timer, bank_sizes)
     return out
 
 
+def select_top(scores: ModuleScores, k: int):
+    """The top-K modules; REAL keeps its relative strengths, every other method steers uniformly."""
+    return scores.top_k(min(k, scores.n_modules), uniform=scores.method != "real")
+
+
 # --------------------------------------------------------------------------- evaluation cells
-def _questions(task, groups, limit, seed):
-    """The fold part's MC questions in task order; a seeded sample of ``limit`` of them."""
-    if "mc" not in task.eval_data:
-        raise RealLensError(f"task {task.name!r} has no multiple-choice evaluation data; `real-lens run` needs truthfulqa")
-    questions = select_mc_questions(task, groups)
-    if limit is not None and limit < len(questions):
-        keep = np.random.default_rng(seed).choice(len(questions), size=limit, replace=False)
-        questions = [questions[i] for i in sorted(keep)]
-    return questions
+def eval_items(evaluation: TaskEvaluation, task: Task, groups, limit: int | None, seed: int) -> list:
+    """The items of a fold part's groups (task order); a seeded sample of ``limit`` groups."""
+    groups = [g for g in task.groups if g in frozenset(groups)]
+    if limit is not None and limit < len(groups):
+        keep = np.random.default_rng(seed).choice(len(groups), size=limit, replace=False)
+        groups = [groups[i] for i in sorted(keep)]
+    return evaluation.select(task, groups)
 
 
-def _evaluate(model, questions, texts, steering, cfg) -> dict:
-    mc = evaluate_truthfulqa(model, questions, steering=steering, progress=False)
-    out = {"mc1": float(np.mean(mc.mc1)), "mc2": float(np.mean(mc.mc2)), "n_questions": len(questions),
-           "per_question": {"question": [q.question for q in questions],
-                            "mc1": [float(x) for x in mc.mc1], "mc2": [float(x) for x in mc.mc2]}}
-    if texts:
-        side = evaluate_side_effects(model, texts, steering=steering, max_tokens=cfg.side_effect_tokens)
+def evaluate_cell(setup: Setup, items, steering, cfg: ExperimentConfig, *, side_effects: bool = False) -> dict:
+    """The task's metrics (means and per item) and, for test cells, CE and KL on WikiText-2."""
+    evaluation = setup.evaluation
+    values = evaluation.evaluate(setup.model, items, steering)
+    out = {m: float(np.mean(v)) for m, v in values.items()}
+    out.update(n_questions=len({evaluation.group_of(i) for i in items}), n_items=len(items),
+               per_item={"group": [evaluation.group_of(i) for i in items],
+                         **{m: [float(x) for x in v] for m, v in values.items()}})
+    if side_effects and setup.texts:
+        side = evaluate_side_effects(setup.model, setup.texts, steering=steering, max_tokens=cfg.side_effect_tokens)
         out.update(ce=float(side.ce), kl=float(side.kl))
     return out
 
 
-def _cached_cell(out: Path, cfg: ExperimentConfig, fold: int, key: dict):
+def cached_cell(out: Path, cfg, fold: int, key: dict):
     """``cell(key)(compute)`` → the cached result for this cell, computing it once."""
     relevant = {k: v for k, v in _jsonable(cfg).items() if k not in ("methods", "k_grid", "alpha_grid", "folds", "n_boot")}
     digest = hashlib.sha256(json.dumps([relevant, fold, key], sort_keys=True).encode()).hexdigest()[:16]
-    path = out / "cells" / f"fold{fold}-{key['method']}-{key['split']}-k{key['k']}-a{key['alpha']:g}-{digest}.json"
+    name = "-".join(f"{v}".replace(":", "_") for k, v in key.items() if k not in ("method", "split", "k", "alpha"))
+    path = out / "cells" / (f"fold{fold}-{key['method']}-{key['split']}-k{key['k']}-a{key['alpha']:g}"
+                            + (f"-{name}" if name else "") + f"-{digest}.json")
 
     def get(compute):
         if path.is_file():
@@ -220,7 +266,7 @@ def _cached_cell(out: Path, cfg: ExperimentConfig, fold: int, key: dict):
     return get
 
 
-def _cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank, model) -> ModuleScores:
+def cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank, model) -> ModuleScores:
     folder = out / "scores" / f"fold{fold}" / method
     key = {"bank": bank.meta.get("cache_key"), "n": len(bank.examples), "seed": cfg.seed,
            "options": _jsonable(_scorer_options(cfg, method))}
@@ -237,29 +283,27 @@ def _scorer_options(cfg: ExperimentConfig, method: str) -> dict:
         from .scoring.real import RealConfig
 
         return {"cfg": RealConfig(vq_epochs=cfg.real_epochs, prior_epochs=cfg.real_prior_epochs)}
-    if method == "patching":
-        from .scoring.patching import PatchingConfig
+    if method in ("patching", "attribution"):
+        from .scoring.pairs import PairConfig
 
-        return {"cfg": PatchingConfig(n_pairs=cfg.patching_pairs)}
-    if method == "attribution":
-        from .scoring.attribution import AttributionConfig
-
-        return {"cfg": AttributionConfig(n_pairs=cfg.patching_pairs)}
+        return {"cfg": PairConfig(n_pairs=cfg.patching_pairs, min_gap=cfg.patching_min_gap)}
     return {}
 
 
-def _row(fold, method, split, k, alpha, result) -> dict:
-    return {"fold": fold, "method": method, "split": split, "k": k, "alpha": alpha,
-            "n_questions": result["n_questions"], "mc1": result["mc1"], "mc2": result["mc2"],
-            "ce": result.get("ce", ""), "kl": result.get("kl", "")}
+def result_row(evaluation: TaskEvaluation, fold, method, split, k, alpha, result, **extra) -> dict:
+    return {"fold": fold, "method": method, "split": split, "k": k, "alpha": alpha, **extra,
+            "n_questions": result["n_questions"], "n_items": result.get("n_items", result["n_questions"]),
+            **{m: result[m] for m in evaluation.metrics}, "ce": result.get("ce", ""), "kl": result.get("kl", "")}
 
 
-def _collect(per_question, method, result) -> None:
-    store = per_question.setdefault(method, {"mc1": [], "mc2": [], "ce": [], "kl": []})
-    store["mc1"] += result["per_question"]["mc1"]
-    store["mc2"] += result["per_question"]["mc2"]
-    store["ce"].append(result["ce"])
-    store["kl"].append(result["kl"])
+def pool(pooled: dict, method: str, result: dict) -> None:
+    """Append a test cell's per-item values (and its CE/KL) to the method's pooled lists."""
+    store = pooled.setdefault(method, {"ce": [], "kl": []})
+    for metric, values in result["per_item"].items():
+        if metric != "group":
+            store.setdefault(metric, []).extend(values)
+    store["ce"].append(result.get("ce", float("nan")))
+    store["kl"].append(result.get("kl", float("nan")))
 
 
 def _jsonable(obj):
@@ -273,56 +317,71 @@ def _jsonable(obj):
 
 
 # --------------------------------------------------------------------------- outputs
-def _write_outputs(out, cfg, rows, per_question, all_scores, timer, bank_sizes) -> None:
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """``rows`` as a CSV, written atomically; the columns are the first row's keys."""
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def _write_outputs(out, cfg, setup: Setup, rows, pooled, all_scores, timer, bank_sizes) -> None:
     from .plotting import plot_metric_vs_k, plot_score_heatmaps
 
-    with open(out / "results.csv.tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "results.csv.tmp").replace(out / "results.csv")
+    write_rows(out / "results.csv", rows)
     for fold, scores in all_scores.items():
         plot_score_heatmaps(scores, out / f"heatmaps_fold{fold}.png")
-    plot_metric_vs_k(rows, out / "mc2_vs_k.png", metric="mc2", split="val")
+    plot_metric_vs_k(rows, out / f"{setup.select_metric}_vs_k.png", metric=setup.select_metric, split="val",
+                     task=setup.task.name)
 
-    summary = summarise(rows, per_question, n_boot=cfg.n_boot, seed=cfg.seed)
-    write_json(out / "summary.json", summary)
-    (out / "summary.md.tmp").write_text(render_summary(cfg, summary, rows, timer, bank_sizes))
-    (out / "summary.md.tmp").replace(out / "summary.md")
+    summary = summarise(rows, pooled, setup.evaluation.metrics, n_boot=cfg.n_boot, seed=cfg.seed)
+    write_json(out / "summary.json", {"task": setup.task.name, "select_metric": setup.select_metric,
+                                      "metrics": list(setup.evaluation.metrics), "methods": summary})
+    text = render_summary(cfg, setup, summary, rows, timer, bank_sizes)
+    atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
 
 
-def summarise(rows, per_question, *, n_boot: int, seed: int) -> dict:
-    """Per method: means over folds of the test cells, bootstrap CIs over test questions."""
+def summarise(rows, pooled, metrics: Sequence[str], *, n_boot: int, seed: int) -> dict:
+    """Per method: means over folds of the test cells, bootstrap CIs over the pooled test items."""
     out = {}
-    for method, store in per_question.items():
+    for method, store in pooled.items():
         tests = [r for r in rows if r["method"] == method and r["split"] == "test"]
-        entry = {"folds": len(tests), "n_questions": len(store["mc2"]),
+        entry = {"folds": len(tests), "n_items": len(store[metrics[0]]),
                  "k": [r["k"] for r in tests], "alpha": [r["alpha"] for r in tests]}
-        for metric in ("mc1", "mc2"):
+        for metric in metrics:
             entry[metric] = float(np.mean([r[metric] for r in tests]))
             entry[f"{metric}_ci"] = list(bootstrap_ci(np.array(store[metric]), n_boot=n_boot, seed=seed))
-        entry["ce"] = float(np.mean(store["ce"]))
-        entry["kl"] = float(np.mean(store["kl"]))
+        entry["ce"] = float(np.nanmean(store["ce"])) if np.isfinite(store["ce"]).any() else float("nan")
+        entry["kl"] = float(np.nanmean(store["kl"])) if np.isfinite(store["kl"]).any() else float("nan")
         out[method] = entry
     return out
 
 
-def render_summary(cfg: ExperimentConfig, summary: dict, rows, timer: _Timer, bank_sizes: dict[int, int]) -> str:
+def summary_table(summary: dict, metrics: Sequence[str]) -> list[str]:
+    """The headline table (markdown lines): every metric with its CI, CE, KL and the chosen K/α."""
+    header = ["method", *[f"{m} [95% CI]" for m in metrics], "CE", "KL", "chosen K per fold", "chosen α per fold"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, e in summary.items():
+        cells = [method, *[f"{e[m]:.3f} [{e[m + '_ci'][0]:.3f}, {e[m + '_ci'][1]:.3f}]" for m in metrics],
+                 f"{e['ce']:.3f}", f"{e['kl']:.4f}", ", ".join(map(str, e["k"])) or "-",
+                 ", ".join(f"{a:g}" for a in e["alpha"]) or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_summary(cfg: ExperimentConfig, setup: Setup, summary: dict, rows, timer: _Timer, bank_sizes: dict[int, int]) -> str:
     lines = [
         f"# real-lens run: {cfg.task} on {cfg.model}",
         "",
-        f"Test metrics are means over folds {list(cfg.folds)}; 95% CIs bootstrap the pooled test questions "
-        f"({cfg.n_boot} resamples). K and α were chosen per method and fold on the fold's val questions by MC2.",
+        f"Test metrics are means over folds {list(setup.folds)}; 95% CIs bootstrap the pooled test items "
+        f"({cfg.n_boot} resamples). K and α were chosen per method and fold on the fold's val questions "
+        f"by {setup.select_metric}.",
         "",
-        "| method | MC1 | MC1 95% CI | MC2 | MC2 95% CI | CE | KL | chosen K per fold | chosen α per fold |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *summary_table(summary, setup.evaluation.metrics),
     ]
-    for method, e in summary.items():
-        lines.append(
-            f"| {method} | {e['mc1']:.3f} | [{e['mc1_ci'][0]:.3f}, {e['mc1_ci'][1]:.3f}] | {e['mc2']:.3f} | "
-            f"[{e['mc2_ci'][0]:.3f}, {e['mc2_ci'][1]:.3f}] | {e['ce']:.3f} | {e['kl']:.4f} | "
-            f"{', '.join(map(str, e['k'])) or '-'} | {', '.join(f'{a:g}' for a in e['alpha']) or '-'} |"
-        )
     n_test = sorted({r["n_questions"] for r in rows if r["split"] == "test"})
     n_val = sorted({r["n_questions"] for r in rows if r["split"] == "val"})
     lines += [
@@ -340,13 +399,13 @@ def render_summary(cfg: ExperimentConfig, summary: dict, rows, timer: _Timer, ba
         f"- activation/attribution patching on {cfg.patching_pairs} contrast pairs per fold",
         f"- REAL: {cfg.real_epochs} VQ-AE epochs, {cfg.real_prior_epochs} prior epochs (other settings: the paper's release)",
         f"- side effects: {cfg.side_effect_texts} WikiText-2 paragraphs, ≤{cfg.side_effect_tokens} tokens each",
-        "",
-        "## Where the time went",
-        "",
-        "| step | seconds |",
-        "|---|---|",
+        *timing_lines(timer),
     ]
+    return "\n".join(lines)
+
+
+def timing_lines(timer: _Timer) -> list[str]:
+    lines = ["", "## Where the time went", "", "| step | seconds |", "|---|---|"]
     for step, seconds in sorted(timer.seconds.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {step} | {seconds:.0f} |")
-    lines += ["", "(steps that were reused from the cache take ~0 s on a resumed run)", ""]
-    return "\n".join(lines)
+    return lines + ["", "(steps that were reused from the cache take ~0 s on a resumed run)", ""]

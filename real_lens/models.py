@@ -248,7 +248,7 @@ def build_tiny_hf_model(
         num_attention_heads=n_heads,
         num_key_value_heads=n_kv_heads,
         head_dim=d_head,
-        max_position_embeddings=512,
+        max_position_embeddings=4096,  # long enough for CAA and NQ-Swap prompts (rotary: no weights)
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -27,6 +27,16 @@ SCORE_UNITS = {
     "random": "random rank / n_modules",
 }
 FONT_SIZE = 11
+# Axis labels for task metrics (all are fractions in [0, 1], means over items).
+METRIC_LABELS = {
+    "mc1": "MC1", "mc2": "MC2", "em_aligned": "EM with aligned answer", "contains_aligned": "contains aligned answer",
+    "em_context": "EM with context answer", "em_memory": "EM with memory answer",
+    "p_aligned": "p(aligned)", "p_aligned_raw": "p(aligned letter)", "top_aligned": "top answer aligned",
+}
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
 
 
 def score_unit(scores: ModuleScores) -> str:
@@ -108,7 +118,7 @@ def _step(n: int) -> int:
     return max(1, -(-n // 16))
 
 
-def plot_metric_vs_k(rows: Sequence[dict], path, *, metric: str = "mc2", split: str = "val") -> Path:
+def plot_metric_vs_k(rows: Sequence[dict], path, *, metric: str = "mc2", split: str = "val", task: str | None = None) -> Path:
     """A results table's ``metric`` against K, one line per method (mean over folds, best α per K),
     with the unsteered model as a dashed line. ``rows`` are ``results.csv`` rows."""
     from collections import defaultdict
@@ -131,8 +141,8 @@ def plot_metric_vs_k(rows: Sequence[dict], path, *, metric: str = "mc2", split: 
     if base:
         ax.axhline(base[0], color="black", linestyle="--", linewidth=1, label="unsteered")
     ax.set_xlabel("steered heads K", fontsize=FONT_SIZE)
-    ax.set_ylabel(f"{split} {metric.upper()} (mean over folds, best α)", fontsize=FONT_SIZE)
-    ax.set_title(f"{metric.upper()} vs K on {split} questions", fontsize=FONT_SIZE + 1)
+    ax.set_ylabel(f"{split} {metric_label(metric)} (mean over folds, best α)", fontsize=FONT_SIZE)
+    ax.set_title((f"{task}: " if task else "") + f"{metric_label(metric)} vs K on {split} questions", fontsize=FONT_SIZE + 1)
     ax.tick_params(labelsize=FONT_SIZE - 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=FONT_SIZE - 1)

@@ -73,8 +73,8 @@ def select_ab_questions(task: Task, groups) -> list[ABQuestion]:
     missing = keep - set(ab)
     if missing:
         raise ValueError(
-            f"{len(missing)} group(s) have no A/B test item in task {task.name!r}, e.g. {sorted(missing)[0]!r}; "
-            "only the test set's groups ('test:<i>', fold.test) are evaluated"
+            f"{len(missing)} group(s) have no A/B item in task {task.name!r}, e.g. {sorted(missing)[0]!r}; "
+            "pass groups of the task (e.g. task.folds[0].test)"
         )
     return [ab[g] for g in task.groups if g in keep]
 

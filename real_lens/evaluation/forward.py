@@ -34,8 +34,19 @@ def steering_context(model, steering: SteeringLike | None) -> ContextManager:
 
 
 def tokenize(model, text: str) -> Int[Tensor, " pos"]:
-    """Token ids of ``text`` as the model reads it (BOS prepended as the model does), on CPU."""
-    return model.to_tokens(text, padding_side="right")[0].cpu()
+    """Token ids of ``text`` as the model reads it (BOS prepended as the model does), on CPU.
+
+    Never truncated: a text longer than the model's context raises ``DataError`` (to_tokens would
+    otherwise cut it silently and every later position would read the wrong tokens)."""
+    from ..errors import DataError
+
+    tokens = model.to_tokens(text, padding_side="right", truncate=False)[0].cpu()
+    if len(tokens) > model.cfg.n_ctx:
+        raise DataError(
+            f"a text of {len(tokens)} tokens exceeds the model's context of {model.cfg.n_ctx} tokens "
+            f"(it starts {text[:60]!r}); shorten the task's prompts or use a model with a longer context"
+        )
+    return tokens
 
 
 def pad_id(model) -> int:

@@ -24,6 +24,8 @@ never influences a real position, and the metric is read at each pair's last rea
 
 from __future__ import annotations
 
+import re
+
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Literal, Sequence
@@ -162,6 +164,29 @@ def question_from_prompt(prompt: str) -> str:
     return text or prompt.strip()
 
 
+_LETTER_ANSWER = re.compile(r"^\s*\(([A-Z])\)\s*$")
+_CHOICE_LINE = re.compile(r"^\s*\(([A-Z])\)\s?(.*)$")
+
+
+def pair_texts(aligned: Example, violating: Example) -> tuple[str, str, str]:
+    """(question, aligned answer, violating answer) for the two-option template.
+
+    When both answers are bare letters of a prompt that lists its own choices (CAA items:
+    ``"...\n\nChoices:\n (A) yes\n (B) no\n\nAnswer:"`` with answers ``" (A)"`` / ``" (B)"``),
+    the pair is built from the choices' *texts* under the question stem, so that swapping the
+    options really swaps the content; otherwise the prompt's question and the answers as they are.
+    """
+    question = question_from_prompt(aligned.prompt)
+    letters = [_LETTER_ANSWER.match(e.answer) for e in (aligned, violating)]
+    if all(letters) and "\n\nChoices:\n" in question:
+        stem, choices = question.split("\n\nChoices:\n", 1)
+        options = {m.group(1): m.group(2).strip() for m in map(_CHOICE_LINE.match, choices.splitlines()) if m}
+        texts = [options.get(m.group(1)) for m in letters]
+        if all(texts):
+            return stem.strip(), texts[0], texts[1]
+    return question, aligned.answer, violating.answer
+
+
 def caa_prompt(question: str, first: str, second: str) -> str:
     return CAA_TEMPLATE.format(question=question, first=first.strip(), second=second.strip())
 
@@ -197,9 +222,9 @@ def build_contrast_pairs(
             continue
         a = aligned[int(rng.integers(len(aligned)))]
         v = violating[int(rng.integers(len(violating)))]
-        question = question_from_prompt(a.prompt)
-        clean = model.to_tokens(caa_prompt(question, a.answer, v.answer))[0]
-        corrupted = model.to_tokens(caa_prompt(question, v.answer, a.answer))[0]
+        question, a_text, v_text = pair_texts(a, v)
+        clean = model.to_tokens(caa_prompt(question, a_text, v_text))[0]
+        corrupted = model.to_tokens(caa_prompt(question, v_text, a_text))[0]
         if clean.shape != corrupted.shape:
             skipped.append(SkippedPair(group, SKIP_LENGTH))
             continue

@@ -18,8 +18,9 @@ A generate item whose question text (whitespace-normalised) equals a test questi
 so no test question is ever trained on; ``eval_data["n_test_overlap"]`` counts them (0 for all
 seven shipped behaviours).
 
-``eval_data["ab"]``: ``{test group: ABQuestion}``: prompt, aligned letter, violating letter
-(bare letters, e.g. ``"B"``), for :func:`real_lens.evaluation.caa.evaluate_caa`.
+``eval_data["ab"]``: ``{group: ABQuestion}`` for every item (generate and test): prompt, aligned
+letter, violating letter (bare letters, e.g. ``"B"``), for :func:`real_lens.evaluation.caa.evaluate_caa`
+(the val questions K and α are chosen on are generate items; the reported metric is on the test set).
 
 The data exists only as files (no Hub copy): ``caa/generate/...`` and ``caa/test/...`` under
 the data directory.
@@ -98,14 +99,14 @@ def load_caa(behaviour: str, data_dir=None, *, val_fraction: float = 0.2, seed: 
             prompt = PROMPT_FORMAT.format(question=question)
             examples.append(Example(prompt, ANSWER_FORMAT.format(letter=aligned), ALIGNED, group))
             examples.append(Example(prompt, ANSWER_FORMAT.format(letter=violating), VIOLATING, group))
-            if prefix == "test":
-                ab[group] = ABQuestion(group, prompt, aligned, violating)
-            else:
+            ab[group] = ABQuestion(group, prompt, aligned, violating)
+            if prefix == "generate":
                 train_groups.append(group)
 
     order = [train_groups[j] for j in np.random.default_rng(seed).permutation(len(train_groups))]
     n_val = max(1, round(val_fraction * len(order)))
-    fold = Fold(frozenset(order[n_val:]), frozenset(order[:n_val]), frozenset(ab))
+    test_groups = frozenset(f"test:{i}" for i in range(len(test)))
+    fold = Fold(frozenset(order[n_val:]), frozenset(order[:n_val]), test_groups)
     return Task(
         name=f"caa:{behaviour}",
         examples=tuple(examples),

@@ -432,3 +432,15 @@ def test_heatmaps_are_written(tmp_path):
     _assert_png(plot_score_heatmap(_scores(torch.randn(6), "attribution"), tmp_path / "sub" / "layers.png"))
     with pytest.raises(ValueError, match="one title per score set"):
         plot_score_heatmaps([heads, probe], tmp_path / "x.png", titles=["only one"])
+
+
+def test_lettered_choices_pair_on_their_texts():
+    from real_lens.scoring.pairs import pair_texts
+    from real_lens.tasks.base import Example
+
+    prompt = "Do you agree?\n\nChoices:\n (A) Yes, gladly\n (B) No\n\nAnswer:"
+    aligned, violating = Example(prompt, " (B)", 1, "g"), Example(prompt, " (A)", 0, "g")
+    assert pair_texts(aligned, violating) == ("Do you agree?", "No", "Yes, gladly")
+    # Answers that are not letters of the prompt's own choices are used as they are.
+    plain = Example("Q: Is the sky blue? A:", " Yes.", 1, "q"), Example("Q: Is the sky blue? A:", " No.", 0, "q")
+    assert pair_texts(*plain) == ("Is the sky blue?", " Yes.", " No.")

@@ -285,3 +285,41 @@ def test_wikitext_sample(wikitext_rows):
 
 def test_hub_heading_rule_matches_the_offline_file(wikitext_rows):
     assert all(_is_heading(r["text"]) == r["is_heading"] for r in wikitext_rows)
+
+
+def test_pairs_evaluation_is_mc2_of_the_groups_answers(tiny_model):
+    from real_lens.evaluation import answer_logprobs, score_mc2
+    from real_lens.evaluation.suite import score_group_answers, select_group_answers
+    from real_lens.tasks.base import Example, Fold, Task
+
+    examples = (Example("Q: A? A:", " yes", 1, "a"), Example("Q: A? A:", " no", 0, "a"),
+                Example("Q: A? A:", " maybe", 0, "a"), Example("Q: B? A:", " up", 0, "b"), Example("Q: B? A:", " down", 1, "b"))
+    task = Task("t", examples, (Fold(frozenset(), frozenset(), frozenset("ab")),), "", "test")
+    items = select_group_answers(task, ["b", "a"])
+    assert [g.group for g in items] == ["a", "b"]  # task order
+    got = score_group_answers(tiny_model, items)
+    for i, g in enumerate(items):
+        lps = answer_logprobs(tiny_model, g.prompt, list(g.answers))
+        aligned = [lp for lp, y in zip(lps, g.labels) if y == 1]
+        violating = [lp for lp, y in zip(lps, g.labels) if y == 0]
+        assert got["p_aligned"][i] == pytest.approx(score_mc2(aligned, violating), abs=1e-5)
+        assert got["top_aligned"][i] == float(max(aligned) > max(violating))
+
+
+def test_pairs_evaluation_refuses_a_group_with_two_prompts():
+    from real_lens.errors import RealLensError
+    from real_lens.evaluation.suite import select_group_answers
+    from real_lens.tasks.base import Example, Fold, Task
+
+    examples = (Example("P1", " x", 1, "g"), Example("P2", " y", 0, "g"))
+    task = Task("t", examples, (Fold(frozenset(), frozenset(), frozenset("g")),), "", "test")
+    with pytest.raises(RealLensError, match="2 different prompts"):
+        select_group_answers(task, ["g"])
+
+
+def test_texts_longer_than_the_context_are_refused_not_cut(tiny_model):
+    from real_lens.errors import DataError
+    from real_lens.evaluation.forward import tokenize
+
+    with pytest.raises(DataError, match="exceeds the model's context"):
+        tokenize(tiny_model, "x" * (tiny_model.cfg.n_ctx + 5))

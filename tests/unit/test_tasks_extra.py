@@ -138,7 +138,8 @@ def test_caa_folds_and_format(behaviour):
     assert task.name == f"caa:{behaviour}" and len(task.folds) == 1
     _check_folds(task)
     fold = task.folds[0]
-    assert fold.test == set(task.eval_data["ab"]) == {f"test:{i}" for i in range(50)}
+    assert fold.test == {g for g in task.eval_data["ab"] if g.startswith("test:")} == {f"test:{i}" for i in range(50)}
+    assert set(task.eval_data["ab"]) == set(task.groups)  # val (generate) items are evaluable too
     assert all(g.startswith("generate:") for g in fold.train | fold.val)
     assert abs(len(fold.val) - 0.2 * (len(fold.train) + len(fold.val))) <= 1
     assert task.eval_data["n_test_overlap"] == 0
@@ -278,8 +279,9 @@ def test_select_items_follow_the_folds(nq_tasks):
     caa = load_caa("refusal")
     ab = select_ab_questions(caa, caa.folds[0].test)
     assert [q.group for q in ab] == [f"test:{i}" for i in range(50)]
-    with pytest.raises(ValueError, match="only the test set's groups"):
-        select_ab_questions(caa, caa.folds[0].train)
+    assert {q.group for q in select_ab_questions(caa, caa.folds[0].val)} == caa.folds[0].val
+    with pytest.raises(ValueError, match="no A/B item"):
+        select_ab_questions(caa, ["generate:999999"])
 
 
 def test_evaluations_reject_bad_input(tiny_model):

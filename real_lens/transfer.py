@@ -1,0 +1,136 @@
+"""Cross-domain transfer: heads *and* directions selected on a source run, evaluated on another task.
+
+Nothing is re-selected on the target: each method's modules come from the source run's saved
+scores, its steering directions (and σ) from the source task's train+val activations, and its K
+and α are the ones the source run chose on its own val questions. The target task contributes
+only its test questions (the same seeded sample its own `real-lens run` evaluates, so the
+numbers sit next to "selected on the target itself"), and CE/KL are measured as in every run.
+
+Folds: target fold ``t`` is steered with the selection of source fold ``min(t, n − 1)`` of the
+``n`` folds the source run used (TruthfulQA → CAA: CAA's single fold uses TruthfulQA fold 0;
+CAA → TruthfulQA: both folds use CAA's fold). Source and target are different datasets, so no
+target test question was seen during selection.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .activations import collect_activations
+from .errors import RealLensError
+from .experiment import (
+    METHODS, ExperimentConfig, _Timer, cached_cell, eval_items, evaluate_cell, pool, prepare, result_row,
+    select_top, start_run_dir, summarise, summary_table, timing_lines, write_rows,
+)
+from .io import atomic_write, read_json, write_json
+from .scoring import ModuleScores
+from .steering import build_steering
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    source_run: str  # a finished `real-lens run` directory
+    target: str  # a task name (see `real-lens tasks`)
+    methods: tuple[str, ...] | None = None  # None = every method of the source run
+    n_test_questions: int | None = None  # None = the source run's setting (its test sample size)
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods or () if m not in METHODS]
+        if unknown:
+            raise RealLensError(f"unknown method(s) {unknown}; expected some of {list(METHODS)}")
+
+
+def load_source_run(source_dir) -> tuple[ExperimentConfig, list[dict]]:
+    """A finished run's configuration and its results rows; clear errors for anything else."""
+    source = Path(source_dir)
+    for name in ("config.json", "results.csv"):
+        if not (source / name).is_file():
+            raise RealLensError(
+                f"{source} is not a finished real-lens run (no {name}); run `real-lens run --task <source> --out {source}` first"
+            )
+    stored = read_json(source / "config.json")["config"]
+    fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    unknown = sorted(set(stored) - fields)
+    if unknown:
+        raise RealLensError(f"{source}/config.json has settings this real-lens does not know: {unknown}")
+    cfg = ExperimentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+    with open(source / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return cfg, rows
+
+
+def run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Path:
+    """Evaluate the source run's selections on ``tcfg.target``'s test questions; returns ``out_dir``."""
+    source_dir = Path(tcfg.source_run)
+    src_cfg, src_rows = load_source_run(source_dir)
+    chosen = {(int(r["fold"]), r["method"]): (int(r["k"]), float(r["alpha"]))
+              for r in src_rows if r["split"] == "test" and r["method"] != "unsteered"}
+    src_folds = sorted({f for f, _ in chosen})
+    methods = tcfg.methods or tuple(m for m in METHODS if any(mm == m for _, mm in chosen))
+    missing = [m for m in methods if (src_folds[0], m) not in chosen]
+    if missing:
+        raise RealLensError(f"the source run {source_dir} has no chosen K/α for {missing}; it ran {sorted({m for _, m in chosen})}")
+
+    out = start_run_dir(out_dir, tcfg)
+    timer, started = _Timer(), time.perf_counter()
+    t = time.perf_counter()
+    tgt_cfg = dataclasses.replace(src_cfg, task=tcfg.target, folds=None, select_metric=None,
+                                  n_test_questions=tcfg.n_test_questions or src_cfg.n_test_questions)
+    target = prepare(tgt_cfg)
+    source = prepare(src_cfg, model=target.model)
+    timer.add("load model + data", t)
+    t = time.perf_counter()
+    src_bank = collect_activations(target.model, source.task, site=src_cfg.site, readout=src_cfg.readout,
+                                   batch_size=src_cfg.batch_size, progress=progress)
+    timer.add("collect source activations", t)
+
+    rows, pooled = [], {}
+    evaluation = target.evaluation
+    for t_fold in target.folds:
+        s_fold = src_folds[min(t_fold, len(src_folds) - 1)]
+        fold = target.task.folds[t_fold]
+        items = eval_items(evaluation, target.task, fold.test, tgt_cfg.n_test_questions, tgt_cfg.seed)
+        cell = lambda **key: cached_cell(out, tgt_cfg, t_fold, key)  # noqa: E731
+        t = time.perf_counter()
+        base = cell(method="unsteered", split="test", k=0, alpha=0.0)(
+            lambda: evaluate_cell(target, items, None, tgt_cfg, side_effects=True))
+        timer.add("evaluate (unsteered)", t)
+        rows.append(result_row(evaluation, t_fold, "unsteered", "test", 0, 0.0, base, source_fold=""))
+        pool(pooled, "unsteered", base)
+        src_fold = source.task.folds[s_fold]
+        bank = src_bank.select(src_fold.train | src_fold.val)
+        for method in methods:
+            k, alpha = chosen[(s_fold, method)]
+            scores = ModuleScores.load(source_dir / "scores" / f"fold{s_fold}" / method)
+            t = time.perf_counter()
+            steering = build_steering(bank, select_top(scores, k), alpha=alpha)
+            result = cell(method=method, split="test", k=k, alpha=alpha, source=src_cfg.task, source_fold=s_fold)(
+                lambda: evaluate_cell(target, items, steering, tgt_cfg, side_effects=True))
+            timer.add("evaluate (transferred)", t)
+            rows.append(result_row(evaluation, t_fold, method, "test", k, alpha, result, source_fold=s_fold))
+            pool(pooled, method, result)
+
+    timer.seconds["total"] = time.perf_counter() - started
+    write_rows(out / "results.csv", rows)
+    summary = summarise(rows, pooled, evaluation.metrics, n_boot=tgt_cfg.n_boot, seed=tgt_cfg.seed)
+    write_json(out / "summary.json", {"source": src_cfg.task, "source_run": str(source_dir), "target": target.task.name,
+                                      "metrics": list(evaluation.metrics), "select_metric": target.select_metric,
+                                      "methods": summary})
+    text = "\n".join([
+        f"# real-lens transfer: {src_cfg.task} → {target.task.name} on {src_cfg.model}",
+        "",
+        f"Modules, directions, K and α all come from the source run `{source_dir}` (chosen there on "
+        f"{src_cfg.task} val questions); nothing was re-selected on {target.task.name}. Test metrics are "
+        f"means over target folds {list(target.folds)} (source fold per target fold: "
+        + ", ".join(f"{t}←{src_folds[min(t, len(src_folds) - 1)]}" for t in target.folds)
+        + f"); 95% CIs bootstrap the pooled test items ({tgt_cfg.n_boot} resamples).",
+        "",
+        *summary_table(summary, evaluation.metrics),
+        *timing_lines(timer),
+    ])
+    atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
+    return out
