@@ -56,7 +56,7 @@ class ExperimentConfig:
     patching_min_gap: float = 1e-3  # pairs whose clean-corrupted logit gap is smaller are skipped
     real_epochs: int = 20
     real_prior_epochs: int = 10
-    side_effect_texts: int = 20
+    side_effect_texts: int = 20  # 0 = no CE/KL
     side_effect_tokens: int = 128
     n_boot: int = 1000
     batch_size: int = 16
@@ -132,7 +132,8 @@ def prepare(cfg: ExperimentConfig, *, task_name: str | None = None, model=None) 
         raise RealLensError(
             f"task {task.name!r} has {len(task.folds)} fold(s) (0..{len(task.folds) - 1}); folds {list(folds)} asked for"
         )
-    texts = load_wikitext_sample(cfg.data_dir, n=cfg.side_effect_texts, max_tokens=cfg.side_effect_tokens, seed=cfg.seed)
+    texts = (load_wikitext_sample(cfg.data_dir, n=cfg.side_effect_texts, max_tokens=cfg.side_effect_tokens, seed=cfg.seed)
+             if cfg.side_effect_texts else [])
     return Setup(model, task, evaluation, metric, folds, texts)
 
 

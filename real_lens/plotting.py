@@ -67,7 +67,7 @@ def plot_score_heatmaps(
         else:
             _draw_line(ax, s)
         ax.set_title(title, fontsize=FONT_SIZE + 1)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _default_title(scores: ModuleScores) -> str:
@@ -146,10 +146,11 @@ def plot_metric_vs_k(rows: Sequence[dict], path, *, metric: str = "mc2", split: 
     ax.tick_params(labelsize=FONT_SIZE - 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=FONT_SIZE - 1)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Figure, path) -> Path:
+def save_figure(fig: Figure, path) -> Path:
+    """Write ``fig`` as a PNG atomically (temporary file in the folder, then renamed)."""
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     return path

@@ -1,0 +1,83 @@
+"""Regenerate every PNG in figures/ from saved results only (no model is loaded, nothing is recomputed).
+
+Sources, all small and committed under results/:
+- ``results/truthfulqa/``: the main job's results.csv, summary.json and scores (copied from
+  ``runs/truthfulqa`` by ``--from-run runs/truthfulqa``) → ``truthfulqa_heatmaps_fold*.png``,
+  ``truthfulqa_mc2_vs_k.png``;
+- ``results/<analysis>/data.json`` of each analysis → ``figures/<analysis>.png``.
+A missing source is reported and the script exits with code 1 (the other figures are still made).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import sys
+from pathlib import Path
+
+from analyses import compare_selection, overlap, score_vs_effect, transfer
+from analyses.common import FIGURES, RESULTS, load
+from real_lens.io import read_json
+from real_lens.plotting import plot_metric_vs_k, plot_score_heatmaps
+from real_lens.scoring import ModuleScores
+
+ANALYSES = {"compare_selection": compare_selection, "score_vs_effect": score_vs_effect,
+            "overlap": overlap, "transfer": transfer}
+RUN_FILES = ("results.csv", "summary.json", "summary.md", "config.json")
+
+
+def publish_run(run: Path, dest: Path) -> None:
+    """Copy a finished run's small outputs (tables and scores; no caches, no cells) into ``dest``."""
+    if not (run / "results.csv").is_file():
+        raise SystemExit(f"error: {run} is not a finished real-lens run (no results.csv)")
+    for name in RUN_FILES:
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(run / name, dest / name)
+    if (dest / "scores").exists():
+        shutil.rmtree(dest / "scores")
+    shutil.copytree(run / "scores", dest / "scores")
+
+
+def main_job_figures(src: Path, figures: Path, name: str) -> list[Path]:
+    with open(src / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    summary = read_json(src / "summary.json")
+    metric = summary.get("select_metric", "mc2")
+    methods = read_json(src / "config.json")["config"]["methods"]
+    made = []
+    for fold_dir in sorted((src / "scores").glob("fold*")):
+        scores = [ModuleScores.load(fold_dir / m) for m in methods]
+        made.append(plot_score_heatmaps(scores, figures / f"{name}_heatmaps_{fold_dir.name}.png"))
+    made.append(plot_metric_vs_k(rows, figures / f"{name}_{metric}_vs_k.png", metric=metric, split="val", task=name))
+    return made
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--from-run", default=None, help="first copy this finished main-job run into results/truthfulqa")
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--figures", default=str(FIGURES))
+    args = parser.parse_args(argv)
+    results, figures = Path(args.results), Path(args.figures)
+    if args.from_run:
+        publish_run(Path(args.from_run), results / "truthfulqa")
+    made, missing = [], []
+    if (results / "truthfulqa" / "results.csv").is_file():
+        made += main_job_figures(results / "truthfulqa", figures, "truthfulqa")
+    else:
+        missing.append(str(results / "truthfulqa"))
+    for name, module in ANALYSES.items():
+        if (results / name / "data.json").is_file():
+            made.append(module.plot(load(results / name), figures / f"{name}.png"))
+        else:
+            missing.append(str(results / name / "data.json"))
+    for path in made:
+        print(f"wrote {path}")
+    for path in missing:
+        print(f"missing (run its analysis first): {path}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
