@@ -391,8 +391,9 @@ def render_summary(cfg: ExperimentConfig, setup: Setup, summary: dict, rows, tim
         "",
         f"- model `{cfg.model}`, site `{cfg.site}`, readout `{cfg.readout}`, seed {cfg.seed}",
         f"- K grid {list(cfg.k_grid)}, α grid {list(cfg.alpha_grid)}",
-        "- questions per fold part (train / val / test): "
-        + ("all" if cfg.questions_per_part is None else f"at most {cfg.questions_per_part} (the first in task order)")
+        "- questions: " + ("all" if cfg.questions_per_part is None else
+                           f"the first {cfg.questions_per_part} (task order) of every fold's train, val and test parts, "
+                           f"and only those")
         + "; examples scored and used for steering directions (train+val) per fold: "
         + ", ".join(f"fold {f}: {n}" for f, n in bank_sizes.items()),
         f"- val questions per fold {n_val}" + (" (all)" if cfg.n_val_questions is None else " (a seeded sample)")

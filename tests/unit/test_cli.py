@@ -17,9 +17,12 @@ def _exit_code(argv) -> int:
     ["run", "--k-grid", "8,x"],
     ["score", "--method", "magic", "--bank", "x", "--out", "y"],
     ["collect", "--model", "nope", "--task", "file:/no/such.csv", "--out", "x"],
+    ["transfer", "--source-run", "/no/such/run", "--task", "nq-swap"],
+    ["run", "--task", "caa:refusal", "--model", "tiny-llama", "--folds", "3", "--out", "{tmp}/r"],
+    ["run", "--task", "truthfulqa", "--model", "tiny-llama", "--select-metric", "accuracy", "--out", "{tmp}/r"],
 ])
-def test_user_mistakes_are_one_line_and_exit_2(capsys, argv):
-    assert _exit_code(argv) == 2
+def test_user_mistakes_are_one_line_and_exit_2(capsys, argv, tmp_path, tiny_model):
+    assert _exit_code([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err and "Traceback" not in err
 
