@@ -34,7 +34,7 @@ class Config:
     task: str = "truthfulqa"
     methods: tuple[str, ...] = ("real", "iti", "attribution", "random")
     k_grid: tuple[int, ...] = (4, 16, 48)
-    alpha_grid: tuple[float, ...] = (5.0, 15.0)
+    alpha_grid: tuple[float, ...] = (10.0,)
     seeds: tuple[int, ...] = (0, 1, 2)
     fold: int = 0
     questions_per_part: int = 60

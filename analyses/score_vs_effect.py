@@ -38,7 +38,7 @@ class Config:
     n_top: int = 6  # per method
     n_random: int = 8
     alpha: float = 15.0  # the larger α of the main job's grid: single heads need a strong push
-    n_questions: int = 25  # val questions of the fold
+    n_questions: int = 20  # val questions of the fold
     seed: int = 0
 
 

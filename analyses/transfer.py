@@ -31,9 +31,9 @@ class Config:
     methods: tuple[str, ...] = ("real", "iti", "random")
     k_grid: tuple[int, ...] = (8, 24)
     alpha_grid: tuple[float, ...] = (5.0, 15.0)
-    questions_per_part: int = 60
-    n_val_questions: int | None = 20
-    n_test_questions: int = 30
+    questions_per_part: int = 40
+    n_val_questions: int | None = 15
+    n_test_questions: int = 25
     real_epochs: int = 20
     real_prior_epochs: int = 10
     side_effect_texts: int = 10
