@@ -112,9 +112,11 @@ def plot(data: dict, path) -> Path:
         ax.bar(x + 0.2, [np.nan_to_num(data["between_folds"][m]["spearman"] or np.nan) for m in names], 0.4,
                label="Spearman ρ")
         ax.axhline(data["chance_jaccard"], color="black", linestyle="--", linewidth=1, label="chance Jaccard")
-        ax.set_xticks(x, names, rotation=30)
+        ax.set_xticks(x, [f"{m}*" if m == "random" else m for m in names], rotation=30)
         ax.legend(fontsize=9)
-    style(ax, title="stability across folds (fold 0 vs 1)", xlabel="method", ylabel="agreement (Jaccard 0–1, ρ −1–1)")
+
+    style(ax, title="stability across folds (fold 0 vs 1)", ylabel="agreement (Jaccard 0–1, ρ −1–1)",
+          xlabel="method (*random: same seed in both folds, equal by construction)")
     return save_figure(fig, path)
 
 

@@ -24,8 +24,8 @@ from scipy.stats import spearmanr
 
 from analyses.common import folders, load, new_figure, parse_args, run_dir, run_main, save, style
 from real_lens.activations import collect_activations
-from real_lens.experiment import eval_items, evaluate_cell, prepare
-from real_lens.plotting import metric_label, save_figure
+from real_lens.experiment import METHODS, eval_items, evaluate_cell, prepare
+from real_lens.plotting import SCORE_UNITS, metric_label, save_figure
 from real_lens.scoring import ModuleScores, Selection
 from real_lens.steering import build_steering
 from real_lens.transfer import load_source_run
@@ -101,7 +101,8 @@ def table(data: dict) -> list[str]:
 
 
 def plot(data: dict, path) -> Path:
-    methods = list(data["methods"])
+    # JSON objects come back with sorted keys: draw the methods in the run's usual order.
+    methods = sorted(data["methods"], key=lambda m: (METHODS.index(m) if m in METHODS else len(METHODS), m))
     cols = min(3, len(methods))
     rows = -(-len(methods) // cols)
     fig = new_figure(4.6 * cols, 3.8 * rows)
@@ -119,7 +120,7 @@ def plot(data: dict, path) -> Path:
                 ax.scatter(*zip(*pts), s=22, color=colour, label=label)
         ax.axhline(0.0, color="black", linewidth=0.8)
         rho = "n/a" if math.isnan(v["spearman"]) else f"{v['spearman']:+.2f}"
-        style(ax, title=f"{m} (Spearman ρ {rho})", xlabel=f"{m} score",
+        style(ax, title=f"{m} (Spearman ρ {rho})", xlabel=SCORE_UNITS.get(m, f"{m} score"),
               ylabel=f"Δ val {metric_label(data['metric'])} (one head)")
         if i == 0:
             ax.legend(fontsize=8)

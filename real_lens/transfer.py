@@ -37,6 +37,7 @@ class TransferConfig:
     target: str  # a task name (see `real-lens tasks`)
     methods: tuple[str, ...] | None = None  # None = every method of the source run
     n_test_questions: int | None = None  # None = the source run's setting (its test sample size)
+    folds: tuple[int, ...] | None = None  # target folds to evaluate; None = all of the target's folds
 
     def __post_init__(self):
         unknown = [m for m in self.methods or () if m not in METHODS]
@@ -78,7 +79,7 @@ def run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pat
     out = start_run_dir(out_dir, tcfg)
     timer, started = _Timer(), time.perf_counter()
     t = time.perf_counter()
-    tgt_cfg = dataclasses.replace(src_cfg, task=tcfg.target, folds=None, select_metric=None,
+    tgt_cfg = dataclasses.replace(src_cfg, task=tcfg.target, folds=tcfg.folds, select_metric=None,
                                   n_test_questions=tcfg.n_test_questions or src_cfg.n_test_questions)
     target = prepare(tgt_cfg)
     source = prepare(src_cfg, model=target.model)
