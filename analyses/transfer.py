@@ -50,6 +50,9 @@ QUICK = Config(model="tiny-llama", tasks=("truthfulqa", "caa:refusal"), k_grid=(
                side_effect_texts=2, patching_min_gap=1e-8)
 
 
+SHORT = {"mc2": "MC2", "contains_aligned": "contains", "p_aligned": "p(aligned)"}  # tick labels
+
+
 def _slug(task: str) -> str:
     return task.replace(":", "-")
 
@@ -120,7 +123,8 @@ def plot(data: dict, path) -> Path:
         for (r, c), v in np.ndenumerate(deltas[m]):
             ax.text(c, r, f"{v:+.3f}", ha="center", va="center", fontsize=10,
                     fontweight="bold" if r == c else "normal")
-        ax.set_xticks(range(len(tasks)), [f"{t}\n({metric_label(data['metrics'][t])})" for t in tasks], fontsize=8)
+        ax.set_xticks(range(len(tasks)), [f"{t}\n({SHORT.get(data['metrics'][t], metric_label(data['metrics'][t]))})"
+                                          for t in tasks], fontsize=8, rotation=20, ha="right")
         ax.set_yticks(range(len(tasks)), tasks, fontsize=9)
         ax.set_xlabel("evaluated on (test metric)", fontsize=11)
         ax.set_ylabel("heads selected on", fontsize=11)
