@@ -75,6 +75,23 @@ def style(ax, *, title: str, xlabel: str, ylabel: str) -> None:
     ax.grid(alpha=0.3)
 
 
+def run_analysis(name: str, argv, *, doc: str, config, quick, compute, table, plot) -> dict:
+    """The shared ``main()``: pick CONFIG or QUICK, compute, save data + table, draw from the saved JSON.
+
+    ``compute(cfg, out=..., work=..., progress=...)`` returns the data; ``work`` is where its caches go
+    (runs/analyses/<name>, not committed, so an interrupted analysis resumes; ``out`` itself with --quick).
+    """
+    args = parse_args(argv, doc.splitlines()[0])
+    cfg = quick if args.quick else config
+    out, figure = folders(name, args)
+    work = out if args.quick else ROOT / "runs" / "analyses" / name
+    data = compute(cfg, out=out, work=work, progress=not args.quick)
+    save(out, cfg, data, table(data))
+    plot(load(out), figure)
+    print("\n".join(table(data)))
+    return data
+
+
 def run_main(main) -> None:
     """``main()`` as a script: a user mistake is one line on stderr and exit code 2."""
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analyses.common import folders, load, new_figure, parse_args, run_main, save, style
+from analyses.common import new_figure, run_analysis, run_main, style
 from real_lens.activations import collect_activations
 from real_lens.evaluation import bootstrap_ci
 from real_lens.experiment import (
@@ -137,16 +137,8 @@ def plot(data: dict, path) -> Path:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv, __doc__.splitlines()[0])
-    cfg = QUICK if args.quick else CONFIG
-    out, figure = folders("compare_selection", args)
-    # Scores and cells are cached next to the results (under runs/, not committed) so a rerun resumes.
-    work = out if args.quick else Path("runs") / "analyses" / "compare_selection"
-    data = analyse(cfg, work, progress=not args.quick)
-    save(out, cfg, data, table(data))
-    plot(load(out), figure)
-    print("\n".join(table(data)))
-    return data
+    return run_analysis("compare_selection", argv, doc=__doc__, config=CONFIG, quick=QUICK, table=table, plot=plot,
+                        compute=lambda cfg, out, work, progress: analyse(cfg, work, progress=progress))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analyses.common import folders, load, new_figure, parse_args, run_dir, run_main, save, style
+from analyses.common import new_figure, run_analysis, run_dir, run_main, style
 from real_lens.compare import compare_scores
 from real_lens.io import read_json
 from real_lens.plotting import save_figure
@@ -121,14 +121,8 @@ def plot(data: dict, path) -> Path:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv, __doc__.splitlines()[0])
-    cfg = QUICK if args.quick else CONFIG
-    out, figure = folders("overlap", args)
-    data = analyse(run_dir(cfg.run, out), cfg.k)
-    save(out, cfg, data, table(data))
-    plot(load(out), figure)
-    print("\n".join(table(data)))
-    return data
+    return run_analysis("overlap", argv, doc=__doc__, config=CONFIG, quick=QUICK, table=table, plot=plot,
+                        compute=lambda cfg, out, work, progress: analyse(run_dir(cfg.run, out), cfg.k))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from analyses.common import folders, load, new_figure, parse_args, run_dir, run_main, save, style
+from analyses.common import new_figure, run_analysis, run_dir, run_main, style
 from real_lens.activations import collect_activations
 from real_lens.experiment import METHODS, eval_items, evaluate_cell, prepare
 from real_lens.plotting import SCORE_UNITS, metric_label, save_figure
@@ -129,14 +129,8 @@ def plot(data: dict, path) -> Path:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv, __doc__.splitlines()[0])
-    cfg = QUICK if args.quick else CONFIG
-    out, figure = folders("score_vs_effect", args)
-    data = analyse(cfg, run_dir(cfg.run, out), progress=not args.quick)
-    save(out, cfg, data, table(data))
-    plot(load(out), figure)
-    print("\n".join(table(data)))
-    return data
+    return run_analysis("score_vs_effect", argv, doc=__doc__, config=CONFIG, quick=QUICK, table=table, plot=plot,
+                        compute=lambda cfg, out, work, progress: analyse(cfg, run_dir(cfg.run, out), progress=progress))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analyses.common import folders, load, new_figure, parse_args, run_main, save
+from analyses.common import new_figure, run_analysis, run_main
 from real_lens.experiment import ExperimentConfig, run_experiment
 from real_lens.io import read_json
 from real_lens.plotting import metric_label, save_figure
@@ -136,15 +136,8 @@ def plot(data: dict, path) -> Path:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv, __doc__.splitlines()[0])
-    cfg = QUICK if args.quick else CONFIG
-    out, figure = folders("transfer", args)
-    work = out if args.quick else Path("runs") / "analyses" / "transfer"
-    data = analyse(cfg, work, progress=not args.quick)
-    save(out, cfg, data, table(data))
-    plot(load(out), figure)
-    print("\n".join(table(data)))
-    return data
+    return run_analysis("transfer", argv, doc=__doc__, config=CONFIG, quick=QUICK, table=table, plot=plot,
+                        compute=lambda cfg, out, work, progress: analyse(cfg, work, progress=progress))
 
 
 if __name__ == "__main__":
