@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from real_lens.errors import RealLensError
-from real_lens.io import read_json, write_json
+from real_lens.io import atomic_write, read_json, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"  # small, committed: data.json + table.md per analysis
@@ -49,8 +49,6 @@ def folders(name: str, args) -> tuple[Path, Path]:
 def save(out: Path, config, data: dict, table: list[str]) -> None:
     """``data.json`` (the config it came from + the numbers) and ``table.md``, both atomically."""
     write_json(out / "data.json", {"config": dataclasses.asdict(config), **data})
-    from real_lens.io import atomic_write
-
     atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text("\n".join(table) + "\n"))
 
 

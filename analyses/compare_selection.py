@@ -69,7 +69,7 @@ def analyse(cfg: Config, out: Path, progress: bool = True) -> dict:
     # The same test sample for every seed: it is drawn with the first seed.
     items = eval_items(setup.evaluation, setup.task, fold.test, cfg.n_test_questions, cfg.seeds[0])
     metric = setup.select_metric
-    base = cached_cell(out / "cells", base_cfg, cfg.fold, {"method": "unsteered", "split": "test", "k": 0, "alpha": 0.0})(
+    base = cached_cell(out, base_cfg, cfg.fold, {"method": "unsteered", "split": "test", "k": 0, "alpha": 0.0})(
         lambda: evaluate_cell(setup, items, None, base_cfg))
     per_item: dict[tuple, list[list[float]]] = {}
     for seed in cfg.seeds:
@@ -80,7 +80,7 @@ def analyse(cfg: Config, out: Path, progress: bool = True) -> dict:
                 steering = build_steering(bank, select_top(scores, k), alpha=1.0)
                 for alpha in cfg.alpha_grid:
                     key = {"method": method, "split": "test", "k": k, "alpha": alpha, "seed": seed}
-                    result = cached_cell(out / "cells", ecfg, cfg.fold, key)(
+                    result = cached_cell(out, ecfg, cfg.fold, key)(
                         lambda: evaluate_cell(setup, items, steering.with_alpha(alpha), ecfg))
                     per_item.setdefault((method, k, alpha), []).append(result["per_item"][metric])
                     if progress:

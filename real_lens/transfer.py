@@ -71,7 +71,7 @@ def run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pat
     chosen = {(int(r["fold"]), r["method"]): (int(r["k"]), float(r["alpha"]))
               for r in src_rows if r["split"] == "test" and r["method"] != "unsteered"}
     src_folds = sorted({f for f, _ in chosen})
-    methods = tcfg.methods or tuple(m for m in METHODS if any(mm == m for _, mm in chosen))
+    methods = tcfg.methods or tuple(m for m in METHODS if m in {mm for _, mm in chosen})
     missing = [m for m in methods if (src_folds[0], m) not in chosen]
     if missing:
         raise RealLensError(f"the source run {source_dir} has no chosen K/α for {missing}; it ran {sorted({m for _, m in chosen})}")
@@ -82,7 +82,7 @@ def run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pat
     tgt_cfg = dataclasses.replace(src_cfg, task=tcfg.target, folds=tcfg.folds, select_metric=None,
                                   n_test_questions=tcfg.n_test_questions or src_cfg.n_test_questions)
     target = prepare(tgt_cfg)
-    source = prepare(src_cfg, model=target.model)
+    source = prepare(dataclasses.replace(src_cfg, side_effect_texts=0), model=target.model)  # CE/KL texts: target's
     timer.add("load model + data", t)
     t = time.perf_counter()
     src_bank = collect_activations(target.model, source.task, site=src_cfg.site, readout=src_cfg.readout,
