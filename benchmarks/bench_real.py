@@ -76,6 +76,12 @@ def matmul_flops(cfg: RealConfig, d: int, n_examples: int, prior_train: tuple[in
     return {"vqae": vq, "prior": prior}
 
 
+def prior_split_sizes(labels, groups, cfg: RealConfig, seed: int) -> tuple[tuple[int, int], int]:
+    """``((aligned, violating) examples the priors train on, held-out examples)``, as REAL splits them."""
+    train, heldout = split_heldout(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=seed)
+    return (int((labels[train] == 1).sum()), int((labels[train] == 0).sum())), len(heldout)
+
+
 def bmm_rate(n_modules: int, rows: int, d_in: int, d_out: int, device: str, *, seconds: float = 1.0) -> float:
     """Measured FLOP/s of ``torch.bmm`` on ``[n_modules, rows, d_in] @ [n_modules, d_in, d_out]``."""
     x, w = torch.randn(n_modules, rows, d_in, device=device), torch.randn(n_modules, d_in, d_out, device=device)
@@ -143,9 +149,8 @@ def main(argv=None) -> None:
     print(f"speed-up of batched over one-at-a-time: {estimate / batched_s:.1f}x")
 
     chunk = min(cfg.module_chunk_for(torch.device(args.device)), n_modules)
-    train, heldout = split_heldout(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=args.seed)
-    prior_train = (int((labels[train] == 1).sum()), int((labels[train] == 0).sum()))
-    flops = {s: f * n_modules for s, f in matmul_flops(cfg, d_head, n_examples, prior_train, len(heldout)).items()}
+    split = prior_split_sizes(labels, groups, cfg, args.seed)
+    flops = {s: f * n_modules for s, f in matmul_flops(cfg, d_head, n_examples, *split).items()}
     rates = {  # the products that dominate each stage: an encoder layer, a GRU step
         "vqae": bmm_rate(chunk, cfg.batch_size, d_head, d_head, args.device),
         "prior": bmm_rate(chunk, cfg.prior_batch_size, cfg.prior_hidden, 3 * cfg.prior_hidden, args.device),

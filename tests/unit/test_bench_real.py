@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.bench_real import main, make_bank, matmul_flops
-from real_lens.scoring.real import RealConfig, score_real_tensors, split_heldout
+from benchmarks.bench_real import main, make_bank, matmul_flops, prior_split_sizes
+from real_lens.scoring.real import RealConfig, score_real_tensors
 
 
 @pytest.mark.parametrize(
@@ -21,9 +21,7 @@ def test_matmul_flops_equals_torch_flop_counter(n_examples, cfg):
     acts, labels, groups, _ = make_bank(n_examples, 1, 3, 16, seed=0)
     with FlopCounterMode(display=False) as counter:
         score_real_tensors(acts, labels, groups, cfg=cfg)
-    train, heldout = split_heldout(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=0)
-    prior_train = (int((labels[train] == 1).sum()), int((labels[train] == 0).sum()))
-    per_module = matmul_flops(cfg, 16, n_examples, prior_train, len(heldout))
+    per_module = matmul_flops(cfg, 16, n_examples, *prior_split_sizes(labels, groups, cfg, seed=0))
     assert 3 * sum(per_module.values()) == counter.get_total_flops()
 
 
