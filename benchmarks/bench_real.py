@@ -85,7 +85,9 @@ def prior_split_sizes(labels, groups, cfg: RealConfig, seed: int) -> tuple[tuple
 def bmm_rate(n_modules: int, rows: int, d_in: int, d_out: int, device: str, *, seconds: float = 1.0) -> float:
     """Measured FLOP/s of ``torch.bmm`` on ``[n_modules, rows, d_in] @ [n_modules, d_in, d_out]``."""
     x, w = torch.randn(n_modules, rows, d_in, device=device), torch.randn(n_modules, d_in, d_out, device=device)
-    torch.bmm(x, w)
+    torch.bmm(x, w)  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
     reps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for _ in range(10):
