@@ -5,7 +5,8 @@ Sources, all small and committed under results/:
   ``runs/truthfulqa`` by ``--from-run runs/truthfulqa``) → ``truthfulqa_heatmaps_fold*.png``,
   ``truthfulqa_mc2_vs_k.png``;
 - ``results/<analysis>/data.json`` of each analysis → ``figures/<analysis>.png``.
-A missing source is reported and the script exits with code 1 (the other figures are still made).
+A missing source is reported and the script exits with code 1 (the other figures are still made);
+a ``--from-run`` folder that is not a finished run is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import sys
 from pathlib import Path
 
 from analyses import compare_selection, overlap, score_vs_effect, transfer
-from analyses.common import FIGURES, RESULTS, load
+from analyses.common import FIGURES, RESULTS, load, run_main
+from real_lens.errors import RealLensError
 from real_lens.io import read_json
 from real_lens.plotting import plot_metric_vs_k, plot_score_heatmaps
 from real_lens.scoring import ModuleScores
@@ -30,9 +32,9 @@ RUN_FILES = ("results.csv", "summary.json", "summary.md", "config.json")
 def publish_run(run: Path, dest: Path) -> None:
     """Copy a finished run's small outputs (tables and scores; no caches, no cells) into ``dest``."""
     if not (run / "results.csv").is_file():
-        raise SystemExit(f"error: {run} is not a finished real-lens run (no results.csv)")
+        raise RealLensError(f"{run} is not a finished real-lens run (no results.csv); pass the folder `make run` wrote")
+    dest.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
-        dest.mkdir(parents=True, exist_ok=True)
         shutil.copy2(run / name, dest / name)
     if (dest / "scores").exists():
         shutil.rmtree(dest / "scores")
@@ -80,4 +82,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(lambda argv: sys.exit(main(argv)))  # exit 1 if a source is missing, 2 on a bad --from-run

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from analyses.common import new_figure, run_analysis, run_main
-from real_lens.experiment import ExperimentConfig, run_experiment
+from real_lens.experiment import ExperimentConfig, run_experiment, task_slug
 from real_lens.io import read_json
 from real_lens.plotting import metric_label, save_figure
 from real_lens.transfer import TransferConfig, run_transfer
@@ -39,8 +39,8 @@ class Config:
     real_prior_epochs: int = 10
     side_effect_texts: int = 10
     patching_min_gap: float = 1e-3
-    # Folds per task where not all are run: NQ-Swap's greedy generation costs ~6 s per item on
-    # the 2-core CPU (~24 min per fold of its own run), so only its fold 0 is run and evaluated.
+    # Folds per task where not all are run: NQ-Swap's greedy generation costs ~2 s per item on a
+    # quiet 2-core CPU (~6 s while the other analyses ran), so only its fold 0 is run and evaluated.
     task_folds: tuple[tuple[str, tuple[int, ...]], ...] = (("nq-swap", (0,)),)
 
 
@@ -51,10 +51,6 @@ QUICK = Config(model="tiny-llama", tasks=("truthfulqa", "caa:refusal"), k_grid=(
 
 
 SHORT = {"mc2": "MC2", "contains_aligned": "contains", "p_aligned": "p(aligned)"}  # tick labels
-
-
-def _slug(task: str) -> str:
-    return task.replace(":", "-")
 
 
 def _folds(cfg: Config, task: str) -> tuple[int, ...] | None:
@@ -70,14 +66,14 @@ def experiment_config(cfg: Config, task: str) -> ExperimentConfig:
 
 
 def analyse(cfg: Config, work: Path, progress: bool = True) -> dict:
-    runs = {t: run_experiment(experiment_config(cfg, t), work / "runs" / _slug(t), progress=progress) for t in cfg.tasks}
+    runs = {t: run_experiment(experiment_config(cfg, t), work / "runs" / task_slug(t), progress=progress) for t in cfg.tasks}
     summaries = {(t, t): read_json(runs[t] / "summary.json") for t in cfg.tasks}
     for source in cfg.tasks:
         for target in cfg.tasks:
             if source != target:
                 out = run_transfer(TransferConfig(str(runs[source]), target, methods=cfg.methods,
                                                   folds=_folds(cfg, target)),
-                                   work / "transfer" / f"{_slug(source)}-to-{_slug(target)}", progress=progress)
+                                   work / "transfer" / f"{task_slug(source)}-to-{task_slug(target)}", progress=progress)
                 summaries[(source, target)] = read_json(out / "summary.json")
     metrics = {t: summaries[(t, t)]["select_metric"] for t in cfg.tasks}
     cells = []

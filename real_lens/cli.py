@@ -247,7 +247,7 @@ def _grid(text, cast):
 
 
 def _cmd_run(args) -> None:
-    from .experiment import config_for, run_experiment
+    from .experiment import config_for, run_experiment, task_slug
 
     cfg = config_for(
         "quick" if args.quick else "full" if args.full else None,
@@ -257,22 +257,19 @@ def _cmd_run(args) -> None:
         questions_per_part=args.questions_per_part, task=args.task, select_metric=args.select_metric,
         folds=_grid(args.folds, int), seed=args.seed,
     )
-    out = run_experiment(cfg, args.out or f"runs/{_slug(cfg.task)}")
+    out = run_experiment(cfg, args.out or f"runs/{task_slug(cfg.task)}")
     print((out / "summary.md").read_text())
     print(f"outputs in {out}")
 
 
-def _slug(task: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in task)
-
-
 def _cmd_transfer(args) -> None:
+    from .experiment import task_slug
     from .transfer import TransferConfig, load_source_run, run_transfer
 
     source_cfg, _ = load_source_run(args.source_run)
     tcfg = TransferConfig(args.source_run, args.task, methods=_grid(args.methods, str),
                           n_test_questions=args.test_questions)
-    out = run_transfer(tcfg, args.out or f"runs/transfer-{_slug(source_cfg.task)}-to-{_slug(args.task)}")
+    out = run_transfer(tcfg, args.out or f"runs/transfer-{task_slug(source_cfg.task)}-to-{task_slug(args.task)}")
     print((out / "summary.md").read_text())
     print(f"outputs in {out}")
 

@@ -196,9 +196,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
             timer.add(f"score: {method}", t)
             all_scores[fold_index].append(scores)
             t = time.perf_counter()
-            grid = {}
+            grid, steerings = {}, {}
             for k in cfg.k_grid:
-                steering = build_steering(bank, select_top(scores, k), alpha=1.0)
+                steerings[k] = steering = build_steering(bank, select_top(scores, k), alpha=1.0)
                 for alpha in cfg.alpha_grid:
                     result = cell(method=method, split="val", k=k, alpha=alpha)(
                         lambda: evaluate_cell(setup, val_items, steering.with_alpha(alpha), cfg))
@@ -208,7 +208,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
             # Ties go to the smaller K, then the smaller α: the least intervention that does as well.
             best_k, best_alpha = max(grid, key=lambda ka: (grid[ka][setup.select_metric], -ka[0], -ka[1]))
             t = time.perf_counter()
-            steering = build_steering(bank, select_top(scores, best_k), alpha=best_alpha)
+            steering = steerings[best_k].with_alpha(best_alpha)
             result = cell(method=method, split="test", k=best_k, alpha=best_alpha)(
                 lambda: evaluate_cell(setup, test_items, steering, cfg, side_effects=True))
             timer.add("evaluate (test)", t)
@@ -218,6 +218,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
     timer.seconds["total"] = time.perf_counter() - started
     _write_outputs(out, cfg, setup, rows, pooled, all_scores, timer, bank_sizes)
     return out
+
+
+def task_slug(task: str) -> str:
+    """A task name as a folder name (``caa:refusal`` -> ``caa-refusal``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in task)
 
 
 def select_top(scores: ModuleScores, k: int):

@@ -18,7 +18,6 @@ activation is that row's own gradient.)
 
 from __future__ import annotations
 
-
 import torch
 from jaxtyping import Float
 from torch import Tensor

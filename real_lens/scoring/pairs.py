@@ -25,7 +25,6 @@ never influences a real position, and the metric is read at each pair's last rea
 from __future__ import annotations
 
 import re
-
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Literal, Sequence

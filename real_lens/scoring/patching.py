@@ -22,7 +22,6 @@ everything downstream of that layer, so every layer scores exactly 1. Use
 
 from __future__ import annotations
 
-
 import torch
 import transformer_lens.utilities as tl_utils
 from jaxtyping import Float
