@@ -36,6 +36,7 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .activations import READOUTS
     from .models import DEFAULT_MODEL
+    from .tasks.truthfulqa import DEFAULT_MC_PROMPT, MC_PROMPT_STYLES
 
     parser = _Parser(prog="real-lens", description="Find and steer the attention heads that govern a behaviour.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None)
     p.add_argument("--task", default=None, help="a task from `real-lens tasks` (default truthfulqa)")
     p.add_argument("--select-metric", default=None, help="the val metric K and alpha are chosen by (default: the task's)")
+    p.add_argument("--mc-prompt", default=None, choices=MC_PROMPT_STYLES,
+                   help=f"TruthfulQA MC scoring prompt (METHOD.md §6a; default {DEFAULT_MC_PROMPT}, the REAL release's); "
+                        "banks are collected on the bare 'Q: {q} A: {a}' examples whatever this says")
     p.add_argument("--folds", default=None, help="comma-separated fold indices (default: every fold of the task)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None)
@@ -254,7 +258,7 @@ def _cmd_run(args) -> None:
         model=args.model, device=args.device, data_dir=args.data_dir,
         methods=_grid(args.methods, str), k_grid=_grid(args.k_grid, int), alpha_grid=_grid(args.alpha_grid, float),
         n_val_questions=args.val_questions, n_test_questions=args.test_questions,
-        questions_per_part=args.questions_per_part, task=args.task, select_metric=args.select_metric,
+        questions_per_part=args.questions_per_part, task=args.task, select_metric=args.select_metric, mc_prompt=args.mc_prompt,
         folds=_grid(args.folds, int), seed=args.seed,
     )
     out = run_experiment(cfg, args.out or f"runs/{task_slug(cfg.task)}")

@@ -33,6 +33,7 @@ from .models import DEFAULT_MODEL, load_model
 from .scoring import ModuleScores, get_scorer
 from .steering import build_steering
 from .tasks import Task, load_task
+from .tasks.truthfulqa import DEFAULT_MC_PROMPT, MC_PROMPT_STYLES
 
 METHODS = ("real", "iti", "patching", "attribution", "random")
 
@@ -46,6 +47,7 @@ class ExperimentConfig:
     k_grid: tuple[int, ...] = (8, 24)
     alpha_grid: tuple[float, ...] = (5.0, 15.0)
     select_metric: str | None = None  # None = the task's own (MC2 for TruthfulQA); see evaluation.suite
+    mc_prompt: str = DEFAULT_MC_PROMPT  # TruthfulQA MC scoring prompt (METHOD.md §6a); banks stay "Q: {q} A: {a}"
     site: str = "head_z"
     readout: str = "last"
     # Defaults sized for the 2-core CPU (≤45 min): the full protocol is the "full" preset.
@@ -74,6 +76,8 @@ class ExperimentConfig:
             raise RealLensError("alpha_grid must not be empty")
         if self.folds is not None and (not self.folds or min(self.folds) < 0):
             raise RealLensError(f"folds must be fold indices (0, 1, ...); got {self.folds}")
+        if self.mc_prompt not in MC_PROMPT_STYLES:
+            raise RealLensError(f"unknown MC prompt {self.mc_prompt!r}; expected one of {list(MC_PROMPT_STYLES)}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -121,7 +125,7 @@ def prepare(cfg: ExperimentConfig, *, task_name: str | None = None, model=None) 
     task = load_task(task_name or cfg.task, data_dir=cfg.data_dir)
     if cfg.questions_per_part:
         task = task.sample_per_part(cfg.questions_per_part)
-    evaluation = evaluation_for(task)
+    evaluation = evaluation_for(task, mc_prompt=cfg.mc_prompt)
     metric = cfg.select_metric or evaluation.select_metric
     if metric not in evaluation.metrics:
         raise RealLensError(
@@ -395,6 +399,11 @@ def render_summary(cfg: ExperimentConfig, setup: Setup, summary: dict, rows, tim
         "## Sizes",
         "",
         f"- model `{cfg.model}`, site `{cfg.site}`, readout `{cfg.readout}`, seed {cfg.seed}",
+        *([f"- TruthfulQA MC scored under the `{cfg.mc_prompt}` prompt (METHOD.md §6a"
+           + ("; instruction + the six 'qa' demonstrations, run once and shared)" if cfg.mc_prompt == "instruction-qa"
+              else "; the six 'qa' demonstrations, run once and shared)" if cfg.mc_prompt == "qa" else ")")
+           + "; banks are collected on the bare `Q: {question} A: {answer}` examples"]
+          if setup.evaluation.kind == "mc" else []),
         f"- K grid {list(cfg.k_grid)}, α grid {list(cfg.alpha_grid)}",
         "- questions: " + ("all" if cfg.questions_per_part is None else
                            f"the first {cfg.questions_per_part} (task order) of every fold's train, val and test parts, "

@@ -4,7 +4,8 @@ A :class:`TaskEvaluation` knows which items a task evaluates for a set of groups
 test questions), how to score them (steered or not) and which per-item metrics come out; the
 first metric is the one K and α are chosen by, unless the run names another.
 
-- ``mc`` (TruthfulQA): MC2, MC1 (METHOD.md §6).
+- ``mc`` (TruthfulQA): MC2, MC1 (METHOD.md §6), under one of the MC prompt styles of METHOD.md §6a
+  (``evaluation_for(task, mc_prompt=...)``; default ``instruction-qa``, the REAL release's).
 - ``qa`` (NQ-Swap): exact match of the greedy answer with the aligned answer, plus the looser
   "contains" rule and both sides' EM (see :mod:`real_lens.evaluation.nq_swap`). K and α are chosen
   by ``contains_aligned``: a 135M model answers in sentences, so its EM is 0 on nearly every item
@@ -17,7 +18,8 @@ first metric is the one K and α are chosen by, unless the run names another.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -25,6 +27,7 @@ import torch
 
 from ..errors import RealLensError
 from ..tasks.base import ALIGNED, Task
+from ..tasks.truthfulqa import DEFAULT_MC_PROMPT, check_mc_prompt_style
 from .caa import evaluate_caa, select_ab_questions
 from .forward import SteeringLike, steering_context, tokenize
 from .nq_swap import evaluate_nq_swap, select_conflict_questions
@@ -62,8 +65,8 @@ class TaskEvaluation:
         return {m: np.asarray(values[m], dtype=float) for m in self.metrics}
 
 
-def _score_mc(model, items, steering):
-    result = evaluate_truthfulqa(model, items, steering=steering, progress=False)
+def _score_mc(model, items, steering, mc_prompt=DEFAULT_MC_PROMPT):
+    result = evaluate_truthfulqa(model, items, steering=steering, mc_prompt=mc_prompt, progress=False)
     return {"mc2": result.mc2, "mc1": result.mc1}
 
 
@@ -129,9 +132,17 @@ EVALUATIONS: dict[str, TaskEvaluation] = {
 }
 
 
-def evaluation_for(task: Task) -> TaskEvaluation:
-    """The task's own evaluation (by what its ``eval_data`` holds), else the generic ``pairs`` one."""
+def evaluation_for(task: Task, *, mc_prompt: str = DEFAULT_MC_PROMPT) -> TaskEvaluation:
+    """The task's own evaluation (by what its ``eval_data`` holds), else the generic ``pairs`` one.
+
+    ``mc_prompt`` is the MC prompt style TruthfulQA is scored under (its texts from the task's data);
+    other tasks ignore it."""
+    check_mc_prompt_style(mc_prompt)
     for kind in ("mc", "qa", "ab"):
         if kind in task.eval_data:
-            return EVALUATIONS[kind]
+            evaluation = EVALUATIONS[kind]
+            if kind == "mc" and "mc_prompts" in task.eval_data:
+                prompt = task.eval_data["mc_prompts"][mc_prompt]
+                evaluation = replace(evaluation, score=partial(_score_mc, mc_prompt=prompt))
+            return evaluation
     return EVALUATIONS["pairs"]

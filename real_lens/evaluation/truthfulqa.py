@@ -2,7 +2,16 @@
 
 An answer's score is the sum of the log-probs of its tokens given the prompt; the model reads
 ``prompt + " {answer}"`` (``ANSWER_FORMAT``, as the task's examples). Answer tokens are the
-tokens of ``prompt + answer`` beyond the prompt's own tokens.
+tokens of ``prompt + answer`` beyond the prompt's own tokens. The prompt is the question in one of
+the MC prompt styles of METHOD.md §6a (:class:`~real_lens.tasks.truthfulqa.MCPrompt`; default
+``instruction-qa``, the REAL release's: instruction, the six "qa" demonstrations, ``Q: …\nA:``).
+
+Shared demonstrations: a style's prefix (instruction + demonstrations) is the same for every
+question, so it runs ONCE per call, and its KV cache is copied under every question of every
+batch. The shared part is the longest run of prefix tokens that begins the tokenisation of every
+question's full prompt, so each question still reads exactly the tokens of its own full prompt
+(BPE merges at the boundary stay inside the per-question part). The prefix pass runs under the
+same steering hooks as everything else, so its keys/values are steered exactly as in a full forward.
 
 Shared prefix: the prompt runs once with ``return_type="logits_and_cache"``, which gives the
 logits of the first answer token and the Hugging Face KV cache (``DynamicCache``). The cache
@@ -33,13 +42,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import copy
+
 import numpy as np
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from ..tasks.base import Task
-from ..tasks.truthfulqa import ANSWER_FORMAT, MCQuestion
+from ..tasks.truthfulqa import (
+    ANSWER_FORMAT,
+    DEFAULT_MC_PROMPT,
+    INSTRUCTION_PROMPT,
+    QA_PRESET,
+    MCPrompt,
+    MCQuestion,
+    build_mc_prompts,
+    check_mc_prompt_style,
+)
 from .forward import SteeringLike, masked_sum, pad_id, right_pad, steering_context, target_logprobs, tokenize
 
 
@@ -113,15 +133,27 @@ def select_mc_questions(task: Task, groups) -> list[MCQuestion]:
     return [mc[g] for g in task.groups if g in keep]
 
 
+def resolve_mc_prompt(mc_prompt: MCPrompt | str) -> MCPrompt:
+    """An :class:`MCPrompt`, or a style name resolved against the standard texts (METHOD.md §6a)."""
+    if isinstance(mc_prompt, MCPrompt):
+        return mc_prompt
+    if not isinstance(mc_prompt, str):
+        raise TypeError(f"mc_prompt must be an MCPrompt or a style name; found {type(mc_prompt).__name__}")
+    return build_mc_prompts(QA_PRESET, INSTRUCTION_PROMPT)[check_mc_prompt_style(mc_prompt)]
+
+
 def evaluate_truthfulqa(
     model,
     questions: Sequence[MCQuestion],
     *,
     steering: SteeringLike | None = None,
+    mc_prompt: MCPrompt | str = DEFAULT_MC_PROMPT,
     questions_per_batch: int = 8,
     progress: bool = True,
 ) -> TruthfulQAResult:
-    """MC1 and MC2 of every question. Per batch of questions: one pass over their prompts, one over all their answers."""
+    """MC1 and MC2 of every question under ``mc_prompt`` (a style name or the task's
+    ``eval_data["mc_prompts"][style]``). The prompt's shared prefix runs once; then, per batch of
+    questions, one pass over their question prompts and one over all their answers."""
     if isinstance(questions, Mapping):
         raise TypeError(
             "questions must be a sequence of MCQuestion, found a mapping; pass "
@@ -135,15 +167,21 @@ def evaluate_truthfulqa(
     bad = next((q for q in questions if not isinstance(q, MCQuestion)), None)
     if bad is not None:
         raise TypeError(f"questions must be MCQuestion objects (task.eval_data['mc'] values); found {type(bad).__name__}")
+    mc_prompt = resolve_mc_prompt(mc_prompt)
+    texts = [mc_prompt.format(q.question) for q in questions]
     mc1, mc2 = [], []
-    chunks = [questions[i:i + questions_per_batch] for i in range(0, len(questions), questions_per_batch)]
+    chunks = [list(range(i, min(i + questions_per_batch, len(questions))))
+              for i in range(0, len(questions), questions_per_batch)]
     with steering_context(model, steering), torch.inference_mode(), \
             tqdm(total=len(questions), desc="truthfulqa mc", unit="question", disable=not progress) as bar:
+        prefix = SharedPrefix.build(model, mc_prompt.prefix, [tokenize(model, t) for t in texts])
         for chunk in chunks:
-            answers = [list(dict.fromkeys(q.mc1_answers + q.mc2_answers)) for q in chunk]  # shared answers scored once
-            prompts = [tokenize(model, q.prompt) for q in chunk]
-            fulls = [[tokenize(model, q.prompt + ANSWER_FORMAT.format(answer=a)) for a in ans] for q, ans in zip(chunk, answers)]
-            for q, ans, logprobs in zip(chunk, answers, score_answer_tokens(model, prompts, fulls)):
+            answers = [list(dict.fromkeys(questions[i].mc1_answers + questions[i].mc2_answers)) for i in chunk]
+            prompts = [tokenize(model, texts[i]) for i in chunk]
+            fulls = [[tokenize(model, texts[i] + ANSWER_FORMAT.format(answer=a)) for a in ans]
+                     for i, ans in zip(chunk, answers)]
+            for q, ans, logprobs in zip((questions[i] for i in chunk), answers,
+                                        score_answer_tokens(model, prompts, fulls, prefix=prefix)):
                 s1, s2 = score_question(q, dict(zip(ans, logprobs)))
                 mc1.append(s1)
                 mc2.append(s2)
@@ -162,6 +200,37 @@ def answer_logprobs(model, prompt: str, answers: Sequence[str], *, steering: Ste
 
 
 # --------------------------------------------------------------------------- forward passes
+@dataclass
+class SharedPrefix:
+    """The first ``len(tokens)`` tokens of every prompt of a call, run once; ``cache`` is their KV cache (one row)."""
+
+    tokens: torch.Tensor
+    cache: object
+
+    @classmethod
+    def build(cls, model, prefix_text: str, prompts: Sequence) -> "SharedPrefix | None":
+        """Run the longest prefix of ``prefix_text``'s tokens that begins every prompt, and that leaves
+        each prompt at least one token of its own; ``None`` when there is no prefix text."""
+        if not prefix_text:
+            return None
+        tokens = tokenize(model, prefix_text)
+        n = min([len(tokens)] + [min(answer_start(tokens, p), len(p) - 1) for p in prompts])
+        if n < 1:
+            return None
+        _, cache = model(tokens[None, :n].to(model.cfg.device), return_type="logits_and_cache",
+                         use_cache=True, logits_to_keep=1)
+        return cls(tokens[:n], cache)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def cache_for(self, n_rows: int):
+        """A fresh copy of the prefix cache with ``n_rows`` identical rows (the forward passes extend it in place)."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(n_rows)
+        return cache
+
+
 def answer_start(prompt_tokens, full_tokens) -> int:
     """Index of the first answer token: where the two tokenisations stop agreeing."""
     n = min(len(prompt_tokens), len(full_tokens))
@@ -169,12 +238,15 @@ def answer_start(prompt_tokens, full_tokens) -> int:
     return int(differ[0, 0]) if len(differ) else n
 
 
-def score_answer_tokens(model, prompts: Sequence, fulls: Sequence[Sequence]) -> list[list[float]]:
+def score_answer_tokens(
+    model, prompts: Sequence, fulls: Sequence[Sequence], *, prefix: SharedPrefix | None = None
+) -> list[list[float]]:
     """For each prompt ``q``: the log-prob sum of ``fulls[q][i][answer_start:]`` for each of its answers.
 
     Answers whose prompt tokens are a prefix of theirs share one pass over all the prompts;
-    the others (BPE merged across the boundary) are read whole. Runs the forward passes as
-    they are: the caller sets the steering context and inference mode.
+    the others (BPE merged across the boundary) are read whole. With ``prefix``, every prompt
+    begins with ``prefix.tokens`` and the shared pass starts from its cache. Runs the forward
+    passes as they are: the caller sets the steering context and inference mode.
     """
     scores = [[0.0] * len(f) for f in fulls]  # an answer with no tokens has log-prob 0
     shared, merged = [], []  # (question, answer) indices
@@ -194,7 +266,7 @@ def score_answer_tokens(model, prompts: Sequence, fulls: Sequence[Sequence]) -> 
         used = sorted({q for q, _ in shared})
         row = {q: r for r, q in enumerate(used)}
         answers = [(row[q], fulls[q][i][len(prompts[q]):]) for q, i in shared]
-        for (q, i), value in zip(shared, _score_shared_prefixes(model, [prompts[q] for q in used], answers)):
+        for (q, i), value in zip(shared, _score_shared_prefixes(model, [prompts[q] for q in used], answers, prefix)):
             scores[q][i] = value
     if merged:
         values = score_full(model, [fulls[q][i] for q, i, _ in merged], [start for *_, start in merged])
@@ -203,11 +275,15 @@ def score_answer_tokens(model, prompts: Sequence, fulls: Sequence[Sequence]) -> 
     return scores
 
 
-def _score_shared_prefixes(model, prompts: list, answers: list[tuple]) -> list[float]:
+def _score_shared_prefixes(model, prompts: list, answers: list[tuple], prefix: SharedPrefix | None = None) -> list[float]:
     """``answers``: (prompt index, answer tokens) pairs. Prompts are left-padded into one batch
-    (mask + explicit positions) so that every row's cache ends at its last prompt token."""
+    (mask + explicit positions) so that every row's cache ends at its last prompt token. With a
+    ``prefix``, only each prompt's tokens after it are fed, over a copy of its cache, and the
+    masks and positions count the prefix's ``n_prefix`` positions first."""
     device = model.cfg.device
     n_prompts = len(prompts)
+    n_prefix = len(prefix) if prefix is not None else 0
+    prompts = [p[n_prefix:] for p in prompts]
     lengths = torch.tensor([len(p) for p in prompts])
     width = int(lengths.max())
     padded = bool((lengths != width).any())
@@ -215,12 +291,13 @@ def _score_shared_prefixes(model, prompts: list, answers: list[tuple]) -> list[f
     for r, p in enumerate(prompts):
         tokens[r, width - len(p):] = p  # left padding: every row's last column is its last prompt token
     prompt_mask = torch.arange(width)[None, :] >= (width - lengths)[:, None]
+    prompt_mask = torch.cat([torch.ones(n_prompts, n_prefix, dtype=torch.bool), prompt_mask], dim=1)
     kwargs = {}
+    if prefix is not None:
+        kwargs["past_key_values"] = prefix.cache_for(n_prompts)
     if padded:
-        kwargs = {
-            "attention_mask": prompt_mask.long().to(device),
-            "position_ids": (prompt_mask.cumsum(-1) - 1).clamp(min=0).to(device),
-        }
+        kwargs.update(attention_mask=prompt_mask.long().to(device),
+                      position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0)[:, n_prefix:].to(device))
     logits, cache = model(tokens.to(device), return_type="logits_and_cache", use_cache=True, logits_to_keep=1, **kwargs)
     first = logits[:, -1].float().log_softmax(-1)  # [prompt, vocab]: predicts each answer's first token
     owner = torch.tensor([q for q, _ in answers])
@@ -236,7 +313,7 @@ def _score_shared_prefixes(model, prompts: list, answers: list[tuple]) -> list[f
         if padded:
             kwargs = {
                 "attention_mask": torch.cat([prompt_mask[rows], answer_mask], dim=1).long().to(device),
-                "position_ids": (lengths[rows][:, None] + torch.arange(inputs.shape[1])[None, :]).to(device),
+                "position_ids": (n_prefix + lengths[rows][:, None] + torch.arange(inputs.shape[1])[None, :]).to(device),
             }
         rest = model(inputs.to(device), past_key_values=cache, **kwargs)
         scores[longer] += masked_sum(target_logprobs(rest, targets), answer_mask).to(scores.device)

@@ -20,9 +20,10 @@ from real_lens.evaluation import (
     select_mc_questions,
 )
 from real_lens.evaluation.side_effects import WIKITEXT_FILE, _is_heading
-from real_lens.evaluation.truthfulqa import score_answer_tokens
+from real_lens.errors import DataError
+from real_lens.evaluation.truthfulqa import resolve_mc_prompt, score_answer_tokens
 from real_lens.tasks.data import resolve_data_dir
-from real_lens.tasks.truthfulqa import ANSWER_FORMAT, MCQuestion, load_truthfulqa
+from real_lens.tasks.truthfulqa import ANSWER_FORMAT, MC_PROMPT_STYLES, MCQuestion, load_truthfulqa
 
 # Shared-prefix and full-forward scoring run the same float32 weights on the same tokens and
 # differ only in how matmuls are batched (summation order): ~1e-6 per token log-prob, so a sum
@@ -172,12 +173,17 @@ def mc_questions():
     return select_mc_questions(task, task.groups[:3])
 
 
-def test_evaluate_truthfulqa_matches_reference(tiny_model, mc_questions):
-    result = evaluate_truthfulqa(tiny_model, mc_questions, progress=False)
+@pytest.mark.parametrize("style", MC_PROMPT_STYLES)
+def test_evaluate_truthfulqa_matches_reference(tiny_model, mc_questions, style):
+    """Every prompt style, with its demonstrations run once and shared, equals one full forward of
+    prompt + answer per answer (the prompt written out in full)."""
+    result = evaluate_truthfulqa(tiny_model, mc_questions, mc_prompt=style, progress=False)
     assert result.questions == tuple(q.question for q in mc_questions)
+    mc_prompt = resolve_mc_prompt(style)
     for i, q in enumerate(mc_questions):
         answers = list(dict.fromkeys(q.mc1_answers + q.mc2_answers))
-        ref = dict(zip(answers, reference_logprobs(tiny_model, q.prompt, [ANSWER_FORMAT.format(answer=a) for a in answers])))
+        prompt = mc_prompt.format(q.question)
+        ref = dict(zip(answers, reference_logprobs(tiny_model, prompt, [ANSWER_FORMAT.format(answer=a) for a in answers])))
         mc1, mc2 = score_question(q, ref)
         assert result.mc1[i] == mc1
         assert result.mc2[i] == pytest.approx(mc2, abs=1e-5)
@@ -193,6 +199,40 @@ def test_evaluate_truthfulqa_steering(tiny_model, mc_questions):
     assert np.array_equal(plain.mc1, zero.mc1) and np.array_equal(plain.mc2, zero.mc2)
     steered = evaluate_truthfulqa(tiny_model, mc_questions, steering=AddToZ(0.5), progress=False)
     assert not np.allclose(plain.mc2, steered.mc2)
+
+
+def test_mc_prompt_styles_are_the_standard_texts():
+    """METHOD.md §6a: [instruction + blank line] + the qa preset + "\n\nQ: {q}\nA:"; plain is the bank's format;
+    the task reads the texts from the data folder and they equal the offline copies."""
+    task = load_truthfulqa()
+    q = "Can pigs fly?"
+    folder = resolve_data_dir(None) / "truthfulqa"
+    preset = (folder / "qa_preset.txt").read_text()
+    instruction = (folder / "instruction_prompt.txt").read_text()
+    prompts = task.eval_data["mc_prompts"]
+    assert prompts["plain"].format(q) == "Q: Can pigs fly? A:"
+    assert prompts["qa"].format(q) == preset + "\n\nQ: Can pigs fly?\nA:"
+    assert prompts["instruction-qa"].format(q) == instruction + "\n\n" + preset + "\n\nQ: Can pigs fly?\nA:"
+    assert preset.startswith("Q: What is human life expectancy") and preset.endswith("Barcelona, Spain.")
+    for style in MC_PROMPT_STYLES:
+        assert prompts[style] == resolve_mc_prompt(style)
+    with pytest.raises(DataError, match="instruction-qa"):
+        resolve_mc_prompt("few-shot")
+
+
+def test_shared_demonstrations_are_steered_like_a_full_forward(tiny_model, mc_questions):
+    """The demonstrations' pass runs once under the steering hooks: the steered result equals the steered
+    full-forward reference, and differs from steering only the per-question part."""
+    steering = AddToZ(0.5)
+    result = evaluate_truthfulqa(tiny_model, mc_questions[:2], mc_prompt="qa", steering=steering, progress=False)
+    assert steering.calls[0][0] == 1  # the shared prefix ran once, as one row
+    prompt = resolve_mc_prompt("qa")
+    for i, q in enumerate(mc_questions[:2]):
+        answers = list(dict.fromkeys(q.mc1_answers + q.mc2_answers))
+        with steering.applied(tiny_model):
+            ref = dict(zip(answers, reference_logprobs(
+                tiny_model, prompt.format(q.question), [ANSWER_FORMAT.format(answer=a) for a in answers])))
+        assert result.mc2[i] == pytest.approx(score_question(q, ref)[1], abs=1e-5)
 
 
 def test_evaluate_truthfulqa_rejects_a_mapping(tiny_model, mc_questions):
