@@ -348,9 +348,11 @@ def _write_outputs(out, cfg, setup: Setup, rows, pooled, all_scores, timer, bank
                      task=setup.task.name)
 
     summary = summarise(rows, pooled, setup.evaluation.metrics, n_boot=cfg.n_boot, seed=cfg.seed)
+    stability = fold_stability(all_scores, k=max(cfg.k_grid))
     write_json(out / "summary.json", {"task": setup.task.name, "select_metric": setup.select_metric,
-                                      "metrics": list(setup.evaluation.metrics), "methods": summary})
-    text = render_summary(cfg, setup, summary, rows, timer, bank_sizes)
+                                      "metrics": list(setup.evaluation.metrics), "methods": summary,
+                                      "fold_stability": stability})
+    text = render_summary(cfg, setup, summary, rows, timer, bank_sizes, stability)
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
 
 
@@ -370,6 +372,25 @@ def summarise(rows, pooled, metrics: Sequence[str], *, n_boot: int, seed: int) -
     return out
 
 
+def fold_stability(all_scores: dict[int, list[ModuleScores]], *, k: int) -> dict[str, dict]:
+    """Per method, how alike its rankings are in the first two folds (fitted on disjoint questions):
+    Spearman over all modules and the Jaccard overlap of the top-``k`` sets. Empty with one fold."""
+    from .compare import compare_scores
+
+    folds = sorted(all_scores)
+    if len(folds) < 2:
+        return {}
+    first, second = (all_scores[f] for f in folds[:2])
+    out = {}
+    for a, b in zip(first, second):
+        if a.method == "random":  # the same seed gives the same ranking in every fold: 1.0 says nothing
+            continue
+        agreement = compare_scores(a, b, k=min(k, a.n_modules))
+        out[a.method] = {"spearman": agreement["spearman"], "jaccard_top_k": agreement["jaccard_top_k"],
+                         "k": agreement["k"], "n_modules": agreement["n_modules"], "folds": folds[:2]}
+    return out
+
+
 def summary_table(summary: dict, metrics: Sequence[str]) -> list[str]:
     """The headline table (markdown lines): every metric with its CI, CE, KL and the chosen K/α."""
     header = ["method", *[f"{m} [95% CI]" for m in metrics], "CE", "KL", "chosen K per fold", "chosen α per fold"]
@@ -382,7 +403,8 @@ def summary_table(summary: dict, metrics: Sequence[str]) -> list[str]:
     return lines
 
 
-def render_summary(cfg: ExperimentConfig, setup: Setup, summary: dict, rows, timer: _Timer, bank_sizes: dict[int, int]) -> str:
+def render_summary(cfg: ExperimentConfig, setup: Setup, summary: dict, rows, timer: _Timer, bank_sizes: dict[int, int],
+                   stability: dict[str, dict] | None = None) -> str:
     lines = [
         f"# real-lens run: {cfg.task} on {cfg.model}",
         "",
@@ -392,6 +414,15 @@ def render_summary(cfg: ExperimentConfig, setup: Setup, summary: dict, rows, tim
         "",
         *summary_table(summary, setup.evaluation.metrics),
     ]
+    if stability:
+        k, n = (next(iter(stability.values()))[key] for key in ("k", "n_modules"))
+        chance = (k * k / n) / (2 * k - k * k / n)  # expected |A∩B| = k²/n for two random k-sets of n
+        lines += ["", "## Rank stability across folds", "",
+                  "Each fold scores the modules on its own train+val questions (the two folds' test halves are "
+                  f"disjoint). Spearman of the two folds' scores over all {n} modules, and the Jaccard overlap of "
+                  f"their top-{k} sets (≈ {chance:.2f} for two random sets):", "",
+                  "| method | Spearman fold 0 vs 1 | top-K Jaccard |", "|---|---|---|"]
+        lines += [f"| {m} | {v['spearman']:.2f} | {v['jaccard_top_k']:.2f} |" for m, v in stability.items()]
     n_test = sorted({r["n_questions"] for r in rows if r["split"] == "test"})
     n_val = sorted({r["n_questions"] for r in rows if r["split"] == "val"})
     lines += [

@@ -39,6 +39,22 @@ def test_quick_run_writes_every_output(quick_run):
     assert "| real |" in (out / "summary.md").read_text()
 
 
+def test_summary_reports_fold_to_fold_rank_stability(quick_run):
+    """Every non-random method's two fold rankings are compared (Spearman, top-K Jaccard) and printed."""
+    from real_lens.compare import compare_scores
+    from real_lens.scoring import ModuleScores
+
+    cfg, out = quick_run
+    stability = json.loads((out / "summary.json").read_text())["fold_stability"]
+    assert set(stability) == set(cfg.methods) - {"random"}
+    for method, entry in stability.items():
+        expected = compare_scores(ModuleScores.load(out / "scores" / "fold0" / method),
+                                  ModuleScores.load(out / "scores" / "fold1" / method), k=max(cfg.k_grid))
+        assert entry["spearman"] == pytest.approx(expected["spearman"], nan_ok=True)
+        assert entry["jaccard_top_k"] == expected["jaccard_top_k"]
+    assert "## Rank stability across folds" in (out / "summary.md").read_text()
+
+
 def test_every_grid_cell_is_in_the_results(quick_run):
     cfg, out = quick_run
     rows = _rows(out)
