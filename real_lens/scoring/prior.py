@@ -153,7 +153,7 @@ class ModuleGRULM(nn.Module):
         return nll.reshape(codes.shape)
 
     def log_likelihood(self, codes: Int[Tensor, "module n position"]) -> Float[Tensor, "module n"]:
-        """Mean over positions of ``log p(code_t | codes < t)``, per example."""
+        """Mean over positions of ``log p(code_t | codes < t)`` (``<= t`` with ``copy_input``), per example."""
         return -self.token_nll(codes).mean(-1)
 
     @torch.no_grad()
@@ -167,9 +167,10 @@ class ModuleGRULM(nn.Module):
     ) -> Float[Tensor, "module n"]:
         """The release's score: ``exp(Σ_t log p(code_t))`` in float32, in slices of ``eval_batch``.
 
-        Kept in float32 on purpose, as the release computes it: below ``Σ log p ≈ -103.3`` the
+        Kept in float32 on purpose, as the release computes it: below ``Σ log p ≈ -104`` the
         probability underflows to exactly 0 (and below ≈ -87.3 it is subnormal, with fewer
-        digits), so such examples tie in a rank-based AUC where their log-probabilities would not.
+        digits, down to one representable value from ≈ -103.3), so such examples tie in a
+        rank-based AUC where their log-probabilities would not.
         """
         slices = (codes[:, i : i + eval_batch] for i in range(0, codes.shape[1], eval_batch))
         return torch.cat([(-self.token_nll(part).float().sum(-1)).exp() for part in slices], 1)

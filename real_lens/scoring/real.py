@@ -63,7 +63,7 @@ RELEASE_DIFFERENCES: tuple[tuple[str, str], ...] = (
         "Score: the release uses the float32 sequence probability exp(Σ_t log p(code_t)); the described method "
         "uses the mean-per-position log-likelihood ratio.",
         "The AUC only ranks, so this equals ranking by Σ log p, except that float32 underflows to 0 below "
-        "Σ log p ≈ -103 and ties those examples (reproduced, and counted in diagnostic 'underflow').",
+        "Σ log p ≈ -104 and ties those examples (reproduced, and counted in diagnostic 'underflow').",
     ),
     (
         "Held-out set: the release holds out a random 20 % of the aligned answers and the FIRST as many violating "
