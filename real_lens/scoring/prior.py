@@ -5,6 +5,11 @@ examples' codes; a held-out example scores
 ``s(x) = mean-per-position log p_aligned(codes) - mean-per-position log p_violating(codes)``
 and the module's relevance is the ROC-AUC of ``s`` against the labels (METHOD.md §3).
 
+The release's prior (METHOD.md §3a, ``copy_input=True``) reads code ``t`` itself at step
+``t`` (no start token, no shift) and is scored on code ``t``: it can learn to copy its
+input. Its score is the sequence probability ``exp(Σ_t log p(code_t))``
+(:meth:`ModuleGRULM.sequence_probability`).
+
 ``nn.GRU`` cannot hold independent weights per module, so the GRU is written out here
 with a leading module axis (gates via ``torch.bmm``), like the VQ-AE. Its recurrence has
 a hand-written backward (:class:`GRURecurrence`); tests check values and gradients
@@ -93,12 +98,24 @@ class ModuleGRULM(nn.Module):
     Token ``K`` is the start token, so position 0 is predicted too. Parameters are laid out
     like ``nn.GRU``'s (transposed, gate order r, z, n) and initialised like ``nn.Embedding``
     (N(0, 1)), ``nn.GRU`` (U(±1/sqrt(hidden))) and ``nn.Linear`` (U(±1/sqrt(hidden))).
+
+    ``copy_input=True`` is the release's prior: no start token (``K`` embedding rows), and
+    the input at position ``t`` is code ``t`` itself, the code that position is scored on.
     """
 
-    def __init__(self, generators: Sequence[torch.Generator], *, n_codes: int, d_embed: int, d_hidden: int):
+    def __init__(
+        self,
+        generators: Sequence[torch.Generator],
+        *,
+        n_codes: int,
+        d_embed: int,
+        d_hidden: int,
+        copy_input: bool = False,
+    ):
         super().__init__()
-        self.n_codes = n_codes
-        self.embed = nn.Parameter(torch.stack([torch.randn(n_codes + 1, d_embed, generator=g) for g in generators]))
+        self.n_codes, self.copy_input = n_codes, copy_input
+        n_tokens = n_codes if copy_input else n_codes + 1
+        self.embed = nn.Parameter(torch.stack([torch.randn(n_tokens, d_embed, generator=g) for g in generators]))
         bound = 1 / math.sqrt(d_hidden)
         self.w_ih = init_uniform(generators, (d_embed, 3 * d_hidden), bound)
         self.w_hh = init_uniform(generators, (d_hidden, 3 * d_hidden), bound)
@@ -108,33 +125,55 @@ class ModuleGRULM(nn.Module):
         self.b_out = init_uniform(generators, (n_codes,), bound)
 
     def forward(self, codes: Int[Tensor, "module n position"]) -> Float[Tensor, "module n position k"]:
-        """Next-code logits: position ``t`` sees the start token and codes ``< t``."""
+        """Logits for code ``t`` at position ``t``: seeing the start token and codes ``< t``
+        (or, with ``copy_input``, codes ``<= t``)."""
         n_modules, n, length = codes.shape
-        d_hidden = self.w_hh.shape[1]
+        n_tokens, d_hidden = self.embed.shape[1], self.w_hh.shape[1]
         rz, new = slice(0, 2 * d_hidden), slice(2 * d_hidden, None)
-        # embed[token] @ w_ih == (embed @ w_ih)[token]: project the K+1 embeddings once and
+        # embed[token] @ w_ih == (embed @ w_ih)[token]: project the embeddings once and
         # look rows up. The r/z half also takes b_hh, which does not depend on h.
         table_rz = module_linear(self.embed, self.w_ih[..., rz], self.b_ih[:, rz] + self.b_hh[:, rz])
         table_new = module_linear(self.embed, self.w_ih[..., new], self.b_ih[:, new])
-        start = torch.full((1, n_modules, n), self.n_codes, dtype=codes.dtype, device=codes.device)
-        tokens = torch.cat([start, codes[..., :-1].permute(2, 0, 1)])  # [position, M, n]
-        rows = tokens + (self.n_codes + 1) * torch.arange(n_modules, device=codes.device).view(1, -1, 1)
+        if self.copy_input:
+            tokens = codes.permute(2, 0, 1)  # [position, M, n]
+        else:
+            start = torch.full((1, n_modules, n), self.n_codes, dtype=codes.dtype, device=codes.device)
+            tokens = torch.cat([start, codes[..., :-1].permute(2, 0, 1)])  # [position, M, n]
+        rows = tokens + n_tokens * torch.arange(n_modules, device=codes.device).view(1, -1, 1)
         x_rz = F.embedding(rows, table_rz.reshape(-1, 2 * d_hidden))
         x_new = F.embedding(rows, table_new.reshape(-1, d_hidden))
         hidden = GRURecurrence.apply(x_rz, x_new, self.w_hh, self.b_hh[:, new])  # [M, n, position, H]
         hidden = hidden.reshape(n_modules, n * length, d_hidden)
         return module_linear(hidden, self.w_out, self.b_out).reshape(n_modules, n, length, -1)
 
-    def log_likelihood(self, codes: Int[Tensor, "module n position"]) -> Float[Tensor, "module n"]:
-        """Mean over positions of ``log p(code_t | codes < t)``, per example."""
+    def token_nll(self, codes: Int[Tensor, "module n position"]) -> Float[Tensor, "module n position"]:
+        """``-log p(code_t | input)`` at every position."""
         logits = self(codes)
         nll = F.cross_entropy(logits.reshape(-1, self.n_codes), codes.reshape(-1), reduction="none")
-        return -nll.reshape(codes.shape).mean(-1)
+        return nll.reshape(codes.shape)
+
+    def log_likelihood(self, codes: Int[Tensor, "module n position"]) -> Float[Tensor, "module n"]:
+        """Mean over positions of ``log p(code_t | codes < t)`` (``<= t`` with ``copy_input``), per example."""
+        return -self.token_nll(codes).mean(-1)
 
     @torch.no_grad()
     def score(self, codes: Int[Tensor, "module n position"], *, eval_batch: int) -> Float[Tensor, "module n"]:
         """:meth:`log_likelihood` without gradients, in slices of ``eval_batch`` examples."""
         return torch.cat([self.log_likelihood(codes[:, i : i + eval_batch]) for i in range(0, codes.shape[1], eval_batch)], 1)
+
+    @torch.no_grad()
+    def sequence_probability(
+        self, codes: Int[Tensor, "module n position"], *, eval_batch: int
+    ) -> Float[Tensor, "module n"]:
+        """The release's score: ``exp(Σ_t log p(code_t))`` in float32, in slices of ``eval_batch``.
+
+        Kept in float32 on purpose, as the release computes it: below ``Σ log p ≈ -104`` the
+        probability underflows to exactly 0 (and below ≈ -87.3 it is subnormal, with fewer
+        digits, down to one representable value from ≈ -103.3), so such examples tie in a
+        rank-based AUC where their log-probabilities would not.
+        """
+        slices = (codes[:, i : i + eval_batch] for i in range(0, codes.shape[1], eval_batch))
+        return torch.cat([(-self.token_nll(part).float().sum(-1)).exp() for part in slices], 1)
 
 
 def clip_grad_norm_per_module(parameters: Iterable[nn.Parameter], max_norm: float) -> Float[Tensor, "module"]:
@@ -156,14 +195,19 @@ def train_prior(
     d_hidden: int,
     lr: float,
     weight_decay: float,
-    grad_clip: float,
+    grad_clip: float | None,
     epochs: int,
     batch_size: int,
+    copy_input: bool = False,
 ) -> ModuleGRULM:
-    """Fit one GRU LM per module on its code sequences (AdamW, cross-entropy, per-module clipping)."""
+    """Fit one GRU LM per module on its code sequences (AdamW, cross-entropy, per-module clipping).
+
+    ``grad_clip=None`` does not clip (the release); ``copy_input``: see :class:`ModuleGRULM`.
+    """
     n_modules, n_examples, _ = codes.shape
     device = codes.device
-    model = ModuleGRULM(generators, n_codes=n_codes, d_embed=d_embed, d_hidden=d_hidden).to(device)
+    model = ModuleGRULM(generators, n_codes=n_codes, d_embed=d_embed, d_hidden=d_hidden, copy_input=copy_input)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused_optimizer(device))
     module = torch.arange(n_modules, device=device).unsqueeze(1)
     for _ in range(epochs):
@@ -173,7 +217,8 @@ def train_prior(
             loss = -model.log_likelihood(batch).mean(-1)  # per module: mean cross-entropy
             optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()
-            clip_grad_norm_per_module(model.parameters(), grad_clip)
+            if grad_clip is not None:
+                clip_grad_norm_per_module(model.parameters(), grad_clip)
             optimizer.step()
     return model
 

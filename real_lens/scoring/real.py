@@ -1,23 +1,32 @@
-"""REAL module relevance: VQ-AE codes + class-conditional GRU priors + ROC-AUC (METHOD.md §3).
+"""REAL module relevance: VQ-AE codes + GRU priors + ROC-AUC, as described and as released.
 
-    scores = score_real(bank, cfg=RealConfig(), seed=0)               # ModuleScores
+    scores = score_real(bank, cfg=RealConfig(), seed=0)                    # METHOD.md §3
+    scores = score_real_release(bank, cfg=RealConfig(variant="release"))   # METHOD.md §3a
     auc, diagnostics = score_real_tensors(acts, labels, groups, cfg=cfg, seed=0)
 
-Pipeline per module: train a VQ-AE on all the bank's examples (:mod:`.vqae`), turn every
-example into ``U`` code indices, train one GRU LM on the aligned and one on the violating
-examples of the prior-training part, and score the held-out part (:mod:`.prior`).
-The held-out part is chosen by group (question) unless ``heldout_split="answer"``.
+Described variant (the paper's method, METHOD.md §3): train a VQ-AE on all the bank's
+examples (:mod:`.vqae`), turn every example into ``U`` code indices, train one causal GRU
+LM on the aligned and one on the violating examples of the prior-training part, and score
+the held-out part by the mean-per-position log-likelihood ratio (:mod:`.prior`). The
+held-out part is chosen by group (question) unless ``heldout_split="answer"``.
+
+Release variant (the authors' code, METHOD.md §3a; :data:`RELEASE_DIFFERENCES` lists every
+difference and why it matters): bias-free VQ-AE, undebiased EMA started from a copy of the
+codebook, SupCon with the anchor among its positives, ONE prior trained on 80 % of the
+aligned answers whose input at step t is code t itself, held out = the other aligned
+answers + the first as many violating answers in bank order, score = float32 sequence
+probability.
 
 All modules of a chunk train as one tensor program. Module ``m``'s initialisation and
-minibatch orders come from generators seeded by ``(seed, m)``, so its score does not
-depend on which chunk it is trained in: batched equals one module at a time.
+minibatch orders come from generators seeded by ``(seed, m, stage)``, so its score does not
+depend on which chunk it is trained in: batched equals one module at a time, in both variants.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -29,15 +38,120 @@ from ..errors import ScoringError
 from ..hooks import module_label
 from . import ModuleScores, register_scorer
 from .prior import roc_auc, train_prior
-from .vqae import train_vqae
+from .vqae import supcon_loss, supcon_loss_anchor_positive, train_vqae
 
+VARIANTS = ("described", "release")
 HELDOUT_SPLITS = ("group", "answer")
 _STAGES = {"vqae": 0, "prior_aligned": 1, "prior_violating": 2}
+_METHOD_NAMES = {"described": "real", "release": "real-release"}
+
+# (difference, why it matters): the release variant against the described one (METHOD.md §3a).
+RELEASE_DIFFERENCES: tuple[tuple[str, str], ...] = (
+    (
+        "Prior: the release trains ONE GRU prior, on 80 % of the aligned answers only; the described method "
+        "trains one per class and scores their log-likelihood ratio.",
+        "Without a violating prior the score says how typical a code sequence is of aligned answers, not what "
+        "separates aligned from violating ones.",
+    ),
+    (
+        "Prior input: the release's GRU reads code t itself at step t and is scored on code t (no start token, "
+        "no shift); the described prior predicts code t from codes < t.",
+        "A prior that sees the code it predicts learns to copy it, so the score reduces to whether each code "
+        "occurred among the aligned training codes; how codes go together no longer counts.",
+    ),
+    (
+        "Score: the release uses the float32 sequence probability exp(Σ_t log p(code_t)); the described method "
+        "uses the mean-per-position log-likelihood ratio.",
+        "The AUC only ranks, so this equals ranking by Σ log p, except that float32 underflows to 0 below "
+        "Σ log p ≈ -104 and ties those examples (reproduced, and counted in diagnostic 'underflow').",
+    ),
+    (
+        "Held-out set: the release holds out a random 20 % of the aligned answers and the FIRST as many violating "
+        "answers in bank order, split per answer; the described method holds out 20 % of the questions.",
+        "Answers of one question share its prompt, so a question ends up on both sides of the split, and the "
+        "violating held-out answers all come from the first questions of the bank, not a random sample.",
+    ),
+    (
+        "EMA codebook: the release starts the running sums as a copy of the N(0, 1) codebook and the counts at 0, "
+        "without bias correction; the described method (Sonnet 2) starts both at 0 and debiases.",
+        "An entry the first minibatch does not choose is divided by ~eps, lands ~1e5 times its initial value and "
+        "is not chosen again until decay^t shrinks it back (~1,146 updates at 0.99): until then a module has only "
+        "the codes its first minibatches hit, often one, which scores every held-out example alike (AUC 0.5).",
+    ),
+    (
+        "SupCon: the release's positive set holds the anchor itself (its denominator leaves it out; every anchor "
+        "counts; 1e-6 added to the log and to the positive count); the described one leaves the anchor out.",
+        "The anchor's own term pushes every other example away from it, positives included, and lets the loss go "
+        "negative; at weight 1e-3 it moves the codes little.",
+    ),
+    (
+        "VQ-AE layers: the release's linear layers (utils.py build_mlp) have no bias; the described VQ-AE has "
+        "biases. (Not in METHOD.md §3a; found in the release code.)",
+        "A bias-free encoder is positively homogeneous, E(c·x) = c·E(x), so codes are cut around the origin of "
+        "the activation space instead of around the data, which for offset activations changes which codes exist.",
+    ),
+    (
+        "Prior training: no gradient clipping in the release; the described prior clips each module's gradient "
+        "norm at 1.0.",
+        "Changes how the prior trains (large early steps), not what it models.",
+    ),
+)
+
+# (release setting, why neither variant follows it).
+RELEASE_SETTINGS_NOT_FOLLOWED: tuple[tuple[str, str], ...] = (
+    (
+        "The README's entry point validation/OneForAll.py scores differently from utils.py's get_top_heads_vq "
+        "(whose path METHOD.md §3a and the release variant follow): two priors, mean-per-position log-likelihood "
+        "ratio, gradient clip 1.0, biased MLPs, SupCon positives without the anchor (but the anchor in the "
+        "denominator) — yet the same copy-input GRU, undebiased EMA and per-answer split, with a balanced "
+        "held-out set (the first n of each class's shuffled 20 %).",
+        "Apart from its SupCon denominator it is the described method plus three release behaviours the release "
+        "variant already isolates (copy input, EMA, per-answer split), so a third variant would add little.",
+    ),
+    (
+        "VQ-AE epochs: 50 in utils.py's get_top_heads_vq, 30 by default in OneForAll.py (20 in its README "
+        "command); GRU prior epochs: 6 in both code defaults (10 in the README command).",
+        "Both variants use METHOD.md §3's 20 and 10, so they differ only in the listed behaviours.",
+    ),
+    (
+        "Collapse rule: perplexity averaged over minibatches, counted over all epochs (not consecutive ones), "
+        "threshold 0.2 / patience 25 in utils.py and 0.0 / 30 in OneForAll.py.",
+        "Both variants use the threshold 0 of METHOD.md §3 (never collapse), which is what OneForAll.py does.",
+    ),
+    (
+        "Mixed precision: utils.py trains the prior under fp16 autocast with a GradScaler whenever CUDA is present.",
+        "We train in float32 on every device so that CPU and GPU results agree and batched equals one module "
+        "at a time.",
+    ),
+    (
+        "Seeding: utils.py draws its splits, initialisations and minibatch orders from the unseeded global RNG "
+        "of each worker process; OneForAll.py seeds each head from (seed, layer, head), so every head has its "
+        "own held-out split.",
+        "We seed each module from (seed, module, stage) and hold out the same examples for every module, so "
+        "modules are compared on the same data and a score does not depend on the process that computed it.",
+    ),
+    (
+        "Models and data: rankings bundled for LLaMA-2 7B / 13B-chat and Qwen2.5-7B (32×32, 40×40, 28×28 heads, "
+        "d_head 128), features read from features/{model}_tqa_mc2_head_wise.npy, K = 48 heads and α = 15 by "
+        "default.",
+        "We score SmolLM2-135M-Instruct (30×9 heads, d_head 64) from our own banks on the same seed-42 fold "
+        "CSVs, and choose K and α on the validation split.",
+    ),
+)
+Variant = Literal["described", "release"]
 
 
 @dataclass(frozen=True)
 class RealConfig:
-    """REAL hyper-parameters; the defaults are the paper's release (METHOD.md §3)."""
+    """REAL hyper-parameters; the defaults are the paper's described method (METHOD.md §3).
+
+    ``variant="release"`` reproduces the authors' code instead (METHOD.md §3a,
+    :data:`RELEASE_DIFFERENCES`): it splits per answer (``heldout_split`` resolves to
+    ``"answer"``), does not clip the prior's gradient (``prior_grad_clip`` resolves to None),
+    and ignores the violating prior's settings because it trains none.
+    """
+
+    variant: Variant = "described"
 
     # VQ-AE
     n_codes: int = 32  # K: entries of the module's one codebook
@@ -59,16 +173,34 @@ class RealConfig:
     prior_hidden: int = 64
     prior_lr: float = 1e-3  # AdamW
     prior_weight_decay: float = 0.01
-    prior_grad_clip: float = 1.0  # per module
+    prior_grad_clip: float | None = None  # per module; None: 1.0 (described) or no clipping (release)
     prior_epochs: int = 10
     prior_batch_size: int = 32
-    heldout_split: str = "group"  # "group" (by question) or "answer" (the release's per-answer split)
+    heldout_split: str | None = None  # "group" (by question) or "answer"; None: "group" (described), "answer" (release)
     heldout_fraction: float = 0.2
     # execution (does not change results)
     module_chunk: int | None = None  # modules trained together; None: 64 on CPU (cache-sized), 1024 elsewhere
     eval_batch: int = 256  # examples per slice when encoding / scoring without gradients
 
     def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ScoringError(f"RealConfig.variant must be one of {VARIANTS}; found {self.variant!r}")
+        release = self.variant == "release"
+        # Resolve the variant-dependent defaults (a frozen dataclass sets fields this way).
+        if self.heldout_split is None:
+            object.__setattr__(self, "heldout_split", "answer" if release else "group")
+        if self.prior_grad_clip is None and not release:
+            object.__setattr__(self, "prior_grad_clip", 1.0)
+        if release and self.heldout_split != "answer":
+            raise ScoringError(
+                f"RealConfig(variant='release') holds out per answer, as the release does; found "
+                f"heldout_split={self.heldout_split!r}. Leave heldout_split unset, or use variant='described'"
+            )
+        if release and self.prior_grad_clip is not None:
+            raise ScoringError(
+                f"RealConfig(variant='release') does not clip the prior's gradient, as the release does not; found "
+                f"prior_grad_clip={self.prior_grad_clip!r}. Leave prior_grad_clip unset, or use variant='described'"
+            )
         positive_ints = (
             "n_codes", "n_groups", "batch_size", "vq_epochs", "prior_embed", "prior_hidden",
             "prior_epochs", "prior_batch_size", "eval_batch",
@@ -80,7 +212,7 @@ class RealConfig:
         for name in ("beta", "supcon_weight", "prior_weight_decay", "collapse_threshold"):
             if not getattr(self, name) >= 0:
                 raise ScoringError(f"RealConfig.{name} must be >= 0; found {getattr(self, name)!r}")
-        for name in ("temperature", "lr", "prior_lr", "prior_grad_clip", "ema_eps"):
+        for name in ("temperature", "lr", "prior_lr", "ema_eps") + (() if release else ("prior_grad_clip",)):
             if not getattr(self, name) > 0:
                 raise ScoringError(f"RealConfig.{name} must be > 0; found {getattr(self, name)!r}")
         if not 0 <= self.ema_decay < 1:
@@ -106,6 +238,11 @@ class RealConfig:
     def code_dim_for(self, d: int) -> int:
         """``b`` for modules of width ``d``."""
         return self.code_dim if self.code_dim is not None else d // 2
+
+    @property
+    def method(self) -> str:
+        """The scorer name of this variant: ``"real"`` or ``"real-release"``."""
+        return _METHOD_NAMES[self.variant]
 
     @property
     def min_per_class(self) -> int:
@@ -151,6 +288,25 @@ def split_heldout(
                 "every group should have both labels — add groups or use heldout_split='answer'"
             )
     return torch.from_numpy(np.flatnonzero(~held)), torch.from_numpy(np.flatnonzero(held))
+
+
+def split_release_heldout(
+    labels: Int[Tensor, "example"], *, fraction: float, seed: int
+) -> tuple[Int[Tensor, "train"], Int[Tensor, "heldout"]]:
+    """The release's split: ``(aligned examples the prior trains on, held-out examples)``.
+
+    A random ``int((1 - fraction)·P)`` of the ``P`` aligned examples train the prior (the
+    release's ``int(0.8 · len)``); the rest are held out together with the FIRST as many
+    violating examples in bank order (all of them if there are fewer). Per answer: groups
+    play no part. The same split serves every module.
+    """
+    y = labels.cpu().numpy()
+    aligned = np.random.default_rng(seed).permutation(np.flatnonzero(y == 1))
+    n_train = min(max(int((1 - fraction) * len(aligned)), 1), len(aligned) - 1)
+    n_heldout = len(aligned) - n_train
+    violating = np.flatnonzero(y == 0)[:n_heldout]
+    heldout = np.sort(np.concatenate([aligned[n_train:], violating]))
+    return torch.from_numpy(np.sort(aligned[:n_train])), torch.from_numpy(heldout)
 
 
 # --- input checks ------------------------------------------------------------------------
@@ -222,10 +378,12 @@ def score_real_tensors(
     seed: int = 0,
     device=None,
 ) -> tuple[Float[Tensor, "module"], dict[str, Tensor]]:
-    """REAL relevance (held-out ROC-AUC, 0 for collapsed modules) of every module.
+    """REAL relevance (held-out ROC-AUC, 0 for collapsed modules) of every module, in ``cfg.variant``.
 
     Returns ``(auc, diagnostics)``; diagnostics, each ``[module]``: ``recon_loss``,
-    ``perplexity``, ``collapsed`` (0./1.) and ``auc`` (before collapse zeroing).
+    ``perplexity``, ``collapsed`` (0./1.) and ``auc`` (before collapse zeroing); the release
+    variant adds ``underflow``, the fraction of held-out examples whose float32 sequence
+    probability is exactly 0.
     """
     return _score(acts, labels, groups, cfg=cfg, seed=seed, device=device)
 
@@ -236,26 +394,32 @@ def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_n
     check_inputs(acts, labels, groups, cfg, module_names)
     device = _resolve_device(device, acts)
     labels = labels.long().cpu()
-    train, heldout = split_heldout(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=seed)
-    train_aligned, train_violating = train[labels[train] == 1], train[labels[train] == 0]
+    if cfg.variant == "release":
+        split = split_release_heldout(labels, fraction=cfg.heldout_fraction, seed=seed)
+    else:
+        train, heldout = split_heldout(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=seed)
+        split = (train[labels[train] == 1], train[labels[train] == 0], heldout)
     n_modules = acts.shape[1]
 
     results = []
     for modules in _chunks(n_modules, cfg.module_chunk_for(device)):
         x = acts[:, modules].to(device=device, dtype=torch.float32).transpose(0, 1).contiguous()
-        results.append(_score_chunk(x, labels, (train_aligned, train_violating, heldout), modules, cfg=cfg, seed=seed))
-    auc, recon_loss, perplexity, collapsed = torch.cat(results, dim=1)
+        results.append(_score_chunk(x, labels, split, modules, cfg=cfg, seed=seed))
+    auc, recon_loss, perplexity, collapsed, *underflow = torch.cat(results, dim=1)
     diagnostics = {"recon_loss": recon_loss, "perplexity": perplexity, "collapsed": collapsed, "auc": auc}
+    if underflow:
+        diagnostics["underflow"] = underflow[0]
     return torch.where(collapsed.bool(), torch.zeros_like(auc), auc), diagnostics
 
 
 def _score_chunk(x, labels, split, modules: list[int], *, cfg: RealConfig, seed: int) -> Tensor:
-    """VQ-AE -> codes -> two priors -> held-out AUC for the modules of one chunk.
+    """VQ-AE -> codes -> prior(s) -> held-out AUC for the modules of one chunk.
 
-    Returns ``[4, module]`` on the CPU: AUC, reconstruction loss, perplexity, collapsed.
+    Returns on the CPU ``[4, module]``: AUC, reconstruction loss, perplexity, collapsed;
+    the release variant appends a fifth row, the held-out underflow fraction.
     """
     device = x.device
-    train_aligned, train_violating, heldout = (idx.to(device) for idx in split)
+    release = cfg.variant == "release"
     vq = train_vqae(
         x, labels, module_generators(seed, modules, "vqae"),
         code_dim=cfg.code_dim_for(x.shape[-1]), n_groups=cfg.n_groups, n_codes=cfg.n_codes, beta=cfg.beta,
@@ -263,27 +427,60 @@ def _score_chunk(x, labels, split, modules: list[int], *, cfg: RealConfig, seed:
         batch_size=cfg.batch_size, epochs=cfg.vq_epochs, leaky_slope=cfg.leaky_slope,
         ema_decay=cfg.ema_decay, ema_eps=cfg.ema_eps, collapse_threshold=cfg.collapse_threshold,
         collapse_patience=cfg.collapse_patience, eval_batch=cfg.eval_batch,
+        mlp_bias=not release, debias_ema=not release, supcon=supcon_loss_anchor_positive if release else supcon_loss,
     )
     prior = dict(
         n_codes=cfg.n_codes, d_embed=cfg.prior_embed, d_hidden=cfg.prior_hidden, lr=cfg.prior_lr,
         weight_decay=cfg.prior_weight_decay, grad_clip=cfg.prior_grad_clip,
-        epochs=cfg.prior_epochs, batch_size=cfg.prior_batch_size,
+        epochs=cfg.prior_epochs, batch_size=cfg.prior_batch_size, copy_input=release,
     )
-    aligned = train_prior(vq.codes[:, train_aligned], module_generators(seed, modules, "prior_aligned"), **prior)
-    violating = train_prior(vq.codes[:, train_violating], module_generators(seed, modules, "prior_violating"), **prior)
-    held = vq.codes[:, heldout]
-    s = aligned.score(held, eval_batch=cfg.eval_batch) - violating.score(held, eval_batch=cfg.eval_batch)
+    diagnostics = [vq.recon_loss, vq.perplexity, vq.collapsed.float()]
+    if release:
+        train_aligned, heldout = (idx.to(device) for idx in split)
+        aligned = train_prior(vq.codes[:, train_aligned], module_generators(seed, modules, "prior_aligned"), **prior)
+        s = aligned.sequence_probability(vq.codes[:, heldout], eval_batch=cfg.eval_batch)
+        diagnostics.append((s == 0).float().mean(-1))
+    else:
+        train_aligned, train_violating, heldout = (idx.to(device) for idx in split)
+        aligned = train_prior(vq.codes[:, train_aligned], module_generators(seed, modules, "prior_aligned"), **prior)
+        violating = train_prior(
+            vq.codes[:, train_violating], module_generators(seed, modules, "prior_violating"), **prior
+        )
+        held = vq.codes[:, heldout]
+        s = aligned.score(held, eval_batch=cfg.eval_batch) - violating.score(held, eval_batch=cfg.eval_batch)
     auc = roc_auc(s, labels[heldout.cpu()])
-    return torch.stack([auc, vq.recon_loss, vq.perplexity, vq.collapsed.float()]).cpu()
+    return torch.stack([auc, *diagnostics]).cpu()
 
 
 @register_scorer("real")
-def score_real(bank, *, cfg: RealConfig = RealConfig(), seed: int = 0, device=None, model=None) -> ModuleScores:
-    """REAL scores of every module of an :class:`~real_lens.bank.ActivationBank` (``model`` is unused).
+def score_real(bank, *, cfg: RealConfig | None = None, seed: int = 0, device=None, model=None) -> ModuleScores:
+    """REAL scores, as described (METHOD.md §3), of every module of an :class:`~real_lens.bank.ActivationBank`.
 
-    The bank should hold the fold's train+val examples only; the VQ-AE trains on all of
-    them and the priors' held-out part is split off inside (by group by default).
+    ``model`` is unused; ``cfg`` None = ``RealConfig()``. The bank should hold the fold's
+    train+val examples only; the VQ-AE trains on all of them and the priors' held-out part
+    is split off inside (by group by default).
     """
+    return _score_bank(bank, cfg=RealConfig() if cfg is None else cfg, variant="described", seed=seed, device=device)
+
+
+@register_scorer("real-release")
+def score_real_release(bank, *, cfg: RealConfig | None = None, seed: int = 0, device=None, model=None) -> ModuleScores:
+    """REAL scores as the authors' release computes them (METHOD.md §3a; :data:`RELEASE_DIFFERENCES`).
+
+    ``model`` is unused; ``cfg`` None = ``RealConfig(variant="release")``.
+    """
+    cfg = RealConfig(variant="release") if cfg is None else cfg
+    return _score_bank(bank, cfg=cfg, variant="release", seed=seed, device=device)
+
+
+def _score_bank(bank, *, cfg: RealConfig, variant: str, seed: int, device) -> ModuleScores:
+    if not isinstance(cfg, RealConfig) or cfg.variant != variant:
+        found = f"variant={cfg.variant!r}" if isinstance(cfg, RealConfig) else type(cfg).__name__
+        raise ScoringError(
+            f"scorer {_METHOD_NAMES[variant]!r} needs RealConfig(variant={variant!r}); found {found}. "
+            f"Pass RealConfig(variant={variant!r}, ...), or use the scorer of that variant "
+            f"({', '.join(repr(m) for m in _METHOD_NAMES.values())})"
+        )
     shape = bank.module_shape
     names = (
         [module_label(layer, head) for layer in range(shape[0]) for head in range(shape[1])]
@@ -292,9 +489,9 @@ def score_real(bank, *, cfg: RealConfig = RealConfig(), seed: int = 0, device=No
     )
     auc, diagnostics = _score(bank.flat(), bank.labels, bank.groups, cfg=cfg, seed=seed, device=device, module_names=names)
     meta = {k: bank.meta[k] for k in ("site", "model", "task") if k in bank.meta}
-    meta.update(site=bank.site, seed=seed, version=__version__, n_examples=len(bank.examples))
+    meta.update(site=bank.site, seed=seed, version=__version__, n_examples=len(bank.examples), variant=cfg.variant)
     return ModuleScores(
-        auc.reshape(shape), "real", asdict(cfg), {k: v.reshape(shape) for k, v in diagnostics.items()}, meta
+        auc.reshape(shape), cfg.method, asdict(cfg), {k: v.reshape(shape) for k, v in diagnostics.items()}, meta
     )
 
 

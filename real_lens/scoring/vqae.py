@@ -11,13 +11,18 @@ Architecture (METHOD.md §3): encoder ``d -> d -> b`` (LeakyReLU), the code ``z`
 into ``U`` groups of ``b/U`` dims, each group snapped to its nearest entry of one codebook
 of ``K`` entries (shared by the module's groups, updated by EMA as in Sonnet 2),
 straight-through gradient, decoder ``b -> d -> d``.
+
+The authors' release (METHOD.md §3a) differs in three places, each a switch here:
+bias-free linear layers (``mlp_bias=False``), an EMA whose running sums start as a copy
+of the codebook without debiasing (``debias_ema=False``), and a SupCon whose positive set
+holds the anchor (:func:`supcon_loss_anchor_positive`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +32,13 @@ from torch import Tensor, nn
 
 # --- batched building blocks ---------------------------------------------------------
 def module_linear(
-    x: Float[Tensor, "module n d_in"], weight: Float[Tensor, "module d_in d_out"], bias: Float[Tensor, "module d_out"]
+    x: Float[Tensor, "module n d_in"],
+    weight: Float[Tensor, "module d_in d_out"],
+    bias: Float[Tensor, "module d_out"] | None,
 ) -> Float[Tensor, "module n d_out"]:
-    """``x @ weight + bias`` for every module at once."""
+    """``x @ weight + bias`` (``x @ weight`` when ``bias`` is None) for every module at once."""
+    if bias is None:
+        return torch.bmm(x, weight)
     return torch.baddbmm(bias.unsqueeze(1), x, weight)
 
 
@@ -42,10 +51,16 @@ def init_uniform(generators: Sequence[torch.Generator], shape: tuple[int, ...], 
     return nn.Parameter(torch.stack([torch.empty(shape).uniform_(-bound, bound, generator=g) for g in generators]))
 
 
-def init_linear(generators: Sequence[torch.Generator], d_in: int, d_out: int) -> tuple[nn.Parameter, nn.Parameter]:
-    """``nn.Linear``'s default initialisation (``U(±1/sqrt(d_in))`` for weight and bias), per module."""
+def init_linear(
+    generators: Sequence[torch.Generator], d_in: int, d_out: int, *, bias: bool = True
+) -> tuple[nn.Parameter, nn.Parameter | None]:
+    """``nn.Linear``'s default initialisation (``U(±1/sqrt(d_in))`` for weight and bias), per module.
+
+    ``bias=False`` returns ``(weight, None)``, like ``nn.Linear(..., bias=False)``.
+    """
     bound = 1 / math.sqrt(d_in)
-    return init_uniform(generators, (d_in, d_out), bound), init_uniform(generators, (d_out,), bound)
+    weight = init_uniform(generators, (d_in, d_out), bound)
+    return weight, (init_uniform(generators, (d_out,), bound) if bias else None)
 
 
 def fused_optimizer(device: torch.device) -> bool | None:
@@ -83,6 +98,7 @@ def ema_update(
     *,
     decay: float,
     eps: float,
+    debias: bool = True,
 ) -> tuple[Float[Tensor, "module k c"], Float[Tensor, "module k"], Float[Tensor, "module k c"]]:
     """One EMA codebook update (Sonnet 2 ``VectorQuantizerEMA``); returns (codebook, cluster_hidden, dw_hidden).
 
@@ -92,17 +108,22 @@ def ema_update(
     Laplace-smoothed, ``Ñ_k = (N_k + eps) / (n + K·eps) · n`` with ``n = Σ_k N_k``, and
     ``e_k = m_k / Ñ_k``. An entry never chosen so far sits at the origin.
 
-    Why debiased: the VQ-VAE-2 (rosinality) variant starts ``m`` at the random codebook
-    without debiasing, so every entry unused by the first batch is divided by ~eps and
-    flung ~1e5x away; on activations near the origin that left one code per module.
+    ``debias=False`` is the release's (VQ-VAE-2, rosinality) update: ``avg = h``, with the
+    caller starting ``dw_hidden`` as a copy of the random codebook. Every entry unused by
+    the first batch is then ``decay·e_k / ~eps``, flung ~1e5x away and never chosen again;
+    on activations near the origin that left one code per module — why the described
+    variant debiases.
     """
     n_codes = cluster_hidden.shape[-1]
     counts = code_counts(codes, n_codes)
     sums = torch.zeros_like(dw_hidden).scatter_add_(1, codes.unsqueeze(-1).expand_as(z), z)
     cluster_hidden = decay * cluster_hidden + (1 - decay) * counts
     dw_hidden = decay * dw_hidden + (1 - decay) * sums
-    debias = 1 - decay**step
-    cluster_size, dw = cluster_hidden / debias, dw_hidden / debias
+    if debias:
+        correction = 1 - decay**step
+        cluster_size, dw = cluster_hidden / correction, dw_hidden / correction
+    else:
+        cluster_size, dw = cluster_hidden, dw_hidden
     n = cluster_size.sum(-1, keepdim=True)
     smoothed = (cluster_size + eps) / (n + n_codes * eps) * n
     return dw / smoothed.unsqueeze(-1), cluster_hidden, dw_hidden
@@ -143,6 +164,33 @@ def supcon_loss(
     return (anchor_loss * has_positive).sum(-1) / has_positive.sum(-1).clamp(min=1)
 
 
+def supcon_loss_anchor_positive(
+    features: Float[Tensor, "module batch f"], labels: Int[Tensor, "module batch"], *, temperature: float
+) -> Float[Tensor, "module"]:
+    """The release's SupCon: the anchor is one of its own positives, not of its denominator.
+
+    For anchor ``i`` with ``P⁺(i)`` = every example with its label, ``i`` included, and
+    ``l_ia = s_ia/T - max_a s_ia/T`` (the row maximum, over the anchor too, detached):
+    ``-1/(|P⁺(i)| + 1e-6) Σ_{p∈P⁺(i)} [l_ip - log(Σ_{a≠i} exp(l_ia) + 1e-6)]``, averaged over
+    every anchor. The shift and both 1e-6 are the release's; with them the value is the
+    release's to float rounding. The anchor's own term ``1/T - log Σ_{a≠i} exp(s_ia/T)`` pushes
+    every other example away from it, positives included, and can make the loss negative.
+    """
+    f = F.normalize(features, dim=-1)
+    batch = f.shape[1]
+    self_pair = torch.eye(batch, dtype=torch.bool, device=f.device)
+    logits = torch.bmm(f, f.transpose(1, 2)) / temperature
+    logits = logits - logits.amax(-1, keepdim=True).detach()
+    others = logits.exp().masked_fill(self_pair, 0.0).sum(-1, keepdim=True)
+    log_prob = logits - torch.log(others + 1e-6)
+    positive = (labels.unsqueeze(2) == labels.unsqueeze(1)).to(f.dtype)
+    anchor_loss = -(positive * log_prob).sum(-1) / (positive.sum(-1) + 1e-6)
+    return anchor_loss.mean(-1)
+
+
+SupConLoss = Callable[..., Tensor]  # (features, labels, *, temperature) -> [module]
+
+
 # --- the model -------------------------------------------------------------------------
 class ModuleVQAE(nn.Module):
     """``M`` independent VQ-AEs (one per module) with stacked weights."""
@@ -158,20 +206,24 @@ class ModuleVQAE(nn.Module):
         leaky_slope: float,
         ema_decay: float,
         ema_eps: float,
+        mlp_bias: bool = True,
+        debias_ema: bool = True,
     ):
+        """``mlp_bias=False``: bias-free linear layers; ``debias_ema=False``: the release's EMA
+        (running sums start as a copy of the codebook, no debiasing). Both False = the release."""
         super().__init__()
         self.n_groups, self.n_codes, self.code_dim = n_groups, n_codes, code_dim
-        self.leaky_slope, self.ema_decay, self.ema_eps = leaky_slope, ema_decay, ema_eps
+        self.leaky_slope, self.ema_decay, self.ema_eps, self.debias_ema = leaky_slope, ema_decay, ema_eps, debias_ema
         # Draw order per module is fixed (enc1, enc2, dec1, dec2, codebook) -> reproducible.
-        self.enc1_w, self.enc1_b = init_linear(generators, d, d)
-        self.enc2_w, self.enc2_b = init_linear(generators, d, code_dim)
-        self.dec1_w, self.dec1_b = init_linear(generators, code_dim, d)
-        self.dec2_w, self.dec2_b = init_linear(generators, d, d)
+        self.enc1_w, self.enc1_b = init_linear(generators, d, d, bias=mlp_bias)
+        self.enc2_w, self.enc2_b = init_linear(generators, d, code_dim, bias=mlp_bias)
+        self.dec1_w, self.dec1_b = init_linear(generators, code_dim, d, bias=mlp_bias)
+        self.dec2_w, self.dec2_b = init_linear(generators, d, d, bias=mlp_bias)
         group_dim = code_dim // n_groups
         codebook = torch.stack([torch.randn(n_codes, group_dim, generator=g) for g in generators])
         self.register_buffer("codebook", codebook)
         self.register_buffer("cluster_hidden", torch.zeros(len(generators), n_codes))
-        self.register_buffer("dw_hidden", torch.zeros_like(codebook))
+        self.register_buffer("dw_hidden", torch.zeros_like(codebook) if debias_ema else codebook.clone())
         self.ema_steps = 0
 
     def encode(self, x: Float[Tensor, "module n d"]) -> Float[Tensor, "module n b"]:
@@ -195,7 +247,7 @@ class ModuleVQAE(nn.Module):
         self.ema_steps += 1
         self.codebook, self.cluster_hidden, self.dw_hidden = ema_update(
             self.cluster_hidden, self.dw_hidden, self.ema_steps, self.groups(z), codes.reshape(z.shape[0], -1),
-            decay=self.ema_decay, eps=self.ema_eps,
+            decay=self.ema_decay, eps=self.ema_eps, debias=self.debias_ema,
         )
 
 
@@ -230,19 +282,23 @@ def train_vqae(
     collapse_threshold: float,
     collapse_patience: int,
     eval_batch: int,
+    mlp_bias: bool = True,
+    debias_ema: bool = True,
+    supcon: SupConLoss = supcon_loss,
 ) -> VQAEResult:
     """Train one VQ-AE per module (``generators[m]`` seeds module ``m``) and encode every example.
 
-    Loss per module = MSE(x̂, x) + beta·MSE(z, sg(q)) + supcon_weight·SupCon(q, labels),
+    Loss per module = MSE(x̂, x) + beta·MSE(z, sg(q)) + supcon_weight·supcon(q, labels),
     Adam, ``epochs`` passes in minibatches of ``batch_size`` (last one partial).
     Collapse: perplexity/K of an epoch's codes below ``collapse_threshold`` for more than
-    ``collapse_patience`` consecutive epochs.
+    ``collapse_patience`` consecutive epochs. The release's VQ-AE: ``mlp_bias=False,
+    debias_ema=False, supcon=supcon_loss_anchor_positive``.
     """
     n_modules, n_examples, d = x.shape
     device = x.device
     model = ModuleVQAE(
         generators, d=d, code_dim=code_dim, n_groups=n_groups, n_codes=n_codes,
-        leaky_slope=leaky_slope, ema_decay=ema_decay, ema_eps=ema_eps,
+        leaky_slope=leaky_slope, ema_decay=ema_decay, ema_eps=ema_eps, mlp_bias=mlp_bias, debias_ema=debias_ema,
     ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=fused_optimizer(device))
     labels = labels.to(device)
@@ -263,7 +319,7 @@ def train_vqae(
             loss = (
                 (model.decode(q_st) - xb).pow(2).mean((1, 2))
                 + beta * (z - q.detach()).pow(2).mean((1, 2))
-                + supcon_weight * supcon_loss(q_st, labels[batch], temperature=temperature)
+                + supcon_weight * supcon(q_st, labels[batch], temperature=temperature)
             )
             optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()  # sum over modules: each module gets its own loss's gradient

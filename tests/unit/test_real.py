@@ -446,8 +446,8 @@ def test_config_is_validated(kwargs, pattern):
         RealConfig(**kwargs)
 
 
-def test_defaults_are_the_release():
+def test_defaults_are_the_described_method():
     cfg = RealConfig()
     assert (cfg.n_codes, cfg.n_groups, cfg.supcon_weight, cfg.beta, cfg.lr, cfg.batch_size) == (32, 8, 1e-3, 0.25, 1e-3, 32)
     assert (cfg.vq_epochs, cfg.prior_epochs, cfg.ema_decay, cfg.collapse_threshold) == (20, 10, 0.99, 0.0)
-    assert cfg.heldout_split == "group"
+    assert (cfg.variant, cfg.heldout_split, cfg.prior_grad_clip) == ("described", "group", 1.0)
