@@ -35,7 +35,7 @@ from .steering import build_steering
 from .tasks import Task, load_task
 from .tasks.truthfulqa import DEFAULT_MC_PROMPT, MC_PROMPT_STYLES
 
-METHODS = ("real", "iti", "patching", "attribution", "random")
+METHODS = ("real", "real-release", "iti", "patching", "attribution", "random")
 
 
 @dataclass(frozen=True)
@@ -230,8 +230,8 @@ def task_slug(task: str) -> str:
 
 
 def select_top(scores: ModuleScores, k: int):
-    """The top-K modules; REAL keeps its relative strengths, every other method steers uniformly."""
-    return scores.top_k(min(k, scores.n_modules), uniform=scores.method != "real")
+    """The top-K modules; REAL (both variants) keeps its relative strengths, every other method steers uniformly."""
+    return scores.top_k(min(k, scores.n_modules), uniform=not scores.method.startswith("real"))
 
 
 # --------------------------------------------------------------------------- evaluation cells
@@ -289,10 +289,11 @@ def cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank
 
 
 def _scorer_options(cfg: ExperimentConfig, method: str) -> dict:
-    if method == "real":
+    if method in ("real", "real-release"):
         from .scoring.real import RealConfig
 
-        return {"cfg": RealConfig(vq_epochs=cfg.real_epochs, prior_epochs=cfg.real_prior_epochs)}
+        variant = "release" if method == "real-release" else "described"
+        return {"cfg": RealConfig(variant=variant, vq_epochs=cfg.real_epochs, prior_epochs=cfg.real_prior_epochs)}
     if method in ("patching", "attribution"):
         from .scoring.pairs import PairConfig
 
@@ -444,11 +445,26 @@ def render_summary(cfg: ExperimentConfig, setup: Setup, summary: dict, rows, tim
         f"- val questions per fold {n_val}" + (" (all)" if cfg.n_val_questions is None else " (a seeded sample)")
         + f"; test questions per fold {n_test}" + (" (all)" if cfg.n_test_questions is None else " (a seeded sample)"),
         f"- activation/attribution patching on {cfg.patching_pairs} contrast pairs per fold",
-        f"- REAL: {cfg.real_epochs} VQ-AE epochs, {cfg.real_prior_epochs} prior epochs (other settings: the paper's release)",
+        f"- REAL: {cfg.real_epochs} VQ-AE epochs, {cfg.real_prior_epochs} prior epochs, the paper's other settings; "
+        "`real` is the method as the paper describes it (METHOD.md §3), `real-release` as the authors' code computes it "
+        "(§3a; differences below)",
         f"- side effects: {cfg.side_effect_texts} WikiText-2 paragraphs, ≤{cfg.side_effect_tokens} tokens each",
         *timing_lines(timer),
     ]
+    if "real-release" in cfg.methods:
+        lines += release_difference_lines()
     return "\n".join(lines)
+
+
+def release_difference_lines() -> list[str]:
+    """``real`` vs ``real-release``: every known difference and the release settings neither follows, one line of why each."""
+    from .scoring.real import RELEASE_DIFFERENCES, RELEASE_SETTINGS_NOT_FOLLOWED
+
+    lines = ["## REAL as described (`real`) vs as released (`real-release`)", ""]
+    lines += [f"- {what} *Why it matters:* {why}" for what, why in RELEASE_DIFFERENCES]
+    lines += ["", "Release settings neither variant follows:", ""]
+    lines += [f"- {what} *Why not:* {why}" for what, why in RELEASE_SETTINGS_NOT_FOLLOWED]
+    return lines + [""]
 
 
 def timing_lines(timer: _Timer) -> list[str]:

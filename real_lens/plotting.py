@@ -21,6 +21,7 @@ from .scoring import ModuleScores
 # Units for scores saved without a "score_unit" in their metadata.
 SCORE_UNITS = {
     "real": "REAL relevance (ROC-AUC)",
+    "real-release": "REAL relevance as released (ROC-AUC)",
     "iti": "probe validation accuracy",
     "patching": "fraction of logit-diff gap restored",
     "attribution": "estimated fraction of logit-diff gap restored (AtP)",
