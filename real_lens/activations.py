@@ -106,7 +106,7 @@ def collect_activations(
     folder = Path(cache_dir or cache_root() / "banks") / key if cache else None
 
     cached = _load_cached_bank(folder, key) if folder is not None and ranks.is_main else None
-    if ranks.is_distributed:  # rank 0 found the bank: send it to the others
+    if ranks.is_distributed:  # only rank 0 reads the cache; if it holds the bank, it sends it to the others
         found = broadcast_tensor(torch.tensor([int(cached is not None)]), src=0)
         if bool(found.item()):
             return ActivationBank(broadcast_tensor(cached.acts if cached else None, src=0), examples, meta)
