@@ -244,7 +244,8 @@ def _cmd_score(args) -> None:
     if args.bank:
         bank = _bank_for(args)
         if args.model is None:  # the bank's metadata names the model it came from
-            args.model = bank.meta.get("model", {}).get("name", args.model)
+            recorded = bank.meta.get("model")  # {"name": ...} from collect; a plain string in hand-made banks
+            args.model = recorded.get("name") if isinstance(recorded, dict) else recorded
         model = _load(args) if needs_model else None
     else:
         model = _load(args)
