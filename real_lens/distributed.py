@@ -164,6 +164,14 @@ def distributed_session(device: str | None = None, *, model_parallel: bool = Fal
 
 
 # --------------------------------------------------------------------------- collectives
+# Shape and dtype travel as a small int64 header (dtype code, ndim, dims) instead of through
+# broadcast_object_list, which pickles.
+_DTYPE_CODES = {dt: i for i, dt in enumerate(
+    (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int64, torch.int32, torch.uint8, torch.bool)
+)}
+_MAX_DIMS = 8
+
+
 def _collective_device() -> torch.device:
     """NCCL moves CUDA tensors only; gloo CPU tensors."""
     if dist.get_backend() == "nccl":
@@ -172,13 +180,15 @@ def _collective_device() -> torch.device:
 
 
 def broadcast_tensor(tensor: Tensor | None, *, src: int) -> Tensor:
-    """Every rank gets ``src``'s tensor (on the CPU); only ``src`` passes one. Shape and dtype
-    travel first, so receivers need not know them."""
+    """``src``'s tensor on every rank: ``src`` passes it (and gets it back), the others pass
+    ``None`` and receive a CPU copy. Shape and dtype travel first, so receivers need not know them."""
     device = _collective_device()
     dtypes = list(_DTYPE_CODES)
     if dist.get_rank() == src:
         if tensor.dtype not in _DTYPE_CODES:
-            raise ScoringError(f"cannot broadcast dtype {tensor.dtype}; expected one of {dtypes}")
+            raise ValueError(f"cannot broadcast dtype {tensor.dtype}; expected one of {dtypes}")
+        if tensor.ndim > _MAX_DIMS:
+            raise ValueError(f"cannot broadcast a {tensor.ndim}-dimensional tensor; at most {_MAX_DIMS} dimensions")
         header = torch.tensor([_DTYPE_CODES[tensor.dtype], tensor.ndim, *tensor.shape], dtype=torch.int64)
         header = torch.nn.functional.pad(header, (0, _MAX_DIMS + 2 - header.numel()))
     else:
@@ -191,11 +201,6 @@ def broadcast_tensor(tensor: Tensor | None, *, src: int) -> Tensor:
     dist.broadcast(buffer, src=src)
     return buffer.cpu() if dist.get_rank() != src else tensor
 
-
-_DTYPE_CODES = {dt: i for i, dt in enumerate(
-    (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int64, torch.int32, torch.uint8, torch.bool)
-)}
-_MAX_DIMS = 8
 
 
 def all_ranks_agree(text: str) -> bool:
