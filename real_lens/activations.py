@@ -12,7 +12,7 @@ as one example at a time (tests/…/test_activations.py checks this, to float to
 Examples are sorted by length into batches to keep padding small.
 
 Cache: ``<cache>/banks/<key>/`` where the key hashes the model identity, the examples, the
-site, the readout, the prompt format and the package version. Finished chunks of examples
+site, the readout, the prompt format, the storage dtype and the package version. Finished chunks of examples
 are written atomically as they complete, so an interrupted collection resumes; an unreadable
 or mismatched chunk or bank is recomputed, never used.
 """
@@ -35,7 +35,9 @@ from .bank import ActivationBank
 from .evaluation.forward import tokenize
 from .errors import BankError, RealLensError, unknown_name_error
 from .io import read_tensors, write_tensors
-from .models import cache_root, model_identity
+from .distributed import Ranks, broadcast_tensor, current_ranks, shard_bounds
+from .models import DTYPES as BANK_DTYPES
+from .models import cache_root, dtype_name, model_identity
 from .tasks.base import Example, Task, check_examples
 
 READOUTS = ("last", "mean_answer")
@@ -55,16 +57,29 @@ def collect_activations(
     readout: str = "last",
     batch_size: int = 16,
     chunk_size: int = 256,
+    dtype: torch.dtype | str = torch.float32,
     cache: bool = True,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    shard: bool = False,
 ) -> ActivationBank:
-    """Activations ``[example, layer, head, d_head]`` (head site) or ``[example, layer, d_model]``."""
+    """Activations ``[example, layer, head, d_head]`` (head site) or ``[example, layer, d_model]``.
+
+    Examples run in chunks of ``chunk_size`` (the unit of the resumable cache), each sorted by
+    length into batches of ``batch_size``. ``dtype``: how the bank stores activations
+    (float32, bfloat16 or float16; recorded in ``meta["dtype"]``); the readout itself is taken
+    in float32 from the model's activations, whatever the model's dtype.
+
+    ``shard=True`` under ``torchrun`` (an initialised default process group): every rank must
+    call this with the same arguments; each computes a contiguous run of the chunks and
+    every rank gets the whole bank, identical to one process's (same chunks, same batches).
+    """
     hooks.check_site(site)
     if readout not in READOUTS:
         raise unknown_name_error("readout", readout, READOUTS)
     if batch_size < 1 or chunk_size < 1:
         raise RealLensError(f"batch_size and chunk_size must be >= 1; got {batch_size} and {chunk_size}")
+    dtype = _bank_dtype(dtype)
     if isinstance(task_or_examples, Task):
         task_name, prompt_format = task_or_examples.name, task_or_examples.prompt_format
         examples = tuple(task_or_examples.examples)
@@ -83,31 +98,51 @@ def collect_activations(
         "n_layers": model.cfg.n_layers,
         "real_lens_version": __version__,
     }
+    if dtype != torch.float32:  # float32 banks keep the cache keys they had before banks recorded a dtype
+        meta["dtype"] = dtype_name(dtype)
     key = _cache_key(meta, examples)
-    meta["cache_key"] = key
-    if not cache:
-        return ActivationBank(_collect(model, examples, site, readout, batch_size, progress), examples, meta)
+    meta.update(cache_key=key, dtype=dtype_name(dtype))
+    ranks = current_ranks() if shard else Ranks()
+    folder = Path(cache_dir or cache_root() / "banks") / key if cache else None
 
-    folder = Path(cache_dir or cache_root() / "banks") / key
-    bank = _load_cached_bank(folder, key)
-    if bank is not None:
-        return bank
-    chunks = []
-    n_chunks = (len(examples) + chunk_size - 1) // chunk_size
-    for c in tqdm(range(n_chunks), desc=f"collect {site}", unit="chunk", disable=not progress or n_chunks == 1):
-        part = examples[c * chunk_size:(c + 1) * chunk_size]
-        chunk_key = _cache_key({"bank": key, "chunk": c}, part)
-        path = folder / f"chunk_{c:05d}.safetensors"
-        acts = _load_chunk(path, chunk_key)
+    cached = _load_cached_bank(folder, key) if folder is not None and ranks.is_main else None
+    if ranks.is_distributed:  # only rank 0 reads the cache; if it holds the bank, it sends it to the others
+        found = broadcast_tensor(torch.tensor([int(cached is not None)]), src=0)
+        if bool(found.item()):
+            return ActivationBank(broadcast_tensor(cached.acts if cached else None, src=0), examples, meta)
+    elif cached is not None:
+        return cached
+
+    chunks = [examples[c:c + chunk_size] for c in range(0, len(examples), chunk_size)]
+    first, stop = ranks.bounds(len(chunks))
+    mine = {}
+    for c in tqdm(range(first, stop), desc=f"collect {site}", unit="chunk", disable=not progress or len(chunks) == 1):
+        chunk_key = _cache_key({"bank": key, "chunk": c}, chunks[c])
+        path = folder / f"chunk_{c:05d}.safetensors" if folder is not None else None
+        acts = _load_chunk(path, chunk_key) if path is not None else None
         if acts is None:
-            acts = _collect(model, part, site, readout, batch_size, progress and n_chunks == 1)
-            write_tensors(path, {"acts": acts, "key": _key_tensor(chunk_key)})
-        chunks.append(acts)
-    bank = ActivationBank(torch.cat(chunks), examples, meta)
-    bank.save(folder)
-    for path in folder.glob("chunk_*.safetensors"):
-        path.unlink()
+            acts = _collect(model, chunks[c], site, readout, batch_size, progress and len(chunks) == 1).to(dtype)
+            if path is not None:
+                write_tensors(path, {"acts": acts, "key": _key_tensor(chunk_key)})
+        mine[c] = acts
+    if ranks.is_distributed:  # every chunk from the rank that computed it
+        owners = [r for r, (a, b) in enumerate(shard_bounds(len(chunks), ranks.world_size)) for _ in range(a, b)]
+        mine = {c: broadcast_tensor(mine.get(c), src=owners[c]) for c in range(len(chunks))}
+    bank = ActivationBank(torch.cat([mine[c] for c in range(len(chunks))]), examples, meta)
+    if folder is not None:
+        if ranks.is_main:
+            bank.save(folder)
+        for c in range(first, stop):  # each rank removes the chunk files it wrote
+            (folder / f"chunk_{c:05d}.safetensors").unlink(missing_ok=True)
     return bank
+
+
+def _bank_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, str) and dtype in BANK_DTYPES:
+        return BANK_DTYPES[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in BANK_DTYPES.values():
+        return dtype
+    raise RealLensError(f"unsupported bank dtype {dtype!r}; expected one of {', '.join(BANK_DTYPES)}")
 
 
 # --------------------------------------------------------------------------- forward

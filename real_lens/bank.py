@@ -26,7 +26,8 @@ class ActivationBank:
     """``acts``: ``[example, layer, head, d_head]`` (head site) or ``[example, layer, d_model]``.
 
     ``meta`` records where the activations came from: model, site, hook template,
-    readout, task, prompt format, package version.
+    readout, task, prompt format, package version, and the storage ``dtype`` (float32,
+    bfloat16 or float16; absent in banks older than the option, which are float32).
     """
 
     acts: Float[Tensor, "example layer *module d"]
@@ -39,6 +40,12 @@ class ActivationBank:
             raise BankError(
                 f"bank activations must be [example, layer, head, d_head] or [example, layer, d_model] "
                 f"with one row per example ({n}); found shape {tuple(self.acts.shape)}"
+            )
+        stated = self.meta.get("dtype")  # absent in banks made before the option (float32)
+        if stated is not None and str(self.acts.dtype).removeprefix("torch.") != stated:
+            raise BankError(
+                f"bank activations are {self.acts.dtype} but its metadata states {stated!r}; "
+                "collect the bank again (or cast acts to the stated dtype)"
             )
         site = self.meta.get("site")
         if site is not None and hooks.is_head_site(site) != (self.acts.ndim == 4):

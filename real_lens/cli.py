@@ -7,6 +7,7 @@ stderr and exits with code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import defaultdict
 
@@ -35,7 +36,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .activations import READOUTS
-    from .models import DEFAULT_MODEL
+    from .models import DEFAULT_MODEL, DEVICE_MAP_STRATEGIES, DTYPES
     from .tasks.truthfulqa import DEFAULT_MC_PROMPT, MC_PROMPT_STYLES
 
     parser = _Parser(prog="real-lens", description="Find and steer the attention heads that govern a behaviour.")
@@ -43,12 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_arg(p):
         p.add_argument("--model", default=None, help=f"embedded name, local dir/.gguf, or Hub name (default {DEFAULT_MODEL})")
-        p.add_argument("--device", default=None, help="torch device (default: the bridge's choice)")
+        p.add_argument("--device", default=None,
+                       help="torch device (default: the bridge's choice; under torchrun 'cuda' means cuda:LOCAL_RANK)")
+        p.add_argument("--dtype", default="float32", choices=tuple(DTYPES),
+                       help="weights' dtype (the embedded GGUF is dequantised to float32 once and cast on load)")
+        p.add_argument("--device-map", default=None,
+                       help=f"spread the model over devices: {', '.join(DEVICE_MAP_STRATEGIES)}, or a JSON map "
+                            "such as '{\"model.layers.0\": 0, \"lm_head\": 1}' (exclusive with --device)")
+        p.add_argument("--n-devices", type=_positive_int, default=None,
+                       help="spread the model evenly over this many CUDA devices (a 'balanced' device map)")
+
+    def bank_arg(p):
+        p.add_argument("--bank-dtype", default="float32", choices=tuple(DTYPES), help="how the bank stores activations")
+        p.add_argument("--chunk-size", type=_positive_int, default=256,
+                       help="examples per cached chunk; under torchrun each rank collects whole chunks")
 
     p = sub.add_parser("hooks", help="every hook point with its shape on a short prompt, grouped by layer")
     model_arg(p)
     p.add_argument("--prompt", default="Q: What is the capital of France? A:")
     p.add_argument("--filter", default=None, help="only hook names containing this text")
+    p.add_argument("--estimate-only", action="store_true",
+                   help="print the memory estimate (from the config, no weights read) and stop")
     p.set_defaults(run=_cmd_hooks)
 
     p = sub.add_parser("collect", help="collect an activation bank for a task")
@@ -58,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readout", default="last", choices=READOUTS)
     p.add_argument("--limit", type=_positive_int, default=None, help="at most N examples, whole questions only")
     p.add_argument("--batch-size", type=_positive_int, default=16)
+    bank_arg(p)
     p.add_argument("--data-dir", default=None, help="data folder (default $REAL_LENS_DATA or ../shared/data)")
     p.add_argument("--out", required=True, help="directory to write the bank to")
     p.set_defaults(run=_cmd_collect)
@@ -74,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank", default=None, help="an activation bank made by `real-lens collect`")
     p.add_argument("--task", default=None, help="collect first: truthfulqa, or file:<path>")
     p.add_argument("--limit", type=_positive_int, default=None)
+    bank_arg(p)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--method", default="real", help="real, real-release, iti, patching, attribution or random")
     p.add_argument("--seed", type=int, default=0)
@@ -132,11 +150,28 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args):
     from .models import DEFAULT_MODEL, load_model
 
-    return load_model(args.model or DEFAULT_MODEL, device=args.device)
+    return load_model(args.model or DEFAULT_MODEL, **_model_options(args))
+
+
+def _model_options(args) -> dict:
+    """load_model's placement options from the flags, checked (so mistakes surface before any work)."""
+    from .models import parse_device_map, resolve_placement
+
+    options = dict(device=args.device, dtype=args.dtype, device_map=parse_device_map(args.device_map),
+                   n_devices=args.n_devices)
+    resolve_placement(device=options["device"], device_map=options["device_map"], n_devices=options["n_devices"])
+    return options
 
 
 def _cmd_hooks(args) -> None:
-    model = _load(args)
+    from .models import DEFAULT_MODEL, estimate_memory, load_model
+
+    options = _model_options(args)
+    print(estimate_memory(args.model or DEFAULT_MODEL).describe(load_dtype=args.dtype), flush=True)
+    if args.estimate_only:
+        return
+    print()
+    model = load_model(args.model or DEFAULT_MODEL, **options)
     _, cache = model.run_with_cache(args.prompt)
     by_layer: dict[str, list[tuple[str, tuple]]] = defaultdict(list)
     for name, act in cache.items():
@@ -162,10 +197,15 @@ def _cmd_collect(args) -> None:
     if args.limit:
         task = task.limit(args.limit)
     model = _load(args)
-    bank = collect_activations(model, task, site=args.site, readout=args.readout, batch_size=args.batch_size)
-    bank.save(args.out)
-    print(f"wrote {args.out}: {len(bank.examples)} examples, {len(set(bank.groups))} questions, "
-          f"acts {list(bank.acts.shape)} at {bank.meta['hook']} (readout {args.readout})")
+    bank = collect_activations(
+        model, task, site=args.site, readout=args.readout, batch_size=args.batch_size,
+        chunk_size=args.chunk_size, dtype=args.bank_dtype, shard=True, progress=args.ranks.is_main,
+    )
+    if args.ranks.is_main:
+        bank.save(args.out)
+        print(f"wrote {args.out}: {len(bank.examples)} examples, {len(set(bank.groups))} questions, "
+              f"acts {list(bank.acts.shape)} {args.bank_dtype} at {bank.meta['hook']} (readout {args.readout})"
+              + _ranks_note(args.ranks))
 
 
 def _cmd_generate(args) -> None:
@@ -187,32 +227,42 @@ def _bank_for(args, model=None):
     task = load_task(args.task, data_dir=args.data_dir)
     if args.limit:
         task = task.limit(args.limit)
-    return collect_activations(model or _load(args), task)
+    return collect_activations(
+        model or _load(args), task, chunk_size=args.chunk_size, dtype=args.bank_dtype, shard=True,
+        progress=args.ranks.is_main,
+    )
+
+
+def _ranks_note(ranks) -> str:
+    return f" ({ranks.world_size} processes)" if ranks.is_distributed else ""
 
 
 def _cmd_score(args) -> None:
     from pathlib import Path
 
+    from .distributed import is_sharded, score_distributed
     from .plotting import plot_score_heatmap
-    from .scoring import get_scorer
 
-    scorer = get_scorer(args.method)  # unknown names fail before any loading
+    is_sharded(args.method, args.ranks)  # unknown or unshardable methods fail before any loading
     needs_model = args.method in ("patching", "attribution")
     if args.bank:
         bank = _bank_for(args)
         if args.model is None:  # the bank's metadata names the model it came from
-            args.model = bank.meta.get("model", {}).get("name", args.model)
+            recorded = bank.meta.get("model")  # {"name": ...} from collect; a plain string in hand-made banks
+            args.model = recorded.get("name") if isinstance(recorded, dict) else recorded
         model = _load(args) if needs_model else None
     else:
         model = _load(args)
         bank = _bank_for(args, model)
-    scores = scorer(bank, model=model, seed=args.seed, device=args.device)
+    scores = score_distributed(args.method, bank, model=model, seed=args.seed, device=args.device, ranks=args.ranks)
+    if not args.ranks.is_main:
+        return
     if args.bank:
         scores.meta["bank"] = str(Path(args.bank).resolve())
     scores.save(args.out)
     png = plot_score_heatmap(scores, Path(args.out) / "heatmap.png")
     top = scores.top_k(min(10, scores.n_modules))
-    print(f"wrote {args.out} and {png}; top modules by {args.method}: "
+    print(f"wrote {args.out} and {png}{_ranks_note(args.ranks)}; top modules by {args.method}: "
           + ", ".join(f"{label} ({float(scores.scores.flatten()[i]):.3f})" for label, i in zip(top.labels, _flat_indices(scores, top))))
 
 
@@ -290,12 +340,29 @@ def _cmd_tasks(args) -> None:
     print(f"\ndata from: {where}")
 
 
+# Commands that split their work over the processes torchrun starts (real_lens/distributed.py).
+DISTRIBUTED_COMMANDS = ("collect", "score")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import distributed_session, env_world_size
+
     args = build_parser().parse_args(argv)
+    where = f" (rank {os.environ.get('RANK', '?')} of {env_world_size()})" if env_world_size() > 1 else ""
     try:
-        args.run(args)
+        if env_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            raise RealLensError(
+                f"only {' and '.join(DISTRIBUTED_COMMANDS)} run under torchrun; run `real-lens {args.command}` "
+                "as one process"
+            )
+        model_parallel = getattr(args, "device_map", None) is not None or (getattr(args, "n_devices", None) or 1) > 1
+        with distributed_session(getattr(args, "device", None), model_parallel=model_parallel) as (ranks, device):
+            if hasattr(args, "device"):
+                args.device = device
+            args.ranks = ranks
+            args.run(args)
     except RealLensError as exc:
-        print(f"real-lens {args.command}: error: {exc}", file=sys.stderr)
+        print(f"real-lens {args.command}{where}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("real-lens: interrupted; finished chunks are cached and a rerun resumes", file=sys.stderr)

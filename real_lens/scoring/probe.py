@@ -76,11 +76,14 @@ def score_probe(
     cfg: ProbeConfig = ProbeConfig(),
     seed: int = 0,
     val_groups: Collection[str] | None = None,
+    modules: Collection[int] | None = None,
 ) -> ModuleScores:
     """One logistic-regression probe per module; score = validation accuracy.
 
     ``val_groups`` fixes the validation groups (all others train); otherwise they are drawn
     with :func:`split_groups`. Model-free: works on any activation tensor.
+    ``modules``: fit only these flat (layer-major) module indices; the others are NaN
+    (:func:`real_lens.distributed.score_distributed` gives each process a slice).
     """
     if acts.ndim not in (3, 4):
         raise ScoringError(
@@ -112,9 +115,11 @@ def score_probe(
     module_shape = tuple(acts.shape[1:-1])
     x = acts.reshape(acts.shape[0], -1, acts.shape[-1]).detach().cpu().double().numpy()
     n_modules = x.shape[1]
-    accuracy, auc, train_accuracy = np.zeros(n_modules), np.zeros(n_modules), np.zeros(n_modules)
-    not_converged = 0
-    for m in range(n_modules):
+    fitted = range(n_modules) if modules is None else sorted(set(modules))
+    if fitted and not 0 <= min(fitted) <= max(fitted) < n_modules:
+        raise ScoringError(f"modules must be indices in [0, {n_modules}); found {min(fitted)}..{max(fitted)}")
+    accuracy, auc, train_accuracy, converged = (np.full(n_modules, np.nan) for _ in range(4))
+    for m in fitted:
         x_train, x_val = x[train, m], x[val, m]
         if cfg.standardize:
             mean, std = x_train.mean(0), x_train.std(0)
@@ -124,7 +129,7 @@ def score_probe(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             probe.fit(x_train, y[train])
-        not_converged += any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        converged[m] = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
         accuracy[m] = probe.score(x_val, y[val])
         train_accuracy[m] = probe.score(x_train, y[train])
         auc[m] = roc_auc_score(y[val], probe.decision_function(x_val))
@@ -137,7 +142,10 @@ def score_probe(
         scores=as_scores(accuracy),
         method=METHOD,
         config=asdict(cfg),
-        diagnostics={"val_auc": as_scores(auc), "train_accuracy": as_scores(train_accuracy)},
+        # Per module, so the result of a module slice is a slice of the whole result.
+        diagnostics={
+            "val_auc": as_scores(auc), "train_accuracy": as_scores(train_accuracy), "converged": as_scores(converged),
+        },
         meta={
             "seed": seed,
             "method": METHOD,
@@ -149,14 +157,15 @@ def score_probe(
                 "n_train_groups": n_train_groups,
                 "n_val_groups": len(set(groups)) - n_train_groups,
             },
-            "n_not_converged": int(not_converged),
         },
     )
 
 
 @register_scorer(METHOD)
-def probe_scorer(bank, *, model=None, seed: int = 0, device=None, cfg: ProbeConfig | None = None) -> ModuleScores:
+def probe_scorer(
+    bank, *, model=None, seed: int = 0, device=None, cfg: ProbeConfig | None = None, modules: Collection[int] | None = None
+) -> ModuleScores:
     """Registry entry: probes on the bank's activations (model-free; ``model``/``device`` unused)."""
-    scores = score_probe(bank.acts, bank.labels, bank.groups, cfg=cfg or ProbeConfig(), seed=seed)
+    scores = score_probe(bank.acts, bank.labels, bank.groups, cfg=cfg or ProbeConfig(), seed=seed, modules=modules)
     meta = {"site": bank.site, "model": bank.meta.get("model"), "task": bank.meta.get("task"), **scores.meta}
     return replace(scores, meta=meta)

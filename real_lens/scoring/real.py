@@ -377,18 +377,21 @@ def score_real_tensors(
     cfg: RealConfig = RealConfig(),
     seed: int = 0,
     device=None,
+    modules: Sequence[int] | None = None,
 ) -> tuple[Float[Tensor, "module"], dict[str, Tensor]]:
     """REAL relevance (held-out ROC-AUC, 0 for collapsed modules) of every module, in ``cfg.variant``.
 
     Returns ``(auc, diagnostics)``; diagnostics, each ``[module]``: ``recon_loss``,
     ``perplexity``, ``collapsed`` (0./1.) and ``auc`` (before collapse zeroing); the release
     variant adds ``underflow``, the fraction of held-out examples whose float32 sequence
-    probability is exactly 0.
+    probability is exactly 0. ``modules``: train only these indices of the module axis (a
+    process's share under torchrun); the others are NaN. A module's result does not depend on
+    which others train.
     """
-    return _score(acts, labels, groups, cfg=cfg, seed=seed, device=device)
+    return _score(acts, labels, groups, cfg=cfg, seed=seed, device=device, modules=modules)
 
 
-def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_names=None):
+def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_names=None, modules=None):
     if not isinstance(seed, int) or seed < 0:
         raise ScoringError(f"seed must be a non-negative integer; found {seed!r}")
     check_inputs(acts, labels, groups, cfg, module_names)
@@ -400,16 +403,21 @@ def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_n
         train, heldout = split_heldout(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=seed)
         split = (train[labels[train] == 1], train[labels[train] == 0], heldout)
     n_modules = acts.shape[1]
+    trained = _check_modules(modules, n_modules)
 
-    results = []
-    for modules in _chunks(n_modules, cfg.module_chunk_for(device)):
-        x = acts[:, modules].to(device=device, dtype=torch.float32).transpose(0, 1).contiguous()
-        results.append(_score_chunk(x, labels, split, modules, cfg=cfg, seed=seed))
-    auc, recon_loss, perplexity, collapsed, *underflow = torch.cat(results, dim=1)
+    n_rows = 5 if cfg.variant == "release" else 4  # auc, recon_loss, perplexity, collapsed[, underflow]
+    results = [torch.empty(n_rows, 0)]
+    for part in _chunks(len(trained), cfg.module_chunk_for(device)):
+        chunk = [trained[i] for i in part]
+        x = acts[:, chunk].to(device=device, dtype=torch.float32).transpose(0, 1).contiguous()
+        results.append(_score_chunk(x, labels, split, chunk, cfg=cfg, seed=seed))
+    auc, recon_loss, perplexity, collapsed, *underflow = torch.full((n_rows, n_modules), torch.nan).index_copy(
+        1, torch.tensor(trained, dtype=torch.long), torch.cat(results, dim=1)
+    )
     diagnostics = {"recon_loss": recon_loss, "perplexity": perplexity, "collapsed": collapsed, "auc": auc}
     if underflow:
         diagnostics["underflow"] = underflow[0]
-    return torch.where(collapsed.bool(), torch.zeros_like(auc), auc), diagnostics
+    return torch.where(collapsed == 1, torch.zeros_like(auc), auc), diagnostics
 
 
 def _score_chunk(x, labels, split, modules: list[int], *, cfg: RealConfig, seed: int) -> Tensor:
@@ -453,27 +461,34 @@ def _score_chunk(x, labels, split, modules: list[int], *, cfg: RealConfig, seed:
 
 
 @register_scorer("real")
-def score_real(bank, *, cfg: RealConfig | None = None, seed: int = 0, device=None, model=None) -> ModuleScores:
+def score_real(
+    bank, *, cfg: RealConfig | None = None, seed: int = 0, device=None, model=None, modules: Sequence[int] | None = None
+) -> ModuleScores:
     """REAL scores, as described (METHOD.md §3), of every module of an :class:`~real_lens.bank.ActivationBank`.
 
     ``model`` is unused; ``cfg`` None = ``RealConfig()``. The bank should hold the fold's
     train+val examples only; the VQ-AE trains on all of them and the priors' held-out part
-    is split off inside (by group by default).
+    is split off inside (by group by default). ``modules``: flat (layer-major) module indices
+    to score; the rest are NaN (:func:`real_lens.distributed.score_distributed` gives each
+    process a slice).
     """
-    return _score_bank(bank, cfg=RealConfig() if cfg is None else cfg, variant="described", seed=seed, device=device)
+    return _score_bank(bank, cfg=RealConfig() if cfg is None else cfg, variant="described", seed=seed, device=device,
+                       modules=modules)
 
 
 @register_scorer("real-release")
-def score_real_release(bank, *, cfg: RealConfig | None = None, seed: int = 0, device=None, model=None) -> ModuleScores:
+def score_real_release(
+    bank, *, cfg: RealConfig | None = None, seed: int = 0, device=None, model=None, modules: Sequence[int] | None = None
+) -> ModuleScores:
     """REAL scores as the authors' release computes them (METHOD.md §3a; :data:`RELEASE_DIFFERENCES`).
 
-    ``model`` is unused; ``cfg`` None = ``RealConfig(variant="release")``.
+    ``model`` is unused; ``cfg`` None = ``RealConfig(variant="release")``; ``modules`` as :func:`score_real`.
     """
     cfg = RealConfig(variant="release") if cfg is None else cfg
-    return _score_bank(bank, cfg=cfg, variant="release", seed=seed, device=device)
+    return _score_bank(bank, cfg=cfg, variant="release", seed=seed, device=device, modules=modules)
 
 
-def _score_bank(bank, *, cfg: RealConfig, variant: str, seed: int, device) -> ModuleScores:
+def _score_bank(bank, *, cfg: RealConfig, variant: str, seed: int, device, modules=None) -> ModuleScores:
     if not isinstance(cfg, RealConfig) or cfg.variant != variant:
         found = f"variant={cfg.variant!r}" if isinstance(cfg, RealConfig) else type(cfg).__name__
         raise ScoringError(
@@ -487,12 +502,24 @@ def _score_bank(bank, *, cfg: RealConfig, variant: str, seed: int, device) -> Mo
         if len(shape) == 2
         else [module_label(layer) for layer in range(shape[0])]
     )
-    auc, diagnostics = _score(bank.flat(), bank.labels, bank.groups, cfg=cfg, seed=seed, device=device, module_names=names)
+    auc, diagnostics = _score(
+        bank.flat(), bank.labels, bank.groups, cfg=cfg, seed=seed, device=device, module_names=names, modules=modules
+    )
     meta = {k: bank.meta[k] for k in ("site", "model", "task") if k in bank.meta}
     meta.update(site=bank.site, seed=seed, version=__version__, n_examples=len(bank.examples), variant=cfg.variant)
     return ModuleScores(
         auc.reshape(shape), cfg.method, asdict(cfg), {k: v.reshape(shape) for k, v in diagnostics.items()}, meta
     )
+
+
+def _check_modules(modules: Sequence[int] | None, n_modules: int) -> list[int]:
+    """The module indices to train, ascending; all of them for ``None``."""
+    if modules is None:
+        return list(range(n_modules))
+    trained = sorted({int(m) for m in modules})
+    if trained and not 0 <= trained[0] <= trained[-1] < n_modules:
+        raise ScoringError(f"modules must be indices in [0, {n_modules}); found {trained[0]}..{trained[-1]}")
+    return trained
 
 
 def _chunks(n: int, size: int) -> list[list[int]]:

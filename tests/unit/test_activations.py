@@ -115,3 +115,44 @@ def test_bad_arguments(tiny_model):
         collect_activations(tiny_model, _examples(1), site="hook_q", cache=False)
     with pytest.raises(RealLensError, match="has only label 1"):
         collect_activations(tiny_model, _examples(1)[:1], cache=False)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_banks_store_the_stated_dtype(tmp_path, tiny_model, dtype):
+    examples = _examples(3)
+    full = collect_activations(tiny_model, examples, cache=False, progress=False)
+    half = collect_activations(tiny_model, examples, dtype=dtype, cache_dir=tmp_path, progress=False)
+    assert full.meta["dtype"] == "float32" and half.meta["dtype"] == dtype
+    # The readout is taken in float32 and rounded once on storage.
+    assert torch.equal(half.acts, full.acts.to(getattr(torch, dtype)))
+    loaded = ActivationBank.load(half.save(tmp_path / "bank"))
+    assert loaded.acts.dtype == getattr(torch, dtype) and torch.equal(loaded.acts, half.acts)
+    assert half.meta["cache_key"] != full.meta["cache_key"]  # another dtype is another cache entry
+
+
+def test_a_bank_whose_acts_contradict_its_stated_dtype_is_refused(tiny_model):
+    bank = collect_activations(tiny_model, _examples(2), cache=False, progress=False)
+    with pytest.raises(BankError, match="bank activations are torch.bfloat16 but its metadata states 'float32'"):
+        ActivationBank(bank.acts.bfloat16(), bank.examples, bank.meta)
+    with pytest.raises(RealLensError, match="unsupported bank dtype 'int8'"):
+        collect_activations(tiny_model, _examples(2), dtype="int8", cache=False, progress=False)
+
+
+def test_cached_and_uncached_collection_give_the_same_bank(tmp_path, tiny_model):
+    """Both run the same chunks (the unit torchrun ranks share), so they agree bit for bit."""
+    examples = _examples(6)
+    cached = collect_activations(tiny_model, examples, chunk_size=5, cache_dir=tmp_path, progress=False)
+    uncached = collect_activations(tiny_model, examples, chunk_size=5, cache=False, progress=False)
+    assert torch.equal(cached.acts, uncached.acts) and cached.meta == uncached.meta
+    assert not list(tmp_path.rglob("chunk_*.safetensors"))  # chunk files are removed once the bank is saved
+
+
+def test_a_half_precision_model_gives_a_float32_bank_by_default(tiny_model):
+    from real_lens.models import load_model
+
+    examples = _examples(2)
+    bf16 = collect_activations(load_model("tiny-llama", dtype="bfloat16"), examples, cache=False, progress=False)
+    full = collect_activations(tiny_model, examples, cache=False, progress=False)
+    assert bf16.acts.dtype == torch.float32 and bf16.meta["model"]["dtype"] == "bfloat16"
+    # Same tolerance as the logits (tests/unit/test_models.py): 2% of the largest activation.
+    assert (bf16.acts - full.acts).abs().max() <= 0.02 * full.acts.abs().max()

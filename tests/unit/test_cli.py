@@ -36,3 +36,15 @@ def test_score_takes_the_model_from_the_bank(tmp_path, tiny_model, capsys):
     assert main(["score", "--bank", str(tmp_path / "bank"), "--method", "attribution", "--out", str(tmp_path / "s")]) == 0
     assert (tmp_path / "s" / "heatmap.png").is_file()
     assert "top modules by attribution" in capsys.readouterr().out
+
+
+def test_score_accepts_a_bank_whose_model_is_a_plain_name(tmp_path, capsys):
+    import torch
+
+    from real_lens.bank import ActivationBank
+    from real_lens.tasks import Example
+
+    examples = tuple(Example(f"Q{g}", a, label, f"g{g}") for g in range(6) for a, label in ((" yes", 1), (" no", 0)))
+    ActivationBank(torch.randn(12, 2, 3, 8), examples, {"site": "head_z", "model": "hand-made"}).save(tmp_path / "bank")
+    assert main(["score", "--bank", str(tmp_path / "bank"), "--method", "random", "--out", str(tmp_path / "s")]) == 0
+    assert "top modules by random" in capsys.readouterr().out
