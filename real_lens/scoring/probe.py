@@ -29,6 +29,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..errors import ScoringError
 from . import ModuleScores, register_scorer
@@ -76,6 +77,7 @@ def score_probe(
     cfg: ProbeConfig = ProbeConfig(),
     seed: int = 0,
     val_groups: Collection[str] | None = None,
+    progress: bool = False,
 ) -> ModuleScores:
     """One logistic-regression probe per module; score = validation accuracy.
 
@@ -114,7 +116,7 @@ def score_probe(
     n_modules = x.shape[1]
     accuracy, auc, train_accuracy = np.zeros(n_modules), np.zeros(n_modules), np.zeros(n_modules)
     not_converged = 0
-    for m in range(n_modules):
+    for m in tqdm(range(n_modules), desc="ITI probes", unit="module", disable=not progress):
         x_train, x_val = x[train, m], x[val, m]
         if cfg.standardize:
             mean, std = x_train.mean(0), x_train.std(0)
@@ -155,8 +157,10 @@ def score_probe(
 
 
 @register_scorer(METHOD)
-def probe_scorer(bank, *, model=None, seed: int = 0, device=None, cfg: ProbeConfig | None = None) -> ModuleScores:
+def probe_scorer(
+    bank, *, model=None, seed: int = 0, device=None, cfg: ProbeConfig | None = None, progress: bool = True
+) -> ModuleScores:
     """Registry entry: probes on the bank's activations (model-free; ``model``/``device`` unused)."""
-    scores = score_probe(bank.acts, bank.labels, bank.groups, cfg=cfg or ProbeConfig(), seed=seed)
+    scores = score_probe(bank.acts, bank.labels, bank.groups, cfg=cfg or ProbeConfig(), seed=seed, progress=progress)
     meta = {"site": bank.site, "model": bank.meta.get("model"), "task": bank.meta.get("task"), **scores.meta}
     return replace(scores, meta=meta)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import ScoringError
@@ -40,7 +41,7 @@ class RealConfig:
     """REAL hyper-parameters; the defaults are the paper's release (METHOD.md §3)."""
 
     # VQ-AE
-    n_codes: int = 32  # K: entries of the module's one codebook
+    n_codes: int = 32  # METHOD.md's codebook size K (entries of the one codebook); not the number of kept heads
     n_groups: int = 8  # U: code groups per example = length of the code sequence
     code_dim: int | None = None  # b; None = d/2
     beta: float = 0.25  # commitment weight
@@ -230,7 +231,7 @@ def score_real_tensors(
     return _score(acts, labels, groups, cfg=cfg, seed=seed, device=device)
 
 
-def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_names=None):
+def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_names=None, progress: bool = False):
     if not isinstance(seed, int) or seed < 0:
         raise ScoringError(f"seed must be a non-negative integer; found {seed!r}")
     check_inputs(acts, labels, groups, cfg, module_names)
@@ -241,7 +242,8 @@ def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_n
     n_modules = acts.shape[1]
 
     results = []
-    for modules in _chunks(n_modules, cfg.module_chunk_for(device)):
+    chunks = _chunks(n_modules, cfg.module_chunk_for(device))
+    for modules in tqdm(chunks, desc=f"REAL {n_modules} modules", unit="chunk", disable=not progress):
         x = acts[:, modules].to(device=device, dtype=torch.float32).transpose(0, 1).contiguous()
         results.append(_score_chunk(x, labels, (train_aligned, train_violating, heldout), modules, cfg=cfg, seed=seed))
     auc, recon_loss, perplexity, collapsed = torch.cat(results, dim=1)
@@ -278,7 +280,9 @@ def _score_chunk(x, labels, split, modules: list[int], *, cfg: RealConfig, seed:
 
 
 @register_scorer("real")
-def score_real(bank, *, cfg: RealConfig = RealConfig(), seed: int = 0, device=None, model=None) -> ModuleScores:
+def score_real(
+    bank, *, cfg: RealConfig = RealConfig(), seed: int = 0, device=None, model=None, progress: bool = True
+) -> ModuleScores:
     """REAL scores of every module of an :class:`~real_lens.bank.ActivationBank` (``model`` is unused).
 
     The bank should hold the fold's train+val examples only; the VQ-AE trains on all of
@@ -290,7 +294,8 @@ def score_real(bank, *, cfg: RealConfig = RealConfig(), seed: int = 0, device=No
         if len(shape) == 2
         else [module_label(layer) for layer in range(shape[0])]
     )
-    auc, diagnostics = _score(bank.flat(), bank.labels, bank.groups, cfg=cfg, seed=seed, device=device, module_names=names)
+    auc, diagnostics = _score(bank.flat(), bank.labels, bank.groups, cfg=cfg, seed=seed, device=device,
+                              module_names=names, progress=progress)
     meta = {k: bank.meta[k] for k in ("site", "model", "task") if k in bank.meta}
     meta.update(site=bank.site, seed=seed, version=__version__, n_examples=len(bank.examples))
     return ModuleScores(

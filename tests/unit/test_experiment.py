@@ -78,7 +78,7 @@ def test_rerun_reuses_every_cell(quick_run, monkeypatch):
     cfg, out = quick_run
     before = _rows(out)
     monkeypatch.setattr(experiment, "evaluate_cell", lambda *a, **k: pytest.fail("a cached cell was recomputed"))
-    monkeypatch.setattr(experiment, "get_scorer", lambda *a, **k: pytest.fail("cached scores were recomputed"))
+    monkeypatch.setattr(experiment, "score_modules", lambda *a, **k: pytest.fail("cached scores were recomputed"))
     run_experiment(cfg, out, progress=False)
     assert _rows(out) == before
 
@@ -156,7 +156,7 @@ def test_transfer_reuses_the_source_selection(quick_run, tmp_path, monkeypatch):
     from real_lens.transfer import TransferConfig, run_transfer
 
     cfg, source = quick_run
-    monkeypatch.setattr(experiment, "get_scorer", lambda *a, **k: pytest.fail("transfer must not re-score"))
+    monkeypatch.setattr(experiment, "score_modules", lambda *a, **k: pytest.fail("transfer must not re-score"))
     out = run_transfer(TransferConfig(str(source), "caa:refusal", methods=("real", "iti", "random")), tmp_path,
                        progress=False)
     rows = _rows(out)
