@@ -33,8 +33,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "generate": (".api", "generate"),
     "evaluate": (".api", "evaluate"),
     # hook-level inspection
-    "list_hooks": (".inspect", "list_hooks"),
-    "compare_logits": (".inspect", "compare_logits"),
+    "list_hooks": (".inspection", "list_hooks"),
+    "compare_logits": (".inspection", "compare_logits"),
     # exports to other tools
     "to_layer_vectors": (".export", "to_layer_vectors"),
     "to_layer_steering": (".export", "to_layer_steering"),
@@ -84,7 +84,7 @@ if TYPE_CHECKING:  # for editors and type checkers; never executed
     from .errors import RealLensError
     from .experiment import ExperimentConfig, run_experiment
     from .export import save_lm_eval_steering, to_layer_steering, to_layer_vectors, to_steering_vector
-    from .inspect import compare_logits, list_hooks
+    from .inspection import compare_logits, list_hooks
     from .models import load_model
     from .scoring import ModuleScores, Selection, strength_rule
     from .scoring import score_modules as score

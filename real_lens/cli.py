@@ -12,7 +12,7 @@ import logging
 import sys
 
 from . import hooks
-from .configs import add_config_options, config_overrides
+from .configs import add_config_options, read_overrides
 from .errors import RealLensError
 
 EXIT_USAGE = 2
@@ -59,7 +59,7 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .activations import READOUTS
     from .experiment import ExperimentConfig
-    from .inspect import DEFAULT_HOOKS_PROMPT
+    from .inspection import DEFAULT_HOOKS_PROMPT
     from .models import DEFAULT_MODEL
     from .scoring import STRENGTHS
 
@@ -184,7 +184,7 @@ def _load(args):
 
 
 def _cmd_hooks(args) -> None:
-    from .inspect import list_hooks
+    from .inspection import list_hooks
 
     print(list_hooks(_load(args), prompt=args.prompt, contains=args.filter))
 
@@ -281,12 +281,14 @@ def _steering_for(args):
         steering = build_steering(bank, scores.select(min(args.top_k, scores.n_modules), strengths=args.strengths),
                                   alpha=args.alpha)
         recorded = _recorded_model_name(scores.meta) or _recorded_model_name(bank.meta)
-    if args.model is None and recorded:
+    from_metadata = args.model is None and recorded
+    if from_metadata:
         args.model = recorded
-        logger.info("model %s (recorded in the %s; --model overrides)", recorded,
-                    "steering" if getattr(args, "steering", None) else "scores")
     model = _load(args)
     steering.check_model(model)
+    if from_metadata:
+        logger.info("model %s (recorded in the %s; --model overrides)", recorded,
+                    "steering" if getattr(args, "steering", None) else "scores")
     return steering, model
 
 
@@ -306,7 +308,7 @@ def _cmd_steer(args) -> None:
 def _cmd_inspect(args) -> None:
     import warnings
 
-    from .inspect import LargeSteeringWarning, compare_logits
+    from .inspection import LargeSteeringWarning, compare_logits
 
     steering, model = _steering_for(args)
     with warnings.catch_warnings():  # the description prints its own warning line
@@ -358,14 +360,14 @@ def _cmd_run(args) -> None:
     if args.config and preset:
         raise RealLensError(f"--config and --{preset} both set the whole configuration; give one (options may "
                             "follow --config to change single fields)")
-    base = dataclasses_values(load_config(args.config)) if args.config else dict(PRESETS.get(preset, {}))
-    cfg = ExperimentConfig(**{**base, **config_overrides(args, ExperimentConfig)})
+    base = _field_values(load_config(args.config)) if args.config else dict(PRESETS.get(preset, {}))
+    cfg = ExperimentConfig(**{**base, **read_overrides(args, ExperimentConfig)})
     out = run_experiment(cfg, args.out or f"runs/{task_slug(cfg.task)}", progress=not args.quiet)
     print((out / "summary.md").read_text())
     print(f"outputs in {out}")
 
 
-def dataclasses_values(cfg) -> dict:
+def _field_values(cfg) -> dict:
     """A dataclass's field values, not recursed into (``dataclasses.asdict`` would turn nested configs into dicts)."""
     import dataclasses
 

@@ -108,7 +108,7 @@ def _option(name: str) -> str:
     return name.replace("_", "-")
 
 
-def field_comments(cls) -> dict[str, str]:
+def read_field_comments(cls) -> dict[str, str]:
     """The trailing ``# comment`` of each field in ``cls``'s source (used as option help)."""
     try:
         source = inspect.getsource(cls)
@@ -129,10 +129,10 @@ def add_config_options(parser: argparse.ArgumentParser, cls, *, aliases: dict[st
 
     ``aliases``: extra option strings per field; ``help``: help text per field (default: the
     field's trailing comment). Options not given are absent from the parsed namespace
-    (``argparse.SUPPRESS``), so :func:`config_overrides` returns only what the user typed.
+    (``argparse.SUPPRESS``), so :func:`read_overrides` returns only what the user typed.
     """
     hints = typing.get_type_hints(cls)
-    comments = {**field_comments(cls), **(help or {})}
+    comments = {**read_field_comments(cls), **(help or {})}
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         inner, optional = _optional(hint)
@@ -155,13 +155,13 @@ def add_config_options(parser: argparse.ArgumentParser, cls, *, aliases: dict[st
                             metavar=metavar, help=text)
 
 
-def config_overrides(args: argparse.Namespace, cls) -> dict[str, Any]:
+def read_overrides(args: argparse.Namespace, cls) -> dict[str, Any]:
     """The fields of ``cls`` the user gave on the command line (parsed by :func:`add_config_options`)."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
 
 
 # --------------------------------------------------------------------------- JSON
-def config_from_dict(cls, values: dict[str, Any], *, source: str = "config"):
+def build_config(cls, values: dict[str, Any], *, source: str = "config"):
     """``cls(**values)`` with JSON's lists turned back into the fields' tuple types.
 
     Unknown keys are an error (a config from a newer real-lens); missing keys take the
@@ -194,7 +194,7 @@ def _from_json(value, hint, name: str, source: str):
             return None
         raise RealLensError(f"{source}: {name} is null, but it must be set (type {hint})")
     if dataclasses.is_dataclass(inner):
-        return config_from_dict(inner, value, source=f"{source} ({name})")
+        return build_config(inner, value, source=f"{source} ({name})")
     if typing.get_origin(inner) is tuple:
         if not isinstance(value, list):
             raise RealLensError(f"{source}: {name} should be a list; found {value!r}")
@@ -228,4 +228,4 @@ def load_config(path):
     if version is not None and version != __version__:
         logger.warning("%s was written by real-lens %s; this is %s", path, version, __version__)
     values = stored["config"] if isinstance(stored, dict) and "config" in stored else stored
-    return config_from_dict(ExperimentConfig, values, source=str(path))
+    return build_config(ExperimentConfig, values, source=str(path))

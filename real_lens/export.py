@@ -16,7 +16,7 @@ every position (``positions="all"``, the paper's), up to float rounding. Layer-s
   (``lm_eval --model steered --model_args pretrained=<model>,steer_path=<file>.pt``), so any of
   its tasks runs under this steering;
 - :func:`to_steering_vector` — a ``steering_vectors.SteeringVector`` (the steering-vectors
-  package, when installed; :func:`steering_vector_layers` gives its two fields without it).
+  package, when installed; :func:`to_steering_vector_fields` gives its two fields without it).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def to_layer_steering(steering: Steering, model) -> Steering:
 
 
 # --------------------------------------------------------------------------- lm-evaluation-harness
-def lm_eval_steering(steering: Steering, model) -> dict[str, dict]:
+def to_lm_eval_config(steering: Steering, model) -> dict[str, dict]:
     """lm-evaluation-harness's steer config: ``{hookpoint: {steering_vector, steering_coefficient, action,
     bias, head_index}}``.
 
@@ -95,7 +95,7 @@ def lm_eval_steering(steering: Steering, model) -> dict[str, dict]:
     """
     unit = to_layer_vectors(steering.with_alpha(1.0), model)
     return {
-        hf_module_name(model, layer, unit.site): {
+        find_hf_module(model, layer, unit.site): {
             "steering_vector": vector.contiguous(), "steering_coefficient": float(steering.alpha),
             "action": LM_EVAL_ACTION, "bias": None, "head_index": None,
         }
@@ -104,7 +104,7 @@ def lm_eval_steering(steering: Steering, model) -> dict[str, dict]:
 
 
 def save_lm_eval_steering(steering: Steering, model, path) -> Path:
-    """Write :func:`lm_eval_steering` where ``lm_eval --model steered ... steer_path=<path>`` reads it.
+    """Write :func:`to_lm_eval_config` where ``lm_eval --model steered ... steer_path=<path>`` reads it.
 
     The harness reads only ``.pt``/``.pth`` files through ``torch.load(weights_only=True)``, so
     this is the one artifact real-lens writes with ``torch.save``: plain tensors, floats and
@@ -115,13 +115,13 @@ def save_lm_eval_steering(steering: Steering, model, path) -> Path:
     path = Path(path)
     if path.suffix not in (".pt", ".pth"):
         raise RealLensError(f"lm-evaluation-harness reads steering files ending in .pt or .pth; got {path.name!r}")
-    config = lm_eval_steering(steering, model)
+    config = to_lm_eval_config(steering, model)
     atomic_write(path, lambda tmp: torch.save(config, tmp))
     return path
 
 
 # --------------------------------------------------------------------------- steering-vectors
-def steering_vector_layers(steering: Steering, model) -> tuple[dict[int, Tensor], str]:
+def to_steering_vector_fields(steering: Steering, model) -> tuple[dict[int, Tensor], str]:
     """``(layer_activations, layer_type)``: the fields of a steering-vectors ``SteeringVector``.
 
     ``SteeringVector(layer_activations, layer_type).apply(hf_model)`` adds each vector to the
@@ -138,14 +138,14 @@ def to_steering_vector(steering: Steering, model):
     except ModuleNotFoundError:
         raise RealLensError(
             "to_steering_vector needs the steering-vectors package (pip install steering-vectors); "
-            "steering_vector_layers(steering, model) gives its fields without it"
+            "to_steering_vector_fields(steering, model) gives its fields without it"
         ) from None
-    layer_activations, layer_type = steering_vector_layers(steering, model)
+    layer_activations, layer_type = to_steering_vector_fields(steering, model)
     return SteeringVector(layer_activations=layer_activations, layer_type=layer_type)
 
 
 # --------------------------------------------------------------------------- names
-def hf_module_name(model, layer: int, site: str) -> str:
+def find_hf_module(model, layer: int, site: str) -> str:
     """The Hugging Face module (under ``base_model``) whose output ``site``'s vector is added to.
 
     Read from the TransformerBridge's components, which carry the Hugging Face names

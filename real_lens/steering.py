@@ -165,9 +165,9 @@ class Steering:
         """Every hook this steering attaches, and per module ‖added vector‖ against the module's
         typical activation norm (from the bank); warns when that ratio exceeds ``warn_ratio``.
 
-        Returns a :class:`real_lens.inspect.SteeringDescription` (print it for a table).
+        Returns a :class:`real_lens.inspection.SteeringDescription` (print it for a table).
         """
-        from .inspect import describe_steering
+        from .inspection import describe_steering
 
         return describe_steering(self, model, warn_ratio=warn_ratio)
 

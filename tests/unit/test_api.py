@@ -14,7 +14,7 @@ import torch
 import real_lens as rl
 from real_lens import experiment, hooks
 from real_lens.errors import RealLensError, ScoringError
-from real_lens.inspect import LargeSteeringWarning
+from real_lens.inspection import LargeSteeringWarning
 from real_lens.scoring import ModuleScores, score_modules, strength_rule
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -83,6 +83,21 @@ def test_rerun_reuses_every_cell(quick_run, monkeypatch):
     assert _rows(out) == before
 
 
+def test_the_main_job_logs_what_it_is_doing(quick_run, caplog):
+    import logging
+
+    cfg, out = quick_run
+    with caplog.at_level(logging.INFO, logger="real_lens"):
+        run_experiment(cfg, out, progress=False)  # every cell is cached: only the logging runs again
+    text = caplog.text
+    for fold in (0, 1):
+        assert f"fold {fold}: " in text and f"fold {fold} real: scoring" in text
+        for method in cfg.methods:
+            assert f"fold {fold} {method}: chose K" in text
+            assert sum(f"fold {fold} {method}: val K" in r.message for r in caplog.records) == 4  # 2 K x 2 alpha
+    assert f"wrote {out}" in text
+
+
 def test_another_config_in_the_same_directory_is_refused(quick_run):
     cfg, out = quick_run
     with pytest.raises(RealLensError, match="another configuration"):
