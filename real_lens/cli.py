@@ -119,10 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
             source.add_argument("--steering", help="a steering saved with Steering.save (instead of --scores)")
         p.add_argument("--bank", default=None, help="bank for the directions (default: the one the scores came from)")
         p.add_argument("--top-k", type=_positive_int, default=16, help="number of modules (heads) to steer (default 16)")
-        p.add_argument("--alpha", type=float, default=15.0)
+        p.add_argument("--alpha", type=float, default=None,
+                       help="steering strength (default 15" + ("; with --steering, the saved one)" if saved else ")"))
         p.add_argument("--strengths", choices=STRENGTHS, default="method",
                        help="per-module strengths: 'method' (default) = the method's own rule (REAL: score/max, "
-                            "ITI/patching/attribution/random: 1); 'score' = score/max; 'uniform' = 1")
+                            "ITI/patching/attribution/random: 1); 'score' = score/max; 'uniform' = 1"
+                            + ("; --top-k and --strengths apply to --scores only" if saved else ""))
 
     p = command("steer", help="unsteered and steered answers side by side")
     model_arg(p, "default: the model the scores came from")
@@ -271,6 +273,8 @@ def _steering_for(args):
 
     if getattr(args, "steering", None):
         steering = Steering.load(args.steering)
+        if args.alpha is not None:
+            steering = steering.with_alpha(args.alpha)
         recorded = _recorded_model_name(steering.meta)
     else:
         scores = ModuleScores.load(args.scores)
@@ -279,7 +283,7 @@ def _steering_for(args):
             raise RealLensError(f"{args.scores} does not record its bank; pass --bank DIR (the bank it was scored on)")
         bank = ActivationBank.load(bank_dir)
         steering = build_steering(bank, scores.select(min(args.top_k, scores.n_modules), strengths=args.strengths),
-                                  alpha=args.alpha)
+                                  alpha=15.0 if args.alpha is None else args.alpha)
         recorded = _recorded_model_name(scores.meta) or _recorded_model_name(bank.meta)
     from_metadata = args.model is None and recorded
     if from_metadata:

@@ -76,6 +76,14 @@ class ExperimentConfig:
             raise RealLensError("alpha_grid must not be empty")
         if self.folds is not None and (not self.folds or min(self.folds) < 0):
             raise RealLensError(f"folds must be fold indices (0, 1, ...); got {self.folds}")
+        # Counts the command line passes straight through (real_lens.configs derives one option per field).
+        for name in ("questions_per_part", "n_val_questions", "n_test_questions", "patching_pairs", "real_epochs",
+                     "real_prior_epochs", "side_effect_tokens", "n_boot", "batch_size", "side_effect_texts"):
+            value, least = getattr(self, name), 0 if name == "side_effect_texts" else 1
+            optional = name in ("questions_per_part", "n_val_questions", "n_test_questions")
+            if not (value is None and optional) and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise RealLensError(f"{name} must be an integer >= {least}{' or None (all)' if optional else ''}; "
+                                    f"got {value!r}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

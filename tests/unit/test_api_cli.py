@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -64,9 +65,10 @@ def test_inspect_shows_hooks_norms_logits_and_fired_hooks(scored, capsys):
                      "--prompt", "Q: Is 4 even? A:", "--n-tokens", "4", "--warn-ratio", "0.01"]) == 0
     out = capsys.readouterr().out
     for expected in ("steering: real at head_z, 3 modules, alpha 40", "mean ‖act‖", "<- large", "warning:",
-                     "next token after", "KL(unsteered ‖ steered) per position", "hooks fired",
-                     "blocks.0.attn.hook_z" if "L0H" in out else "blocks.1.attn.hook_z"):
+                     "next token after", "KL(unsteered ‖ steered) per position", "hooks fired"):
         assert expected in out, expected
+    fired = out.split("hooks fired")[1]
+    assert re.search(r"blocks\.\d\.attn\.hook_z +1\n", fired)  # each steered layer's hook ran once
 
 
 def test_export_formats_and_inspect_of_a_saved_steering(scored, tmp_path, capsys):
@@ -81,7 +83,10 @@ def test_export_formats_and_inspect_of_a_saved_steering(scored, tmp_path, capsys
     assert saved.method == "iti" and saved.strengths.tolist() == [1.0, 1.0] and saved.meta["act_norms"]
     capsys.readouterr()
     assert cli.main(["--quiet", "inspect", "--steering", str(tmp_path / "steering"), "--prompt", "Q: Is 2 even? A:"]) == 0
-    assert "steering: iti at head_z, 2 modules, alpha 5" in capsys.readouterr().out
+    assert "steering: iti at head_z, 2 modules, alpha 5," in capsys.readouterr().out
+    assert cli.main(["--quiet", "inspect", "--steering", str(tmp_path / "steering"), "--alpha", "2.5",
+                     "--prompt", "Q: Is 2 even? A:"]) == 0
+    assert "steering: iti at head_z, 2 modules, alpha 2.5," in capsys.readouterr().out
 
 
 def test_hooks_command_prints_list_hooks(capsys, tiny_model):
@@ -101,11 +106,6 @@ def test_quiet_silences_progress_bars_and_logs(tmp_path, capsys, tiny_model):
 
 
 # --------------------------------------------------------------------------- run options from ExperimentConfig
-def _run_parser():
-    parser = cli.build_parser()
-    return parser
-
-
 def _argv_for(cfg) -> list[str]:
     argv = []
     for f in dataclasses.fields(cfg):
@@ -118,10 +118,10 @@ def _argv_for(cfg) -> list[str]:
 def test_every_experiment_config_field_is_a_run_option():
     cfg = config_for("quick", model="tiny-llama", k_grid=(1, 3), alpha_grid=(2.0, 8.5), folds=(1,),
                      questions_per_part=None, select_metric="mc1", seed=7, device="cpu", data_dir="/data")
-    args = _run_parser().parse_args(["run", *_argv_for(cfg)])
+    args = cli.build_parser().parse_args(["run", *_argv_for(cfg)])
     assert ExperimentConfig(**read_overrides(args, ExperimentConfig)) == cfg
     # Nothing given: nothing overridden (so presets and --config keep their values).
-    assert read_overrides(_run_parser().parse_args(["run"]), ExperimentConfig) == {}
+    assert read_overrides(cli.build_parser().parse_args(["run"]), ExperimentConfig) == {}
 
 
 def test_derived_options_parse_types_and_none():
@@ -163,6 +163,8 @@ def test_run_config_reruns_a_saved_configuration(tmp_path, monkeypatch, capsys):
     assert "--config and --quick" in err
     err = _one_line_error(capsys, ["run", "--config", str(tmp_path / "nowhere")])
     assert "no configuration at" in err
+    err = _one_line_error(capsys, ["run", "--config", str(tmp_path / "saved"), "--val-questions", "0"])
+    assert "n_val_questions must be an integer >= 1 or None" in err
 
 
 def test_load_config_round_trips_and_explains_bad_files(tmp_path, caplog):
