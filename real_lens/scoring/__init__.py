@@ -101,10 +101,8 @@ class ModuleScores:
         except TypeError:
             raise ScoringError(f"k (the number of modules to keep) must be an integer; got {k!r}") from None
         if not 1 <= k <= self.n_modules:
-            raise ScoringError(
-                f"k (the number of modules to keep) must be an integer between 1 and the number of modules "
-                f"({self.n_modules}); got {k!r}"
-            )
+            raise ScoringError(f"k must be between 1 and the number of modules ({self.n_modules}); got {k} "
+                               "(k is the number of modules to keep)")
         flat = self.scores.flatten().double()
         order = torch.argsort(-flat, stable=True)[:k]
         kept = flat[order]
@@ -223,6 +221,8 @@ def score_modules(
     scorer = get_scorer(method)
     config_class = scorer_config_class(method)
     kwargs: dict[str, Any] = {}
+    if options.get("cfg", ...) is None:  # cfg=None: the method's defaults
+        del options["cfg"]
     if options:
         if config_class is None:
             raise ScoringError(f"scoring method {method!r} takes no options; got {sorted(options)}")

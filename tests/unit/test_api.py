@@ -105,7 +105,7 @@ def test_select_applies_the_method_s_own_strength_rule(method, rule):
 
 
 def test_select_bad_input():
-    with pytest.raises(ScoringError, match="between 1 and the number of modules"):
+    with pytest.raises(ScoringError, match="k must be between 1 and the number of modules"):
         _scores("iti").select(9)
     with pytest.raises(RealLensError, match="unknown strengths rule 'loud'"):
         _scores("iti").select(2, strengths="loud")
@@ -130,6 +130,7 @@ def test_options_by_field_equal_the_config_object(bank):
     by_cfg = rl.score(bank, "real", seed=3, cfg=rl.RealConfig(vq_epochs=2, prior_epochs=1, n_codes=8), progress=False)
     assert torch.equal(by_field.scores, by_cfg.scores)
     assert by_field.config["n_codes"] == 8
+    assert torch.equal(rl.score(bank, "iti", cfg=None, progress=False).scores, rl.score(bank, "iti", progress=False).scores)
 
 
 def test_scorer_option_mistakes(bank, tiny_model):
