@@ -1,20 +1,43 @@
 """``real-lens``: a thin command line over the library.
 
 Every user mistake (unknown model, task, site; missing data; bad flags) prints one line on
-stderr and exits with code 2, without a traceback.
+stderr and exits with code 2, without a traceback. Progress bars and INFO logs go to stderr;
+``--quiet`` (before or after the command) turns both off.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-from collections import defaultdict
 
 from . import hooks
+from .configs import add_config_options, read_overrides
 from .errors import RealLensError
 
 EXIT_USAGE = 2
+logger = logging.getLogger(__name__)
+
+# Help for `run` options whose ExperimentConfig field has no comment of its own (real_lens.configs
+# derives one option per field; a field's trailing comment is its help unless named here).
+RUN_HELP = {
+    "model": "embedded name, local dir/.gguf, or Hub name",
+    "task": "a task from `real-lens tasks`",
+    "methods": "comma-separated subset of real,iti,patching,attribution,random",
+    "k_grid": "numbers of modules (heads) to keep, comma-separated",
+    "alpha_grid": "steering strengths alpha, comma-separated",
+    "site": f"where modules are read and steered: {', '.join(hooks.SITES)}",
+    "readout": "which token's activation is read: last or mean_answer",
+    "patching_pairs": "contrast pairs per fold for activation/attribution patching",
+    "real_epochs": "REAL VQ-AE epochs",
+    "real_prior_epochs": "REAL GRU prior epochs",
+    "side_effect_tokens": "tokens per WikiText-2 paragraph for CE/KL",
+    "n_boot": "bootstrap resamples for the CIs",
+    "batch_size": "examples per forward pass when collecting",
+    "device": "torch device (default: the bridge's choice)",
+    "data_dir": "data folder (default $REAL_LENS_DATA or ../shared/data)",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,14 +59,23 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .activations import READOUTS
+    from .experiment import ExperimentConfig
+    from .inspection import DEFAULT_HOOKS_PROMPT
     from .models import DEFAULT_MODEL, DEVICE_MAP_STRATEGIES, DTYPES
-    from .tasks.truthfulqa import DEFAULT_MC_PROMPT, MC_PROMPT_STYLES
+    from .scoring import STRENGTHS
 
     parser = _Parser(prog="real-lens", description="Find and steer the attention heads that govern a behaviour.")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars and no INFO logs (errors still print)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # --quiet is also accepted after the command; SUPPRESS keeps a sub-command from resetting one given before it.
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    def model_arg(p):
-        p.add_argument("--model", default=None, help=f"embedded name, local dir/.gguf, or Hub name (default {DEFAULT_MODEL})")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[quiet])
+
+    def model_arg(p, default_help=f"default {DEFAULT_MODEL}"):
+        p.add_argument("--model", default=None, help=f"embedded name, local dir/.gguf, or Hub name ({default_help})")
         p.add_argument("--device", default=None,
                        help="torch device (default: the bridge's choice; under torchrun 'cuda' means cuda:LOCAL_RANK)")
         p.add_argument("--dtype", default="float32", choices=tuple(DTYPES),
@@ -59,15 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--chunk-size", type=_positive_int, default=256,
                        help="examples per cached chunk; under torchrun each rank collects whole chunks")
 
-    p = sub.add_parser("hooks", help="every hook point with its shape on a short prompt, grouped by layer")
+    p = command("hooks", help="every hook point with its shape on a short prompt, grouped by layer")
     model_arg(p)
-    p.add_argument("--prompt", default="Q: What is the capital of France? A:")
+    p.add_argument("--prompt", default=DEFAULT_HOOKS_PROMPT)
     p.add_argument("--filter", default=None, help="only hook names containing this text")
     p.add_argument("--estimate-only", action="store_true",
                    help="print the memory estimate (from the config, no weights read) and stop")
     p.set_defaults(run=_cmd_hooks)
 
-    p = sub.add_parser("collect", help="collect an activation bank for a task")
+    p = command("collect", help="collect an activation bank for a task")
     model_arg(p)
     p.add_argument("--task", required=True, help="truthfulqa, or file:<path>")
     p.add_argument("--site", default="head_z", choices=hooks.SITES)
@@ -79,14 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory to write the bank to")
     p.set_defaults(run=_cmd_collect)
 
-    p = sub.add_parser("generate", help="greedy generation (chat template when the model has one)")
+    p = command("generate", help="greedy generation (chat template when the model has one)")
     model_arg(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=_positive_int, default=64)
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.set_defaults(run=_cmd_generate)
 
-    p = sub.add_parser("score", help="score every module of a bank with one method (scores + heatmap PNG)")
+    p = command("score", help="score every module of a bank with one method (scores + heatmap PNG)")
     model_arg(p)
     p.add_argument("--bank", default=None, help="an activation bank made by `real-lens collect`")
     p.add_argument("--task", default=None, help="collect first: truthfulqa, or file:<path>")
@@ -98,42 +130,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(run=_cmd_score)
 
-    p = sub.add_parser("steer", help="unsteered and steered answers side by side")
-    model_arg(p)
-    p.add_argument("--scores", required=True, help="a scores directory made by `real-lens score`")
-    p.add_argument("--bank", default=None, help="bank for the directions (default: the one the scores came from)")
-    p.add_argument("--top-k", type=_positive_int, default=16)
-    p.add_argument("--alpha", type=float, default=15.0)
-    p.add_argument("--uniform", action="store_true", help="strength 1 for every head (ITI) instead of score/max")
+    def steering_args(p, *, saved: bool):
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--scores", help="a scores directory made by `real-lens score`")
+        if saved:
+            source.add_argument("--steering", help="a steering saved with Steering.save (instead of --scores)")
+        p.add_argument("--bank", default=None, help="bank for the directions (default: the one the scores came from)")
+        p.add_argument("--top-k", type=_positive_int, default=16, help="number of modules (heads) to steer (default 16)")
+        p.add_argument("--alpha", type=float, default=None,
+                       help="steering strength (default 15" + ("; with --steering, the saved one)" if saved else ")"))
+        p.add_argument("--strengths", choices=STRENGTHS, default="method",
+                       help="per-module strengths: 'method' (default) = the method's own rule (REAL: score/max, "
+                            "ITI/patching/attribution/random: 1); 'score' = score/max; 'uniform' = 1"
+                            + ("; --top-k and --strengths apply to --scores only" if saved else ""))
+
+    p = command("steer", help="unsteered and steered answers side by side")
+    model_arg(p, "default: the model the scores came from")
+    steering_args(p, saved=False)
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=_positive_int, default=48)
     p.set_defaults(run=_cmd_steer)
 
-    p = sub.add_parser("run", help="the main job: folds x scorers x K x alpha on a task (default TruthfulQA)")
-    p.add_argument("--model", default=None)
-    p.add_argument("--task", default=None, help="a task from `real-lens tasks` (default truthfulqa)")
-    p.add_argument("--select-metric", default=None, help="the val metric K and alpha are chosen by (default: the task's)")
-    p.add_argument("--mc-prompt", default=None, choices=MC_PROMPT_STYLES,
-                   help=f"TruthfulQA MC scoring prompt (METHOD.md §6a; default {DEFAULT_MC_PROMPT}, the REAL release's); "
-                        "banks are collected on the bare 'Q: {q} A: {a}' examples whatever this says")
-    p.add_argument("--folds", default=None, help="comma-separated fold indices (default: every fold of the task)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None)
+    p = command("inspect", help="what a steering does at the hook level: hooks, norms, steered vs unsteered logits")
+    model_arg(p, "default: the model the scores or steering came from")
+    steering_args(p, saved=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--n-tokens", type=_positive_int, default=10, help="next-token candidates to show (default 10)")
+    p.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
+    p.add_argument("--prompt-length", type=_positive_int, default=None, help="for --positions prompt/generated")
+    p.add_argument("--warn-ratio", type=float, default=1.0,
+                   help="flag modules whose added vector is longer than this times their mean activation norm")
+    p.set_defaults(run=_cmd_inspect)
+
+    p = command("export", help="write a steering for another tool (lm-evaluation-harness, per-layer vectors)")
+    model_arg(p, "default: the model the scores or steering came from")
+    steering_args(p, saved=True)
+    p.add_argument("--format", choices=("lm-eval", "vectors", "steering"), required=True,
+                   help="lm-eval: a .pt file for `lm_eval --model steered ... steer_path=FILE`; vectors: per-layer "
+                        "attn_out vectors (safetensors + JSON); steering: real-lens's own Steering.save directory")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_cmd_export)
+
+    p = command("run", help="the main job: folds x scorers x K x alpha on a task (default TruthfulQA)")
+    p.add_argument("--config", default=None,
+                   help="rerun a saved configuration: a run's config.json or its directory; options given too override it")
     preset = p.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="a few questions and grid points (tests, CI)")
     preset.add_argument("--full", action="store_true", help="the paper's protocol at full size (for a GPU)")
-    p.add_argument("--methods", default=None, help="comma-separated subset of real,real-release,iti,patching,attribution,random")
-    p.add_argument("--k-grid", default=None, help="comma-separated K values, e.g. 8,24")
-    p.add_argument("--alpha-grid", default=None, help="comma-separated alpha values, e.g. 5,15")
-    p.add_argument("--val-questions", type=_positive_int, default=None, help="per fold (default 25; --full: all)")
-    p.add_argument("--test-questions", type=_positive_int, default=None, help="per fold (default 40; --full: all)")
-    p.add_argument("--questions-per-part", type=_positive_int, default=None,
-                   help="use at most N questions from each fold's train, val and test parts (smaller runs)")
-    p.add_argument("--data-dir", default=None)
+    # One option per ExperimentConfig field (real_lens.configs): --k-grid 8,24, --questions-per-part none, ...
+    add_config_options(p, ExperimentConfig, aliases={"n_val_questions": ["--val-questions"],
+                                                     "n_test_questions": ["--test-questions"]}, help=RUN_HELP)
     p.add_argument("--out", default=None, help="run directory, reused to resume (default runs/<task>)")
     p.set_defaults(run=_cmd_run)
 
-    p = sub.add_parser("transfer", help="evaluate a finished run's selected heads on another task, without re-selection")
+    p = command("transfer", help="evaluate a finished run's selected heads on another task, without re-selection")
     p.add_argument("--source-run", required=True, help="a finished `real-lens run` directory (e.g. runs/truthfulqa)")
     p.add_argument("--task", required=True, help="the target task (see `real-lens tasks`)")
     p.add_argument("--methods", default=None, help="comma-separated subset of the source run's methods")
@@ -141,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default runs/transfer-<source>-to-<task>)")
     p.set_defaults(run=_cmd_transfer)
 
-    p = sub.add_parser("tasks", help="list the tasks and where their data comes from")
+    p = command("tasks", help="list the tasks and where their data comes from")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(run=_cmd_tasks)
     return parser
@@ -164,29 +214,15 @@ def _model_options(args) -> dict:
 
 
 def _cmd_hooks(args) -> None:
-    from .models import DEFAULT_MODEL, estimate_memory, load_model
+    from .inspection import list_hooks
+    from .models import DEFAULT_MODEL, estimate_memory
 
     options = _model_options(args)
     print(estimate_memory(args.model or DEFAULT_MODEL).describe(load_dtype=args.dtype), flush=True)
     if args.estimate_only:
         return
     print()
-    model = load_model(args.model or DEFAULT_MODEL, **options)
-    _, cache = model.run_with_cache(args.prompt)
-    by_layer: dict[str, list[tuple[str, tuple]]] = defaultdict(list)
-    for name, act in cache.items():
-        if args.filter and args.filter not in name:
-            continue
-        group = ".".join(name.split(".")[:2]) if name.startswith("blocks.") else "model"
-        by_layer[group].append((name, tuple(act.shape)))
-    n_tokens = model.to_tokens(args.prompt).shape[1]
-    print(f"{model.real_lens_identity['name']}: {model.cfg.n_layers} layers, {model.cfg.n_heads} heads, d_head {model.cfg.d_head}, "
-          f"d_model {model.cfg.d_model}; prompt of {n_tokens} tokens; shapes are [batch, pos, ...]")
-    order = sorted(by_layer, key=lambda g: (g != "model", int(g.split(".")[1]) if g.startswith("blocks.") else -1))
-    for group in order:
-        print(f"\n{group}")
-        for name, shape in by_layer[group]:
-            print(f"  {name:45s} {list(shape)}")
+    print(list_hooks(_load(args), prompt=args.prompt, contains=args.filter))
 
 
 def _cmd_collect(args) -> None:
@@ -199,7 +235,7 @@ def _cmd_collect(args) -> None:
     model = _load(args)
     bank = collect_activations(
         model, task, site=args.site, readout=args.readout, batch_size=args.batch_size,
-        chunk_size=args.chunk_size, dtype=args.bank_dtype, shard=True, progress=args.ranks.is_main,
+        chunk_size=args.chunk_size, dtype=args.bank_dtype, shard=True, progress=args.ranks.is_main and not args.quiet,
     )
     if args.ranks.is_main:
         bank.save(args.out)
@@ -229,7 +265,7 @@ def _bank_for(args, model=None):
         task = task.limit(args.limit)
     return collect_activations(
         model or _load(args), task, chunk_size=args.chunk_size, dtype=args.bank_dtype, shard=True,
-        progress=args.ranks.is_main,
+        progress=args.ranks.is_main and not args.quiet,
     )
 
 
@@ -242,53 +278,126 @@ def _cmd_score(args) -> None:
 
     from .distributed import is_sharded, score_distributed
     from .plotting import plot_score_heatmap
+    import inspect
+
+    from .scoring import get_scorer
 
     is_sharded(args.method, args.ranks)  # unknown or unshardable methods fail before any loading
     needs_model = args.method in ("patching", "attribution")
     if args.bank:
         bank = _bank_for(args)
         if args.model is None:  # the bank's metadata names the model it came from
-            recorded = bank.meta.get("model")  # {"name": ...} from collect; a plain string in hand-made banks
-            args.model = recorded.get("name") if isinstance(recorded, dict) else recorded
+            args.model = _recorded_model_name(bank.meta)
         model = _load(args) if needs_model else None
     else:
         model = _load(args)
         bank = _bank_for(args, model)
-    scores = score_distributed(args.method, bank, model=model, seed=args.seed, device=args.device, ranks=args.ranks)
+    extra = {"progress": args.ranks.is_main and not args.quiet} \
+        if "progress" in inspect.signature(get_scorer(args.method)).parameters else {}
+    scores = score_distributed(args.method, bank, model=model, seed=args.seed, device=args.device, ranks=args.ranks,
+                               **extra)
     if not args.ranks.is_main:
         return
     if args.bank:
         scores.meta["bank"] = str(Path(args.bank).resolve())
     scores.save(args.out)
     png = plot_score_heatmap(scores, Path(args.out) / "heatmap.png")
-    top = scores.top_k(min(10, scores.n_modules))
+    flat, n_heads = scores.scores.flatten(), scores.scores.shape[1] if scores.scores.ndim == 2 else 1
+    top = scores.ranking()[:10]
     print(f"wrote {args.out} and {png}{_ranks_note(args.ranks)}; top modules by {args.method}: "
-          + ", ".join(f"{label} ({float(scores.scores.flatten()[i]):.3f})" for label, i in zip(top.labels, _flat_indices(scores, top))))
+          + ", ".join(f"{hooks.module_label(layer, head)} ({float(flat[layer * n_heads + (head or 0)]):.3f})"
+                      for layer, head in top))
 
 
-def _flat_indices(scores, selection):
-    n_heads = scores.scores.shape[1] if scores.scores.ndim == 2 else 1
-    return [layer * n_heads + (head or 0) for layer, head in selection.modules]
+def _recorded_model_name(meta: dict) -> str | None:
+    """The name of the model a bank/scores/steering came from, from its metadata (None if unrecorded)."""
+    recorded = meta.get("model")
+    return recorded.get("name") if isinstance(recorded, dict) else recorded
+
+
+def _steering_for(args):
+    """``(steering, model)`` from --scores (+ bank) or --steering; the model is checked before any forward pass.
+
+    The model is --model, else the one the scores/steering came from (so a steering never meets
+    a model it was not built for by accident)."""
+    from .bank import ActivationBank
+    from .scoring import ModuleScores
+    from .steering import Steering, build_steering
+
+    if getattr(args, "steering", None):
+        steering = Steering.load(args.steering)
+        if args.alpha is not None:
+            steering = steering.with_alpha(args.alpha)
+        recorded = _recorded_model_name(steering.meta)
+    else:
+        scores = ModuleScores.load(args.scores)
+        bank_dir = args.bank or scores.meta.get("bank")
+        if not bank_dir:
+            raise RealLensError(f"{args.scores} does not record its bank; pass --bank DIR (the bank it was scored on)")
+        bank = ActivationBank.load(bank_dir)
+        steering = build_steering(bank, scores.select(min(args.top_k, scores.n_modules), strengths=args.strengths),
+                                  alpha=15.0 if args.alpha is None else args.alpha)
+        recorded = _recorded_model_name(scores.meta) or _recorded_model_name(bank.meta)
+    from_metadata = args.model is None and recorded
+    if from_metadata:
+        args.model = recorded
+    model = _load(args)
+    steering.check_model(model)
+    if from_metadata:
+        logger.info("model %s (recorded in the %s; --model overrides)", recorded,
+                    "steering" if getattr(args, "steering", None) else "scores")
+    return steering, model
 
 
 def _cmd_steer(args) -> None:
-    from .bank import ActivationBank
     from .generation import generate_text
-    from .scoring import ModuleScores
-    from .steering import build_steering
 
-    scores = ModuleScores.load(args.scores)
-    bank_dir = args.bank or scores.meta.get("bank")
-    if not bank_dir:
-        raise RealLensError(f"{args.scores} does not record its bank; pass --bank DIR (the bank it was scored on)")
-    bank = ActivationBank.load(bank_dir)
-    steering = build_steering(bank, scores.top_k(args.top_k, uniform=args.uniform), alpha=args.alpha)
-    model = _load(args)
+    steering, model = _steering_for(args)
     unsteered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens)
     with steering.applied(model):
         steered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens)
-    print(f"prompt: {args.prompt}\n\n[unsteered]\n{unsteered}\n\n[steered: {scores.method}, top {args.top_k}, "
-          f"alpha {args.alpha:g}]\n{steered}")
+    strengths = ", ".join(f"{s:.2f}" for s in steering.strengths.tolist()[:8])
+    print(f"prompt: {args.prompt}\n\n[unsteered]\n{unsteered}\n\n[steered: {steering.method}, top {len(steering.modules)}, "
+          f"alpha {steering.alpha:g}, strengths {args.strengths} ({strengths}{' ...' if len(steering.modules) > 8 else ''})]"
+          f"\n{steered}")
+
+
+def _cmd_inspect(args) -> None:
+    import warnings
+
+    from .inspection import LargeSteeringWarning, compare_logits
+
+    steering, model = _steering_for(args)
+    with warnings.catch_warnings():  # the description prints its own warning line
+        warnings.simplefilter("ignore", LargeSteeringWarning)
+        print(steering.describe(model, warn_ratio=args.warn_ratio))
+    print()
+    print(compare_logits(model, args.prompt, steering, top_k=args.n_tokens, positions=args.positions,
+                         prompt_length=args.prompt_length))
+
+
+def _cmd_export(args) -> None:
+    from pathlib import Path
+
+    from .export import save_lm_eval_steering, to_layer_vectors
+    from .io import write_json, write_tensors
+
+    steering, model = _steering_for(args)
+    out = Path(args.out)
+    if args.format == "lm-eval":
+        save_lm_eval_steering(steering, model, out)
+        print(f"wrote {out}; evaluate any lm-evaluation-harness task under this steering with\n"
+              f"  lm_eval --model steered --model_args pretrained=<the Hugging Face model>,steer_path={out} --tasks <task>")
+    elif args.format == "vectors":
+        vectors = to_layer_vectors(steering, model)
+        write_tensors(out / "vectors.safetensors", {f"layer.{layer}": v for layer, v in vectors.vectors.items()})
+        write_json(out / "vectors.json", {"site": vectors.site, "hook": hooks.hook_template(vectors.site),
+                                          "layers": sorted(vectors.vectors), "alpha": steering.alpha,
+                                          "method": steering.method, "meta": steering.meta})
+        print(f"wrote {out}: {len(vectors.vectors)} per-layer vectors at {hooks.hook_template(vectors.site)}")
+    else:
+        steering.save(out)
+        print(f"wrote {out}: {len(steering.modules)} modules at {steering.site}, alpha {steering.alpha:g}")
 
 
 def _grid(text, cast):
@@ -301,19 +410,25 @@ def _grid(text, cast):
 
 
 def _cmd_run(args) -> None:
-    from .experiment import config_for, run_experiment, task_slug
+    from .configs import load_config
+    from .experiment import PRESETS, ExperimentConfig, run_experiment, task_slug
 
-    cfg = config_for(
-        "quick" if args.quick else "full" if args.full else None,
-        model=args.model, device=args.device, data_dir=args.data_dir,
-        methods=_grid(args.methods, str), k_grid=_grid(args.k_grid, int), alpha_grid=_grid(args.alpha_grid, float),
-        n_val_questions=args.val_questions, n_test_questions=args.test_questions,
-        questions_per_part=args.questions_per_part, task=args.task, select_metric=args.select_metric, mc_prompt=args.mc_prompt,
-        folds=_grid(args.folds, int), seed=args.seed,
-    )
-    out = run_experiment(cfg, args.out or f"runs/{task_slug(cfg.task)}")
+    preset = "quick" if args.quick else "full" if args.full else None
+    if args.config and preset:
+        raise RealLensError(f"--config and --{preset} both set the whole configuration; give one (options may "
+                            "follow --config to change single fields)")
+    base = _field_values(load_config(args.config)) if args.config else dict(PRESETS.get(preset, {}))
+    cfg = ExperimentConfig(**{**base, **read_overrides(args, ExperimentConfig)})
+    out = run_experiment(cfg, args.out or f"runs/{task_slug(cfg.task)}", progress=not args.quiet)
     print((out / "summary.md").read_text())
     print(f"outputs in {out}")
+
+
+def _field_values(cfg) -> dict:
+    """A dataclass's field values, not recursed into (``dataclasses.asdict`` would turn nested configs into dicts)."""
+    import dataclasses
+
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
 
 
 def _cmd_transfer(args) -> None:
@@ -323,7 +438,8 @@ def _cmd_transfer(args) -> None:
     source_cfg, _ = load_source_run(args.source_run)
     tcfg = TransferConfig(args.source_run, args.task, methods=_grid(args.methods, str),
                           n_test_questions=args.test_questions)
-    out = run_transfer(tcfg, args.out or f"runs/transfer-{task_slug(source_cfg.task)}-to-{task_slug(args.task)}")
+    out = run_transfer(tcfg, args.out or f"runs/transfer-{task_slug(source_cfg.task)}-to-{task_slug(args.task)}",
+                       progress=not args.quiet)
     print((out / "summary.md").read_text())
     print(f"outputs in {out}")
 
@@ -345,10 +461,19 @@ DISTRIBUTED_COMMANDS = ("collect", "score")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from .distributed import distributed_session, env_world_size
 
     args = build_parser().parse_args(argv)
     where = f" (rank {os.environ.get('RANK', '?')} of {env_world_size()})" if env_world_size() > 1 else ""
+    # The library logs under "real_lens"; the CLI shows INFO on stderr for the command's duration.
+    package_logger = logging.getLogger("real_lens")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("real-lens: %(message)s"))
+    previous_level = package_logger.level
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         if env_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
             raise RealLensError(
@@ -356,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
                 "as one process"
             )
         model_parallel = getattr(args, "device_map", None) is not None or (getattr(args, "n_devices", None) or 1) > 1
-        with distributed_session(getattr(args, "device", None), model_parallel=model_parallel) as (ranks, device):
+        with distributed_session(getattr(args, "device", None), model_parallel=model_parallel) as (ranks, device), \
+                logging_redirect_tqdm(loggers=[package_logger]):  # log lines do not tear progress bars
             if hasattr(args, "device"):
                 args.device = device
             args.ranks = ranks
@@ -367,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("real-lens: interrupted; finished chunks are cached and a rerun resumes", file=sys.stderr)
         return 130
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
     return 0
 
 

@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +31,13 @@ from .evaluation import bootstrap_ci, evaluate_side_effects, load_wikitext_sampl
 from .evaluation.suite import TaskEvaluation, evaluation_for
 from .io import atomic_write, read_json, write_json
 from .models import DEFAULT_MODEL, load_model
-from .scoring import ModuleScores, get_scorer
+from .scoring import ModuleScores, score_modules
 from .steering import build_steering
 from .tasks import Task, load_task
 from .tasks.truthfulqa import DEFAULT_MC_PROMPT, MC_PROMPT_STYLES
 
 METHODS = ("real", "real-release", "iti", "patching", "attribution", "random")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,14 @@ class ExperimentConfig:
             raise RealLensError(f"folds must be fold indices (0, 1, ...); got {self.folds}")
         if self.mc_prompt not in MC_PROMPT_STYLES:
             raise RealLensError(f"unknown MC prompt {self.mc_prompt!r}; expected one of {list(MC_PROMPT_STYLES)}")
+        # Counts the command line passes straight through (real_lens.configs derives one option per field).
+        for name in ("questions_per_part", "n_val_questions", "n_test_questions", "patching_pairs", "real_epochs",
+                     "real_prior_epochs", "side_effect_tokens", "n_boot", "batch_size", "side_effect_texts"):
+            value, least = getattr(self, name), 0 if name == "side_effect_texts" else 1
+            optional = name in ("questions_per_part", "n_val_questions", "n_test_questions")
+            if not (value is None and optional) and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise RealLensError(f"{name} must be an integer >= {least}{' or None (all)' if optional else ''}; "
+                                    f"got {value!r}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -164,6 +174,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
     setup = prepare(cfg)
     model, task, evaluation = setup.model, setup.task, setup.evaluation
     timer.add("load model + data", t)
+    logger.info("run %s: %s on %s (%d layers x %d heads), %d questions, folds %s, methods %s, K %s, alpha %s",
+                out, task.name, cfg.model, model.cfg.n_layers, model.cfg.n_heads, len(task.groups), list(setup.folds),
+                ",".join(cfg.methods), list(cfg.k_grid), list(cfg.alpha_grid))
 
     rows: list[dict] = []
     pooled: dict[str, dict[str, list]] = {}
@@ -174,6 +187,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
     full_bank = collect_activations(model, task, site=cfg.site, readout=cfg.readout,
                                     batch_size=cfg.batch_size, progress=progress)
     timer.add("collect activations", t)
+    logger.info("activations %s at %s (%.0f s)", list(full_bank.acts.shape), full_bank.meta["hook"],
+                time.perf_counter() - t)
     for fold_index in setup.folds:
         fold = task.folds[fold_index]
         bank = full_bank.select(fold.train | fold.val)
@@ -182,12 +197,15 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
         val_items = eval_items(evaluation, task, fold.val, cfg.n_val_questions, cfg.seed)
         test_items = eval_items(evaluation, task, fold.test, cfg.n_test_questions, cfg.seed)
         cell = lambda **key: cached_cell(out, cfg, fold_index, key)  # noqa: E731
+        logger.info("fold %d: %d train+val examples score the modules; %d val and %d test questions evaluate",
+                    fold_index, len(bank.examples), len({evaluation.group_of(i) for i in val_items}),
+                    len({evaluation.group_of(i) for i in test_items}))
 
         t = time.perf_counter()
         base_test = cell(method="unsteered", split="test", k=0, alpha=0.0)(
-            lambda: evaluate_cell(setup, test_items, None, cfg, side_effects=True))
+            lambda: evaluate_cell(setup, test_items, None, cfg, side_effects=True, progress=progress))
         base_val = cell(method="unsteered", split="val", k=0, alpha=0.0)(
-            lambda: evaluate_cell(setup, val_items, None, cfg))
+            lambda: evaluate_cell(setup, val_items, None, cfg, progress=progress))
         timer.add("evaluate (unsteered)", t)
         rows += [result_row(evaluation, fold_index, "unsteered", "val", 0, 0.0, base_val),
                  result_row(evaluation, fold_index, "unsteered", "test", 0, 0.0, base_test)]
@@ -196,7 +214,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
         all_scores[fold_index] = []
         for method in cfg.methods:
             t = time.perf_counter()
-            scores = cached_scores(out, cfg, fold_index, method, bank, model)
+            logger.info("fold %d %s: scoring %d modules", fold_index, method, bank.flat().shape[1])
+            scores = cached_scores(out, cfg, fold_index, method, bank, model, progress=progress)
             timer.add(f"score: {method}", t)
             all_scores[fold_index].append(scores)
             t = time.perf_counter()
@@ -205,8 +224,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
                 steerings[k] = steering = build_steering(bank, select_top(scores, k), alpha=1.0)
                 for alpha in cfg.alpha_grid:
                     result = cell(method=method, split="val", k=k, alpha=alpha)(
-                        lambda: evaluate_cell(setup, val_items, steering.with_alpha(alpha), cfg))
+                        lambda: evaluate_cell(setup, val_items, steering.with_alpha(alpha), cfg, progress=progress))
                     grid[(k, alpha)] = result
+                    logger.info("fold %d %s: val K %d alpha %g -> %s %.4f", fold_index, method, k, alpha,
+                                setup.select_metric, result[setup.select_metric])
                     rows.append(result_row(evaluation, fold_index, method, "val", k, alpha, result))
             timer.add("evaluate (val grid)", t)
             # Ties go to the smaller K, then the smaller α: the least intervention that does as well.
@@ -214,13 +235,16 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
             t = time.perf_counter()
             steering = steerings[best_k].with_alpha(best_alpha)
             result = cell(method=method, split="test", k=best_k, alpha=best_alpha)(
-                lambda: evaluate_cell(setup, test_items, steering, cfg, side_effects=True))
+                lambda: evaluate_cell(setup, test_items, steering, cfg, side_effects=True, progress=progress))
             timer.add("evaluate (test)", t)
+            logger.info("fold %d %s: chose K %d alpha %g on val; test %s", fold_index, method, best_k, best_alpha,
+                        ", ".join(f"{m} {result[m]:.4f}" for m in (*evaluation.metrics, "ce", "kl") if m in result))
             rows.append(result_row(evaluation, fold_index, method, "test", best_k, best_alpha, result))
             pool(pooled, method, result)
 
     timer.seconds["total"] = time.perf_counter() - started
     _write_outputs(out, cfg, setup, rows, pooled, all_scores, timer, bank_sizes)
+    logger.info("wrote %s (%.0f s in all)", out, timer.seconds["total"])
     return out
 
 
@@ -230,8 +254,9 @@ def task_slug(task: str) -> str:
 
 
 def select_top(scores: ModuleScores, k: int):
-    """The top-K modules; REAL (both variants) keeps its relative strengths, every other method steers uniformly."""
-    return scores.top_k(min(k, scores.n_modules), uniform=not scores.method.startswith("real"))
+    """The top-K modules with the method's own strengths (:meth:`ModuleScores.select`): REAL and its
+    variants keep their relative strengths (score / max), every other method steers uniformly."""
+    return scores.select(min(k, scores.n_modules))
 
 
 # --------------------------------------------------------------------------- evaluation cells
@@ -244,10 +269,11 @@ def eval_items(evaluation: TaskEvaluation, task: Task, groups, limit: int | None
     return evaluation.select(task, groups)
 
 
-def evaluate_cell(setup: Setup, items, steering, cfg: ExperimentConfig, *, side_effects: bool = False) -> dict:
+def evaluate_cell(setup: Setup, items, steering, cfg: ExperimentConfig, *, side_effects: bool = False,
+                  progress: bool = False) -> dict:
     """The task's metrics (means and per item) and, for test cells, CE and KL on WikiText-2."""
     evaluation = setup.evaluation
-    values = evaluation.evaluate(setup.model, items, steering)
+    values = evaluation.evaluate(setup.model, items, steering, progress=progress)
     out = {m: float(np.mean(v)) for m, v in values.items()}
     out.update(n_questions=len({evaluation.group_of(i) for i in items}), n_items=len(items),
                per_item={"group": [evaluation.group_of(i) for i in items],
@@ -276,13 +302,15 @@ def cached_cell(out: Path, cfg, fold: int, key: dict):
     return get
 
 
-def cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank, model) -> ModuleScores:
+def cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank, model, *,
+                  progress: bool = False) -> ModuleScores:
     folder = out / "scores" / f"fold{fold}" / method
     key = {"bank": bank.meta.get("cache_key"), "n": len(bank.examples), "seed": cfg.seed,
            "options": _jsonable(_scorer_options(cfg, method))}
     if (folder / "key.json").is_file() and read_json(folder / "key.json") == key:
         return ModuleScores.load(folder)
-    scores = get_scorer(method)(bank, model=model, seed=cfg.seed, device=cfg.device, **_scorer_options(cfg, method))
+    scores = score_modules(bank, method, model=model, seed=cfg.seed, device=cfg.device, progress=progress,
+                           **_scorer_options(cfg, method))
     scores.save(folder)
     write_json(folder / "key.json", key)
     return scores

@@ -196,6 +196,21 @@ def model_identity(model) -> dict:
     return identity
 
 
+def same_model(recorded, model) -> bool:
+    """Whether a recorded identity (a bank's or steering's ``meta["model"]``, a dict or a name)
+    names ``model``: any of its ``name``/``hf_name`` equals one of the model's names.
+
+    Names, not fingerprints: the same weights loaded under another transformers version get
+    another cache fingerprint but are the same model.
+    """
+    identity = model_identity(model)
+    names = {identity.get("name"), identity.get("hf_name"), getattr(model.cfg, "model_name", None)} - {None}
+    if isinstance(recorded, dict):
+        candidates = {recorded.get("name"), recorded.get("hf_name")} - {None}
+        return not candidates or bool(candidates & names)
+    return str(recorded) in names
+
+
 # --------------------------------------------------------------------------- resolution
 _FINGERPRINTS: dict[str, str] = {}
 

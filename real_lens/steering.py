@@ -4,11 +4,16 @@ For each kept module: direction u = mean(aligned acts) − mean(violating acts) 
 bank (the fold's train+val part), unit-normalised; σ = std of the projections of all the
 bank's activations onto u. During the forward pass α·strength·σ·u is added to that module's
 activation (a head's slice of ``hook_z``, or a layer site) at the chosen positions.
-REAL's strengths are score / max score among the kept modules; ITI's are all 1.
+REAL's strengths are score / max score among the kept modules; ITI's are all 1
+(``scores.select(k)`` applies the method's own rule).
 
-    steering = build_steering(bank, scores.top_k(16), alpha=15)
-    with steering.applied(model):
+    steering = build_steering(bank, scores.select(16), alpha=15)
+    print(steering.describe(model))      # every hook, |added vector| vs the module's typical norm
+    with steering.applied(model):        # checks the model first: same model, same shapes
         logits = model(tokens)
+
+A steering records the model its bank came from and the bank's module shape; applying it to
+another model raises :class:`SteeringMismatchError` before any forward pass.
 """
 
 from __future__ import annotations
@@ -27,10 +32,15 @@ from . import hooks
 from .bank import ActivationBank
 from .errors import RealLensError, unknown_name_error
 from .io import read_json, read_tensors, write_json, write_tensors
+from .models import model_identity, same_model
 from .scoring import Selection
 
 POSITIONS = ("all", "prompt", "generated")
 STEERING_FILE, STEERING_META_FILE = "steering.safetensors", "steering.json"
+
+
+class SteeringMismatchError(RealLensError):
+    """A steering is applied to a model it was not built for (another model, or other shapes)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,7 @@ class Steering:
         by_layer: dict[int, list[int]] = defaultdict(list)
         for i, (layer, _) in enumerate(self.modules):
             by_layer[layer].append(i)
-        for layer, idx in by_layer.items():
+        for layer, idx in sorted(by_layer.items()):  # hooks in layer order
             if hooks.is_head_site(self.site):
                 if n_heads is None:
                     raise RealLensError("layer_offsets of a head site needs n_heads")
@@ -80,7 +90,7 @@ class Steering:
             offsets[layer] = offset
         return offsets
 
-    def fwd_hooks(self, model, *, positions: str = "all", prompt_length: int | None = None):
+    def fwd_hooks(self, model, *, positions: str = "all", prompt_length: int | None = None, check: bool = True):
         """``[(hook_name, hook_fn)]`` for ``model.run_with_hooks`` / ``model.hooks``.
 
         ``positions``: ``"all"`` (the paper), ``"prompt"`` (positions < ``prompt_length``) or
@@ -88,7 +98,12 @@ class Steering:
         sequence: a call with more than one position starts a new sequence at 0 and a
         one-position call (a KV-cached decoding step) continues it — which is how
         ``generate`` runs, cached or not.
+
+        ``check`` (default on): :meth:`check_model` first, so a steering built on another model
+        fails with one clear error before any forward pass.
         """
+        if check:
+            self.check_model(model)
         if positions not in POSITIONS:
             raise unknown_name_error("positions", positions, POSITIONS)
         if positions != "all" and (prompt_length is None or prompt_length < 1):
@@ -100,10 +115,61 @@ class Steering:
         return fns
 
     @contextlib.contextmanager
-    def applied(self, model, *, positions: str = "all", prompt_length: int | None = None):
-        """Hooks on for the duration of the block; removed in ``finally``, even on error."""
-        with model.hooks(fwd_hooks=self.fwd_hooks(model, positions=positions, prompt_length=prompt_length)):
+    def applied(self, model, *, positions: str = "all", prompt_length: int | None = None, check: bool = True):
+        """Hooks on for the duration of the block; removed in ``finally``, even on error.
+
+        Checks the model first (:meth:`check_model`) unless ``check=False``.
+        """
+        fwd_hooks = self.fwd_hooks(model, positions=positions, prompt_length=prompt_length, check=check)
+        with model.hooks(fwd_hooks=fwd_hooks):
             yield model
+
+    def check_model(self, model) -> None:
+        """Raise :class:`SteeringMismatchError` unless ``model`` is the model this steering was built for.
+
+        Compares the recorded model name (``meta["model"]``, from the bank) with the model's
+        identity, then the shapes: every module's layer and head exist in the model, the vectors
+        are ``d_head`` (head sites) or ``d_model`` wide, and the bank's module shape (when
+        recorded) is the model's. Costs no forward pass.
+        """
+        cfg = model.cfg
+        recorded = self.meta.get("model")
+        if recorded and not same_model(recorded, model):
+            shown = recorded.get("name", recorded) if isinstance(recorded, dict) else recorded
+            raise SteeringMismatchError(
+                f"this steering was built from activations of model {shown!r}, but it is applied to "
+                f"{model_identity(model).get('name')!r}; load {shown!r}, or collect a bank on this model and build "
+                "the steering from it"
+            )
+        head_site = hooks.is_head_site(self.site)
+        expected_shape = (cfg.n_layers, cfg.n_heads) if head_site else (cfg.n_layers,)
+        width, width_name = (cfg.d_head, "d_head") if head_site else (cfg.d_model, "d_model")
+        recorded_shape = self.meta.get("module_shape")
+        problems = []
+        if recorded_shape is not None and tuple(recorded_shape) != expected_shape:
+            problems.append(f"its bank's modules are {tuple(recorded_shape)}, the model's are {expected_shape}")
+        if self.directions.shape[1] != width:
+            problems.append(f"its vectors are {self.directions.shape[1]} wide, the model's {width_name} is {width}")
+        outside = [hooks.module_label(layer, head) for layer, head in self.modules
+                   if not 0 <= layer < cfg.n_layers or (head_site and not 0 <= head < cfg.n_heads)]
+        if outside:
+            problems.append(f"modules {', '.join(outside[:5])} do not exist in a model of {expected_shape}")
+        if problems:
+            raise SteeringMismatchError(
+                f"this steering ({self.site}, {len(self.modules)} modules) does not fit the model "
+                f"{model_identity(model).get('name')!r}: {'; '.join(problems)}. Build the steering from a bank "
+                "collected on this model"
+            )
+
+    def describe(self, model, *, warn_ratio: float = 1.0):
+        """Every hook this steering attaches, and per module ‖added vector‖ against the module's
+        typical activation norm (from the bank); warns when that ratio exceeds ``warn_ratio``.
+
+        Returns a :class:`real_lens.inspection.SteeringDescription` (print it for a table).
+        """
+        from .inspection import describe_steering
+
+        return describe_steering(self, model, warn_ratio=warn_ratio)
 
     # --- storage -----------------------------------------------------------
     def save(self, directory) -> Path:
@@ -163,6 +229,7 @@ def build_steering(bank: ActivationBank, selection: Selection, *, alpha: float) 
     else:
         acts = torch.stack([bank.acts[:, layer] for layer, _ in modules], dim=1)
     acts = acts.double()  # [example, module, d]
+    act_norms = acts.norm(dim=-1).mean(0)  # the typical size of each module's activation
     diff = acts[labels == 1].mean(0) - acts[labels == 0].mean(0)
     norms = diff.norm(dim=-1, keepdim=True)
     if (norms == 0).any():
@@ -177,5 +244,6 @@ def build_steering(bank: ActivationBank, selection: Selection, *, alpha: float) 
         strengths=torch.tensor(selection.strengths, dtype=torch.float32),
         alpha=float(alpha),
         method=selection.method,
-        meta={"model": bank.meta.get("model"), "task": bank.meta.get("task"), "n_examples": len(bank.examples)},
+        meta={"model": bank.meta.get("model"), "task": bank.meta.get("task"), "n_examples": len(bank.examples),
+              "module_shape": list(bank.module_shape), "act_norms": [float(v) for v in act_norms]},
     )

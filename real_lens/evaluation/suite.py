@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import RealLensError
 from ..tasks.base import ALIGNED, Task
@@ -49,7 +50,7 @@ class TaskEvaluation:
     kind: str
     metrics: tuple[str, ...]  # per-item metrics; metrics[0] is the default selection metric
     select: Callable[[Task, Any], list]  # (task, groups) -> items, in task order
-    score: Callable[..., dict[str, np.ndarray]]  # (model, items, steering) -> {metric: per-item values}
+    score: Callable[..., dict[str, np.ndarray]]  # (model, items, steering, *, progress) -> {metric: per-item values}
     group_of: Callable[[Any], str]  # item -> its group (question)
     default_select_metric: str | None = None
 
@@ -57,27 +58,28 @@ class TaskEvaluation:
     def select_metric(self) -> str:
         return self.default_select_metric or self.metrics[0]
 
-    def evaluate(self, model, items: Sequence, steering: SteeringLike | None = None) -> dict[str, np.ndarray]:
-        values = self.score(model, list(items), steering)
+    def evaluate(self, model, items: Sequence, steering: SteeringLike | None = None, *,
+                 progress: bool = False) -> dict[str, np.ndarray]:
+        values = self.score(model, list(items), steering, progress=progress)
         missing = [m for m in self.metrics if m not in values]
         if missing:  # a programming error in an evaluation, not a user mistake
             raise AssertionError(f"{self.kind} evaluation returned no {missing}")
         return {m: np.asarray(values[m], dtype=float) for m in self.metrics}
 
 
-def _score_mc(model, items, steering, mc_prompt=DEFAULT_MC_PROMPT):
-    result = evaluate_truthfulqa(model, items, steering=steering, mc_prompt=mc_prompt, progress=False)
+def _score_mc(model, items, steering, mc_prompt=DEFAULT_MC_PROMPT, *, progress=False):
+    result = evaluate_truthfulqa(model, items, steering=steering, mc_prompt=mc_prompt, progress=progress)
     return {"mc2": result.mc2, "mc1": result.mc1}
 
 
-def _score_qa(model, items, steering):
-    r = evaluate_nq_swap(model, items, steering=steering)
+def _score_qa(model, items, steering, *, progress=False):
+    r = evaluate_nq_swap(model, items, steering=steering, progress=progress)
     return {"em_aligned": r.em_aligned, "contains_aligned": r.contains_aligned,
             "em_context": r.em_context, "em_memory": r.em_memory}
 
 
-def _score_ab(model, items, steering):
-    r = evaluate_caa(model, items, steering=steering)
+def _score_ab(model, items, steering, *, progress=False):
+    r = evaluate_caa(model, items, steering=steering, progress=progress)
     return {"p_aligned": r.p_aligned, "p_aligned_raw": r.p_aligned_raw}
 
 
@@ -105,11 +107,11 @@ def select_group_answers(task: Task, groups) -> list[GroupAnswers]:
 
 
 def score_group_answers(model, items: Sequence[GroupAnswers], steering: SteeringLike | None = None,
-                        groups_per_batch: int = 8) -> dict[str, np.ndarray]:
+                        groups_per_batch: int = 8, *, progress: bool = False) -> dict[str, np.ndarray]:
     """``p_aligned`` (probability share of the aligned answers) and ``top_aligned`` per group."""
     share, top = [], []
     with steering_context(model, steering), torch.inference_mode():
-        for start in range(0, len(items), groups_per_batch):
+        for start in tqdm(range(0, len(items), groups_per_batch), desc="answers", unit="batch", disable=not progress):
             chunk = items[start:start + groups_per_batch]
             prompts = [tokenize(model, g.prompt) for g in chunk]
             fulls = [[tokenize(model, g.prompt + a) for a in g.answers] for g in chunk]

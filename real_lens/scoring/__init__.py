@@ -7,6 +7,10 @@ Scorers register themselves by name in :data:`SCORERS`; look them up with :func:
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import operator
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
@@ -19,6 +23,17 @@ from ..hooks import module_label
 from ..io import read_json, read_tensors, write_json, write_tensors
 
 SCORES_FILE, SCORES_META_FILE = "scores.safetensors", "scores.json"
+STRENGTHS = ("method", "score", "uniform")
+
+
+def strength_rule(method: str) -> str:
+    """How a method's kept modules are weighted when steering (METHOD.md §4).
+
+    ``"score"`` (score / max kept score) for REAL and every variant of it (methods named
+    ``real*``, e.g. ``real-release``); ``"uniform"`` (1 for every module) for every other method,
+    as ITI does.
+    """
+    return "score" if method.startswith("real") else "uniform"
 
 
 @dataclass(frozen=True)
@@ -70,27 +85,48 @@ class ModuleScores:
         order = torch.argsort(-self.scores.flatten().double(), stable=True)
         return [self._module(int(i)) for i in order]
 
-    def top_k(self, k: int, *, uniform: bool = False) -> Selection:
-        """The ``k`` best modules. Strength = score / max kept score (REAL), or 1 if ``uniform`` (ITI)."""
+    def select(self, k: int, *, strengths: str = "method") -> Selection:
+        """The ``k`` best modules with their steering strengths (METHOD.md §4).
+
+        ``strengths``: ``"method"`` (default) applies this method's own rule,
+        :func:`strength_rule`: REAL and its variants (every method named ``real*``) steer with
+        score / max kept score, every other method (ITI, patching, attribution, random) with 1.
+        ``"score"`` or ``"uniform"`` force one rule for any method.
+        """
+        if strengths not in STRENGTHS:
+            raise unknown_name_error("strengths rule", strengths, STRENGTHS)
+        rule = strength_rule(self.method) if strengths == "method" else strengths
+        try:
+            k = operator.index(k)
+        except TypeError:
+            raise ScoringError(f"k (the number of modules to keep) must be an integer; got {k!r}") from None
         if not 1 <= k <= self.n_modules:
-            raise ScoringError(f"k must be between 1 and the number of modules ({self.n_modules}); got {k}")
+            raise ScoringError(f"k must be between 1 and the number of modules ({self.n_modules}); got {k} "
+                               "(k is the number of modules to keep)")
         flat = self.scores.flatten().double()
         order = torch.argsort(-flat, stable=True)[:k]
         kept = flat[order]
-        if uniform:
-            strengths = torch.ones_like(kept)
+        if rule == "uniform":
+            values = torch.ones_like(kept)
         else:
             if not kept.max() > 0:
                 raise ScoringError(
                     f"{self.method} scores of the top {k} modules are all <= 0, so score/max strengths "
-                    "are undefined; use uniform strengths (top_k(k, uniform=True))"
+                    "are undefined; use uniform strengths (select(k, strengths='uniform'))"
                 )
-            strengths = (kept / kept.max()).clamp(min=0.0)
+            values = (kept / kept.max()).clamp(min=0.0)
         return Selection(
             tuple(self._module(int(i)) for i in order),
-            tuple(float(s) for s in strengths),
+            tuple(float(s) for s in values),
             self.method,
         )
+
+    def top_k(self, k: int, *, uniform: bool = False) -> Selection:
+        """The ``k`` best modules with score/max strengths, or 1 if ``uniform``, whatever the method.
+
+        Prefer :meth:`select`, which applies the method's own strength rule.
+        """
+        return self.select(k, strengths="uniform" if uniform else "score")
 
     # --- storage -----------------------------------------------------------
     def save(self, directory) -> Path:
@@ -116,9 +152,12 @@ class ModuleScores:
 
 @runtime_checkable
 class Scorer(Protocol):
-    """``scorer(bank, *, model=None, seed=0, device=None) -> ModuleScores``.
+    """``scorer(bank, *, model=None, seed=0, device=None[, cfg=...][, progress=...]) -> ModuleScores``.
 
-    Model-free scorers ignore ``model``; patching-style scorers require it.
+    Model-free scorers ignore ``model``; patching-style scorers require it. A scorer with
+    options takes them as one frozen dataclass ``cfg`` (its annotation names the class, which
+    :func:`scorer_config_class` reads); a scorer with long loops takes ``progress``.
+    Call any of them through :func:`score_modules`.
     """
 
     def __call__(self, bank, *, model=None, seed: int = 0, device=None) -> ModuleScores: ...
@@ -152,3 +191,56 @@ def _import_builtin_scorers() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != f"{__name__}.{module}":
                 raise
+
+
+def scorer_config_class(name: str) -> type | None:
+    """The frozen dataclass of a scorer's options (from its ``cfg`` annotation), or None if it has none."""
+    scorer = get_scorer(name)
+    parameter = inspect.signature(scorer).parameters.get("cfg")
+    if parameter is None:
+        return None
+    hint = typing.get_type_hints(scorer).get("cfg")
+    candidates = typing.get_args(hint) or (hint,)  # `X | None` -> (X, NoneType)
+    classes = [c for c in candidates if dataclasses.is_dataclass(c)]
+    if len(classes) != 1:  # a programming error in a scorer, not a user mistake
+        raise TypeError(f"scorer {name!r}: annotate cfg with one config dataclass (optionally | None); found {hint!r}")
+    return classes[0]
+
+
+def score_modules(
+    bank, method: str, *, model=None, seed: int = 0, device=None, progress: bool = True, **options
+) -> ModuleScores:
+    """Score every module of ``bank`` with ``method`` — the one calling convention for every scorer.
+
+    ``options`` are either ``cfg=<the method's config>`` or that config's fields by name, e.g.
+    ``score_modules(bank, "real", vq_epochs=5, n_codes=16)`` or
+    ``score_modules(bank, "patching", model=model, n_pairs=16)``; a method without options
+    (``random``) takes none. ``model`` is needed by the patching-style methods and ignored by
+    the others. ``progress`` shows a progress bar where the scorer has long loops.
+    """
+    scorer = get_scorer(method)
+    config_class = scorer_config_class(method)
+    kwargs: dict[str, Any] = {}
+    if options.get("cfg", ...) is None:  # cfg=None: the method's defaults
+        del options["cfg"]
+    if options:
+        if config_class is None:
+            raise ScoringError(f"scoring method {method!r} takes no options; got {sorted(options)}")
+        if "cfg" in options:
+            cfg = options.pop("cfg")
+            if options:
+                raise ScoringError(f"give either cfg= or {config_class.__name__} fields, not both; got cfg and {sorted(options)}")
+            if not isinstance(cfg, config_class):
+                raise ScoringError(f"{method} expects cfg to be a {config_class.__name__}; found {type(cfg).__name__}")
+        else:
+            known = {f.name for f in dataclasses.fields(config_class)}
+            unknown = sorted(set(options) - known)
+            if unknown:
+                raise ScoringError(
+                    f"{method}: unknown option(s) {unknown}; {config_class.__name__} has: {', '.join(sorted(known))}"
+                )
+            cfg = config_class(**options)
+        kwargs["cfg"] = cfg
+    if "progress" in inspect.signature(scorer).parameters:
+        kwargs["progress"] = progress
+    return scorer(bank, model=model, seed=seed, device=device, **kwargs)

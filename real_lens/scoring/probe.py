@@ -29,6 +29,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..errors import ScoringError
 from . import ModuleScores, register_scorer
@@ -77,6 +78,7 @@ def score_probe(
     seed: int = 0,
     val_groups: Collection[str] | None = None,
     modules: Collection[int] | None = None,
+    progress: bool = False,
 ) -> ModuleScores:
     """One logistic-regression probe per module; score = validation accuracy.
 
@@ -119,7 +121,7 @@ def score_probe(
     if fitted and not 0 <= min(fitted) <= max(fitted) < n_modules:
         raise ScoringError(f"modules must be indices in [0, {n_modules}); found {min(fitted)}..{max(fitted)}")
     accuracy, auc, train_accuracy, converged = (np.full(n_modules, np.nan) for _ in range(4))
-    for m in fitted:
+    for m in tqdm(fitted, desc="ITI probes", unit="module", disable=not progress):
         x_train, x_val = x[train, m], x[val, m]
         if cfg.standardize:
             mean, std = x_train.mean(0), x_train.std(0)
@@ -163,9 +165,11 @@ def score_probe(
 
 @register_scorer(METHOD)
 def probe_scorer(
-    bank, *, model=None, seed: int = 0, device=None, cfg: ProbeConfig | None = None, modules: Collection[int] | None = None
+    bank, *, model=None, seed: int = 0, device=None, cfg: ProbeConfig | None = None,
+    modules: Collection[int] | None = None, progress: bool = True,
 ) -> ModuleScores:
     """Registry entry: probes on the bank's activations (model-free; ``model``/``device`` unused)."""
-    scores = score_probe(bank.acts, bank.labels, bank.groups, cfg=cfg or ProbeConfig(), seed=seed, modules=modules)
+    scores = score_probe(bank.acts, bank.labels, bank.groups, cfg=cfg or ProbeConfig(), seed=seed, modules=modules,
+                         progress=progress)
     meta = {"site": bank.site, "model": bank.meta.get("model"), "task": bank.meta.get("task"), **scores.meta}
     return replace(scores, meta=meta)

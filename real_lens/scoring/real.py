@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import ScoringError
@@ -154,7 +155,7 @@ class RealConfig:
     variant: Variant = "described"
 
     # VQ-AE
-    n_codes: int = 32  # K: entries of the module's one codebook
+    n_codes: int = 32  # METHOD.md's codebook size K (entries of the one codebook); not the number of kept heads
     n_groups: int = 8  # U: code groups per example = length of the code sequence
     code_dim: int | None = None  # b; None = d/2
     beta: float = 0.25  # commitment weight
@@ -391,7 +392,8 @@ def score_real_tensors(
     return _score(acts, labels, groups, cfg=cfg, seed=seed, device=device, modules=modules)
 
 
-def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_names=None, modules=None):
+def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_names=None, modules=None,
+           progress: bool = False):
     if not isinstance(seed, int) or seed < 0:
         raise ScoringError(f"seed must be a non-negative integer; found {seed!r}")
     check_inputs(acts, labels, groups, cfg, module_names)
@@ -407,7 +409,9 @@ def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_n
 
     n_rows = 5 if cfg.variant == "release" else 4  # auc, recon_loss, perplexity, collapsed[, underflow]
     results = [torch.empty(n_rows, 0)]
-    for part in _chunks(len(trained), cfg.module_chunk_for(device)):
+    chunks = _chunks(len(trained), cfg.module_chunk_for(device))
+    label = "REAL" if cfg.variant == "described" else "REAL release"
+    for part in tqdm(chunks, desc=f"{label} {len(trained)} modules", unit="chunk", disable=not progress):
         chunk = [trained[i] for i in part]
         x = acts[:, chunk].to(device=device, dtype=torch.float32).transpose(0, 1).contiguous()
         results.append(_score_chunk(x, labels, split, chunk, cfg=cfg, seed=seed))
@@ -462,7 +466,8 @@ def _score_chunk(x, labels, split, modules: list[int], *, cfg: RealConfig, seed:
 
 @register_scorer("real")
 def score_real(
-    bank, *, cfg: RealConfig | None = None, seed: int = 0, device=None, model=None, modules: Sequence[int] | None = None
+    bank, *, cfg: RealConfig | None = None, seed: int = 0, device=None, model=None,
+    modules: Sequence[int] | None = None, progress: bool = True,
 ) -> ModuleScores:
     """REAL scores, as described (METHOD.md §3), of every module of an :class:`~real_lens.bank.ActivationBank`.
 
@@ -473,22 +478,23 @@ def score_real(
     process a slice).
     """
     return _score_bank(bank, cfg=RealConfig() if cfg is None else cfg, variant="described", seed=seed, device=device,
-                       modules=modules)
+                       modules=modules, progress=progress)
 
 
 @register_scorer("real-release")
 def score_real_release(
-    bank, *, cfg: RealConfig | None = None, seed: int = 0, device=None, model=None, modules: Sequence[int] | None = None
+    bank, *, cfg: RealConfig | None = None, seed: int = 0, device=None, model=None,
+    modules: Sequence[int] | None = None, progress: bool = True,
 ) -> ModuleScores:
     """REAL scores as the authors' release computes them (METHOD.md §3a; :data:`RELEASE_DIFFERENCES`).
 
     ``model`` is unused; ``cfg`` None = ``RealConfig(variant="release")``; ``modules`` as :func:`score_real`.
     """
     cfg = RealConfig(variant="release") if cfg is None else cfg
-    return _score_bank(bank, cfg=cfg, variant="release", seed=seed, device=device, modules=modules)
+    return _score_bank(bank, cfg=cfg, variant="release", seed=seed, device=device, modules=modules, progress=progress)
 
 
-def _score_bank(bank, *, cfg: RealConfig, variant: str, seed: int, device, modules=None) -> ModuleScores:
+def _score_bank(bank, *, cfg: RealConfig, variant: str, seed: int, device, modules=None, progress=True) -> ModuleScores:
     if not isinstance(cfg, RealConfig) or cfg.variant != variant:
         found = f"variant={cfg.variant!r}" if isinstance(cfg, RealConfig) else type(cfg).__name__
         raise ScoringError(
@@ -503,7 +509,8 @@ def _score_bank(bank, *, cfg: RealConfig, variant: str, seed: int, device, modul
         else [module_label(layer) for layer in range(shape[0])]
     )
     auc, diagnostics = _score(
-        bank.flat(), bank.labels, bank.groups, cfg=cfg, seed=seed, device=device, module_names=names, modules=modules
+        bank.flat(), bank.labels, bank.groups, cfg=cfg, seed=seed, device=device, module_names=names, modules=modules,
+        progress=progress,
     )
     meta = {k: bank.meta[k] for k in ("site", "model", "task") if k in bank.meta}
     meta.update(site=bank.site, seed=seed, version=__version__, n_examples=len(bank.examples), variant=cfg.variant)

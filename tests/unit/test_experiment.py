@@ -94,9 +94,24 @@ def test_rerun_reuses_every_cell(quick_run, monkeypatch):
     cfg, out = quick_run
     before = _rows(out)
     monkeypatch.setattr(experiment, "evaluate_cell", lambda *a, **k: pytest.fail("a cached cell was recomputed"))
-    monkeypatch.setattr(experiment, "get_scorer", lambda *a, **k: pytest.fail("cached scores were recomputed"))
+    monkeypatch.setattr(experiment, "score_modules", lambda *a, **k: pytest.fail("cached scores were recomputed"))
     run_experiment(cfg, out, progress=False)
     assert _rows(out) == before
+
+
+def test_the_main_job_logs_what_it_is_doing(quick_run, caplog):
+    import logging
+
+    cfg, out = quick_run
+    with caplog.at_level(logging.INFO, logger="real_lens"):
+        run_experiment(cfg, out, progress=False)  # every cell is cached: only the logging runs again
+    text = caplog.text
+    for fold in (0, 1):
+        assert f"fold {fold}: " in text and f"fold {fold} real: scoring" in text
+        for method in cfg.methods:
+            assert f"fold {fold} {method}: chose K" in text
+            assert sum(f"fold {fold} {method}: val K" in r.message for r in caplog.records) == 4  # 2 K x 2 alpha
+    assert f"wrote {out}" in text
 
 
 def test_another_config_in_the_same_directory_is_refused(quick_run):
@@ -172,7 +187,7 @@ def test_transfer_reuses_the_source_selection(quick_run, tmp_path, monkeypatch):
     from real_lens.transfer import TransferConfig, run_transfer
 
     cfg, source = quick_run
-    monkeypatch.setattr(experiment, "get_scorer", lambda *a, **k: pytest.fail("transfer must not re-score"))
+    monkeypatch.setattr(experiment, "score_modules", lambda *a, **k: pytest.fail("transfer must not re-score"))
     out = run_transfer(TransferConfig(str(source), "caa:refusal", methods=("real", "iti", "random")), tmp_path,
                        progress=False)
     rows = _rows(out)
