@@ -87,14 +87,14 @@ class DoseCalibration:
             )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
 class _ReferenceBatch:
     tokens: Int[Tensor, "batch pos"]
     mask: Bool[Tensor, "batch pred"]  # real predicted tokens (pred = pos − 1)
     logprobs: Float[Tensor, "token vocab"]  # unsteered log-probs at the real predicted tokens, in mask order
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
 class KLReference:
     """The unsteered model's next-token log-probs on ``texts`` (each cut to ``max_tokens`` tokens),
     batched exactly as :func:`~real_lens.evaluation.side_effects.evaluate_side_effects` batches them."""
