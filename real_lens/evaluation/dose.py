@@ -13,6 +13,9 @@ Inside the bracket each step tries the point that a straight line through the tw
 (log α, log KL) puts at the target (KL ∝ α² for small α, so this is nearly exact; kept 5 % of
 the bracket away from its ends), and bisects in log α instead whenever the two steps before
 did not halve the bracket, so its log-width at least halves every three steps whatever the curve.
+(Measured on SmolLM2-135M-Instruct, 16 random heads, 16 WikiText-2 paragraphs: doubling α from 1
+to 2 to 4 multiplied the KL by 4.2 and 4.5; targets 0.1 and 0.3 were met to 5 % in 3–5
+evaluations, and the held-out KL on 32 other paragraphs was within 6 % of the calibration KL.)
 The bracket always holds one end below and one above the target, and KL is continuous in α,
 so the search ends at a crossing even where KL is not monotone in α (then it is the crossing
 inside the first bracket found; ``monotone`` in the result says whether the evaluated points
@@ -23,8 +26,8 @@ exceeded at ``alpha_min``, or a tolerance not met within ``max_steps`` evaluatio
 The unsteered model's next-token log-probs on the calibration texts are computed once
 (:func:`prepare_kl_reference`) and reused by every evaluation — and by every steering
 calibrated on the same texts, when the caller passes the reference in. They take
-4 · n_tokens · d_vocab bytes (32 paragraphs of 128 tokens with SmolLM2's 49,152-token
-vocabulary: 0.8 GB).
+4 · n_tokens · d_vocab bytes (SmolLM2's vocabulary is 49,152 tokens: 16 WikiText-2 paragraphs cut
+to 128 tokens are 1,526 predicted tokens, 286 MiB).
 
     calibration, report = split_texts(texts, 32, seed=0)
     reference = prepare_kl_reference(model, calibration)
