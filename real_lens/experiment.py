@@ -127,6 +127,7 @@ class Setup:
     select_metric: str
     folds: tuple[int, ...]
     texts: list[str]
+    mc_prompt: str = DEFAULT_MC_PROMPT
 
 
 def prepare(cfg: ExperimentConfig, *, task_name: str | None = None, model=None) -> Setup:
@@ -148,7 +149,7 @@ def prepare(cfg: ExperimentConfig, *, task_name: str | None = None, model=None) 
         )
     texts = (load_wikitext_sample(cfg.data_dir, n=cfg.side_effect_texts, max_tokens=cfg.side_effect_tokens, seed=cfg.seed)
              if cfg.side_effect_texts else [])
-    return Setup(model, task, evaluation, metric, folds, texts)
+    return Setup(model, task, evaluation, metric, folds, texts, cfg.mc_prompt)
 
 
 def start_run_dir(out_dir, cfg) -> Path:
@@ -210,6 +211,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> 
         rows += [result_row(evaluation, fold_index, "unsteered", "val", 0, 0.0, base_val),
                  result_row(evaluation, fold_index, "unsteered", "test", 0, 0.0, base_test)]
         pool(pooled, "unsteered", base_test)
+        if evaluation.kind == "mc":  # the content-blind reference on the same test questions
+            reference = length_only_cell(setup, val_items, test_items)
+            rows.append(result_row(evaluation, fold_index, LENGTH_ONLY, "test", 0, 0.0, reference))
+            pool(pooled, LENGTH_ONLY, reference)
 
         all_scores[fold_index] = []
         for method in cfg.methods:
@@ -282,6 +287,22 @@ def evaluate_cell(setup: Setup, items, steering, cfg: ExperimentConfig, *, side_
         side = evaluate_side_effects(setup.model, setup.texts, steering=steering, max_tokens=cfg.side_effect_tokens)
         out.update(ce=float(side.ce), kl=float(side.kl))
     return out
+
+
+LENGTH_ONLY = "length-only"
+
+
+def length_only_cell(setup: Setup, val_items, test_items) -> dict:
+    """MC1/MC2 of the content-blind scorer log p(answer) = −c·(answer tokens) on the test questions,
+    c chosen on the val questions (:mod:`real_lens.evaluation.reference`): a gain that only reaches
+    it could come from steering that makes the model prefer short answers, not true ones."""
+    from .evaluation.reference import choose_length_c, count_answer_tokens, score_length_only
+
+    prompt = setup.task.eval_data["mc_prompts"][setup.mc_prompt]
+    c = choose_length_c(val_items, count_answer_tokens(setup.model, val_items, mc_prompt=prompt))
+    result = score_length_only(test_items, count_answer_tokens(setup.model, test_items, mc_prompt=prompt), c=c)
+    return {"mc2": result.mc2_mean, "mc1": result.mc1_mean, "c": c, "n_questions": len(test_items),
+            "per_item": {"group": list(result.questions), "mc2": result.mc2.tolist(), "mc1": result.mc1.tolist()}}
 
 
 def cached_cell(out: Path, cfg, fold: int, key: dict):
@@ -378,10 +399,11 @@ def _write_outputs(out, cfg, setup: Setup, rows, pooled, all_scores, timer, bank
 
     summary = summarise(rows, pooled, setup.evaluation.metrics, n_boot=cfg.n_boot, seed=cfg.seed)
     stability = fold_stability(all_scores, k=max(cfg.k_grid))
+    paired = paired_tests(pooled, setup.select_metric, cfg.methods, n_boot=cfg.n_boot, seed=cfg.seed)
     write_json(out / "summary.json", {"task": setup.task.name, "select_metric": setup.select_metric,
                                       "metrics": list(setup.evaluation.metrics), "methods": summary,
-                                      "fold_stability": stability})
-    text = render_summary(cfg, setup, summary, rows, timer, bank_sizes, stability)
+                                      "fold_stability": stability, "paired": paired})
+    text = render_summary(cfg, setup, summary, rows, timer, bank_sizes, stability, paired)
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
 
 
@@ -399,6 +421,46 @@ def summarise(rows, pooled, metrics: Sequence[str], *, n_boot: int, seed: int) -
         entry["kl"] = float(np.nanmean(store["kl"])) if np.isfinite(store["kl"]).any() else float("nan")
         out[method] = entry
     return out
+
+
+def paired_tests(pooled: dict, metric: str, methods: Sequence[str], *, n_boot: int, seed: int) -> list[dict]:
+    """Every method against unsteered (and the length-only reference, where there is one), and
+    ``real`` against every other method, on the same pooled test items: mean difference, paired
+    bootstrap CI, sign-flip p, Holm-adjusted across the table, and the difference this design detects
+    (80 % power, two-sided 0.05) given the observed SD of the paired differences."""
+    from .evaluation.paired import compare_paired, min_detectable_difference
+
+    arms = {name: np.asarray(store[metric], dtype=float) for name, store in pooled.items() if metric in store}
+    references = ["unsteered"] + ([LENGTH_ONLY] if LENGTH_ONLY in arms else [])
+    pairs = [(m, ref) for ref in references for m in methods if m in arms]
+    if "real" in arms:
+        pairs += [("real", m) for m in methods if m != "real" and m in arms]
+    if not pairs:
+        return []
+    out = []
+    for row in compare_paired(arms, pairs, n_boot=n_boot, seed=seed):
+        c = row.comparison
+        mdd = min_detectable_difference(c.sd_diff, c.n) if c.n > 1 else float("nan")
+        out.append({"a": row.a, "b": row.b, "metric": metric, "n": c.n, "difference": c.difference,
+                    "ci": [c.ci_low, c.ci_high], "p": c.p_value, "p_holm": row.p_holm, "sd_diff": c.sd_diff,
+                    "min_detectable": mdd})
+    return out
+
+
+def paired_lines(paired: list[dict]) -> list[str]:
+    if not paired:
+        return []
+    metric, n = paired[0]["metric"], paired[0]["n"]
+    lines = ["", f"## Paired tests ({metric}, {n} pooled test items)", "",
+             "Every condition is evaluated on the same test items, so each comparison is per item: mean difference "
+             "a − b, a paired bootstrap 95% CI (one resample of items for both arms), a two-sided sign-flip "
+             "permutation p, Holm-adjusted across this table, and the smallest difference this design detects with "
+             "80% power at two-sided 0.05 given the observed SD of the paired differences (noncentral t).", "",
+             "| a | b | a − b | 95% CI | p | p (Holm) | SD of differences | detectable |", "|---|---|---|---|---|---|---|---|"]
+    for r in paired:
+        lines.append(f"| {r['a']} | {r['b']} | {r['difference']:+.3f} | [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] | "
+                     f"{r['p']:.3g} | {r['p_holm']:.3g} | {r['sd_diff']:.3f} | {r['min_detectable']:.3f} |")
+    return lines
 
 
 def fold_stability(all_scores: dict[int, list[ModuleScores]], *, k: int) -> dict[str, dict]:
@@ -433,7 +495,7 @@ def summary_table(summary: dict, metrics: Sequence[str]) -> list[str]:
 
 
 def render_summary(cfg: ExperimentConfig, setup: Setup, summary: dict, rows, timer: _Timer, bank_sizes: dict[int, int],
-                   stability: dict[str, dict] | None = None) -> str:
+                   stability: dict[str, dict] | None = None, paired: list[dict] | None = None) -> str:
     lines = [
         f"# real-lens run: {cfg.task} on {cfg.model}",
         "",
@@ -443,6 +505,11 @@ def render_summary(cfg: ExperimentConfig, setup: Setup, summary: dict, rows, tim
         "",
         *summary_table(summary, setup.evaluation.metrics),
     ]
+    if LENGTH_ONLY in summary:
+        lines += ["", f"`{LENGTH_ONLY}` is no steering at all: a content-blind scorer, log p(answer) = −c·(answer "
+                  "tokens) with c chosen on the val questions, on the same test questions. A steered method that only "
+                  "reaches it may have bought its gain by making the model prefer short answers."]
+    lines += paired_lines(paired or [])
     if stability:
         k, n = (next(iter(stability.values()))[key] for key in ("k", "n_modules"))
         chance = (k * k / n) / (2 * k - k * k / n)  # expected |A∩B| = k²/n for two random k-sets of n

@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 
 import pytest
 
@@ -32,11 +33,39 @@ def test_quick_run_writes_every_output(quick_run):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"] == ["mc2", "mc1"] and summary["select_metric"] == "mc2"
-    assert set(summary["methods"]) == {"unsteered", *cfg.methods}
+    assert set(summary["methods"]) == {"unsteered", "length-only", *cfg.methods}
     for entry in summary["methods"].values():
         low, high = entry["mc2_ci"]
         assert 0.0 <= low <= high <= 1.0 and entry["folds"] == 2
     assert "| real |" in (out / "summary.md").read_text()
+
+
+def test_summary_has_paired_tests_against_unsteered_length_only_and_real(quick_run):
+    """Each method vs unsteered and vs the length-only reference, and real vs every other method, on the
+    same pooled test items; the paired rows agree with evaluation.paired on the per-item values."""
+    from real_lens.evaluation.paired import paired_difference
+
+    cfg, out = quick_run
+    summary = json.loads((out / "summary.json").read_text())
+    pairs = {(r["a"], r["b"]): r for r in summary["paired"]}
+    expected = {(m, ref) for ref in ("unsteered", "length-only") for m in cfg.methods}
+    expected |= {("real", m) for m in cfg.methods if m != "real"}
+    assert set(pairs) == expected
+    rows = _rows(out)
+    per_item = {}
+    for cell in (out / "cells").glob("fold*-test-*.json"):
+        fold, method = re.match(r"fold(\d+)-(.+?)-test-k", cell.name).groups()
+        per_item.setdefault(f"fold{fold}", {})[method] = json.loads(cell.read_text())["per_item"]["mc2"]
+    row = pairs[("iti", "unsteered")]
+    a = per_item["fold0"]["iti"] + per_item["fold1"]["iti"]
+    b = per_item["fold0"]["unsteered"] + per_item["fold1"]["unsteered"]
+    reference = paired_difference(a, b, n_boot=cfg.n_boot, seed=cfg.seed)
+    assert row["difference"] == pytest.approx(reference.difference) and row["p"] == pytest.approx(reference.p_value)
+    assert all(r["p"] <= r["p_holm"] <= 1 for r in summary["paired"])
+    length_rows = [r for r in rows if r["method"] == "length-only"]
+    assert len(length_rows) == 2 and all(r["split"] == "test" for r in length_rows)
+    text = (out / "summary.md").read_text()
+    assert "## Paired tests (mc2" in text and "| iti | unsteered |" in text
 
 
 def test_summary_reports_fold_to_fold_rank_stability(quick_run):
