@@ -12,9 +12,13 @@ as one example at a time (tests/…/test_activations.py checks this, to float to
 Examples are sorted by length into batches to keep padding small.
 
 Cache: ``<cache>/banks/<key>/`` where the key hashes the model identity, the examples, the
-site, the readout, the prompt format and the package version. Finished chunks of examples
-are written atomically as they complete, so an interrupted collection resumes; an unreadable
-or mismatched chunk or bank is recomputed, never used.
+site, the readout, the prompt format and the package version; the bank is a verified artifact
+(manifest with each file's SHA-256). While it is collected, finished chunks of examples
+(``chunk_size``, taken in length order so batches stay tightly packed) are written to
+``<key>.chunks/`` as they complete, each holding its own checksum, so an interrupted
+collection resumes. A damaged or mismatched chunk or bank is recomputed (and said so on
+stderr), never used. One process collects a given bank; another that asks for it meanwhile
+waits for it and then reads it.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from tqdm.auto import tqdm
 from . import __version__, hooks
 from .bank import ActivationBank
 from .evaluation.forward import tokenize
-from .errors import BankError, RealLensError, unknown_name_error
-from .io import read_tensors, write_tensors
+from .errors import ArtifactError, BankError, RealLensError, unknown_name_error
+from .io import notice, output_lock, read_sealed_tensors, write_sealed_tensors
 from .models import cache_root, model_identity
 from .tasks.base import Example, Task, check_examples
 
@@ -54,7 +58,7 @@ def collect_activations(
     site: str = "head_z",
     readout: str = "last",
     batch_size: int = 16,
-    chunk_size: int = 256,
+    chunk_size: int = 64,
     cache: bool = True,
     cache_dir: str | Path | None = None,
     progress: bool = True,
@@ -92,22 +96,35 @@ def collect_activations(
     bank = _load_cached_bank(folder, key)
     if bank is not None:
         return bank
-    chunks = []
-    n_chunks = (len(examples) + chunk_size - 1) // chunk_size
-    for c in tqdm(range(n_chunks), desc=f"collect {site}", unit="chunk", disable=not progress or n_chunks == 1):
-        part = examples[c * chunk_size:(c + 1) * chunk_size]
-        chunk_key = _cache_key({"bank": key, "chunk": c}, part)
-        path = folder / f"chunk_{c:05d}.safetensors"
+    with output_lock(folder, wait=True):  # another process collecting this bank: wait, then reuse it
+        bank = _load_cached_bank(folder, key, quiet=True)
+        if bank is not None:
+            return bank
+        chunks_dir = folder.parent / f"{key}.chunks"
+        acts = _collect_in_chunks(model, examples, key, chunks_dir, site, readout, batch_size, chunk_size, progress)
+        bank = ActivationBank(acts, examples, meta)
+        bank.save(folder, replaces=None)
+        shutil.rmtree(chunks_dir, ignore_errors=True)
+    return bank
+
+
+def _collect_in_chunks(model, examples, key, chunks_dir: Path, site, readout, batch_size, chunk_size, progress) -> Tensor:
+    """Collect ``chunk_size`` examples at a time (shortest texts first), each chunk saved when done."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].text))
+    chunks = [order[i:i + chunk_size] for i in range(0, len(order), chunk_size)]
+    out: Tensor | None = None
+    for c, idx in enumerate(tqdm(chunks, desc=f"collect {site}", unit="chunk", disable=not progress or len(chunks) == 1)):
+        part = tuple(examples[i] for i in idx)
+        chunk_key = _cache_key({"bank": key, "chunk": c, "chunk_size": chunk_size}, part)
+        path = chunks_dir / f"chunk_{c:05d}.safetensors"
         acts = _load_chunk(path, chunk_key)
         if acts is None:
-            acts = _collect(model, part, site, readout, batch_size, progress and n_chunks == 1)
-            write_tensors(path, {"acts": acts, "key": _key_tensor(chunk_key)})
-        chunks.append(acts)
-    bank = ActivationBank(torch.cat(chunks), examples, meta)
-    bank.save(folder)
-    for path in folder.glob("chunk_*.safetensors"):
-        path.unlink()
-    return bank
+            acts = _collect(model, part, site, readout, batch_size, progress and len(chunks) == 1)
+            write_sealed_tensors(path, {"acts": acts, "key": _key_tensor(chunk_key)})
+        if out is None:
+            out = torch.empty((len(examples), *acts.shape[1:]), dtype=acts.dtype)
+        out[idx] = acts
+    return out
 
 
 # --------------------------------------------------------------------------- forward
@@ -183,23 +200,28 @@ def _load_chunk(path: Path, key: str) -> Tensor | None:
     if not path.is_file():
         return None
     try:
-        stored = read_tensors(path)
+        stored = read_sealed_tensors(path)
         if bytes(stored["key"].tolist()).decode() == key:
             return stored["acts"]
-    except Exception:  # corrupt or foreign file: recompute it
-        pass
+        reason = "it belongs to another collection"
+    except (ArtifactError, KeyError, UnicodeDecodeError) as exc:
+        reason = str(exc)
+    notice(f"recomputing the cached chunk {path.name}: {reason}")
     path.unlink(missing_ok=True)
     return None
 
 
-def _load_cached_bank(folder: Path, key: str) -> ActivationBank | None:
-    if not folder.is_dir() or not (folder / "bank.json").is_file():
+def _load_cached_bank(folder: Path, key: str, *, quiet: bool = False) -> ActivationBank | None:
+    """The cached bank, or None when it is absent or damaged (then it is rebuilt, and said so)."""
+    if not folder.exists():
         return None
     try:
-        bank = ActivationBank.load(folder)
+        bank = ActivationBank.load(folder, allow_unverified=False)
         if bank.meta.get("cache_key") == key:
             return bank
-    except BankError:
-        pass
-    shutil.rmtree(folder, ignore_errors=True)  # stale or corrupt: rebuild
+        reason = "it was collected for another key"
+    except BankError as exc:
+        reason = str(exc)
+    if not quiet:
+        notice(f"rebuilding the cached activation bank {folder.name}: {reason}")
     return None
