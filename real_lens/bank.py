@@ -116,9 +116,9 @@ class ActivationBank:
         try:
             return load_artifact(directory, kind=KIND, read=cls._read, legacy_files=(TENSORS_FILE, META_FILE),
                                  allow_unverified=allow_unverified, what="the bank")
-        except ArtifactMissingError:
+        except ArtifactMissingError as exc:
             raise BankError(
-                f"{directory} is not an activation bank: expected {TENSORS_FILE} and {META_FILE}; "
+                f"{directory} is not an activation bank{f' ({exc})' if str(exc) else ''}: expected {TENSORS_FILE} and {META_FILE}; "
                 "create one with `real-lens collect --out DIR`"
             ) from None
         except ArtifactError as exc:

@@ -54,6 +54,12 @@ ARTIFACT_FORMAT = "real-lens-artifact/1"
 CHECKSUM_KEY = "sha256"  # the key sealed JSON files keep their own digest under
 
 T = TypeVar("T")
+_KIND_NAMES = {"bank": "an activation bank", "scores": "module scores", "steering": "a steering",
+               "model-cache": "a cached model", "tokenizer-cache": "a cached tokenizer"}
+
+
+def _named(kind) -> str:
+    return _KIND_NAMES.get(kind, f"a {kind}")
 
 
 # --------------------------------------------------------------------------- messages
@@ -332,7 +338,7 @@ def check_replaceable(directory, *, kind: str, replaces: Collection[str] = ()) -
     if not directory.exists():
         return
     if not directory.is_dir():
-        raise ArtifactError(f"{directory} is a file; expected a directory for the {kind} (pass a new or empty directory)")
+        raise ArtifactError(f"{directory} is a file; expected a directory for {_named(kind)} (pass a new or empty directory)")
     names = {p.name for p in directory.iterdir()}
     if not names:
         return
@@ -345,13 +351,13 @@ def check_replaceable(directory, *, kind: str, replaces: Collection[str] = ()) -
             found_kind = kind
         if found_kind != kind:
             raise ArtifactError(
-                f"{directory} holds a real-lens {found_kind}, not a {kind}; it is not overwritten — "
+                f"{directory} holds {_named(found_kind)}, not {_named(kind)}; it is not overwritten — "
                 "choose another directory"
             )
     others = sorted(names - listed - set(replaces) - {MANIFEST})
     if others:
         raise ArtifactError(
-            f"{directory} already holds files that are not part of a real-lens {kind} (e.g. {others[0]!r}); "
+            f"{directory} already holds files that are not part of {_named(kind)} (e.g. {others[0]!r}); "
             "it is not overwritten — choose a new or empty directory"
         )
 
@@ -498,7 +504,7 @@ def verify_artifact(directory, *, kind: str) -> dict | None:
     if manifest is None:
         return None
     if manifest.get("kind") != kind:
-        raise ArtifactError(f"{directory} holds a real-lens {manifest.get('kind')}, not a {kind}")
+        raise ArtifactMissingError(f"it holds {_named(manifest.get('kind'))}")
     for name, entry in sorted(manifest["files"].items()):
         path = directory / name
         try:
@@ -529,7 +535,7 @@ def load_artifact(directory, *, kind: str, read: Callable[[Path], T], legacy_fil
             manifest = verify_artifact(where, kind=kind)
             if manifest is None:
                 if not all((where / name).is_file() for name in legacy_files):
-                    raise ArtifactMissingError(f"{where} holds no {kind}")
+                    raise ArtifactMissingError("")
                 if not allow_unverified:
                     raise ArtifactError(f"{where} has no {MANIFEST} (written by an older real-lens), so it cannot be verified")
                 notice(f"{where} has no {MANIFEST} (written by an older real-lens); {what} is read without verification",

@@ -134,9 +134,10 @@ class Steering:
             return load_artifact(directory, kind=STEERING_KIND, read=cls._read,
                                  legacy_files=(STEERING_FILE, STEERING_META_FILE),
                                  allow_unverified=allow_unverified, what="the steering")
-        except ArtifactMissingError:
+        except ArtifactMissingError as exc:
             raise RealLensError(
-                f"{directory} holds no steering ({STEERING_FILE} and {STEERING_META_FILE} expected); save one with Steering.save"
+                f"{directory} holds no steering{f' ({exc})' if str(exc) else ''}: {STEERING_FILE} and {STEERING_META_FILE} expected; "
+                "save one with Steering.save"
             ) from None
         except ArtifactError as exc:
             raise RealLensError(f"steering {directory} is unreadable: {exc}; save it again") from exc

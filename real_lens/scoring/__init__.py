@@ -118,9 +118,9 @@ class ModuleScores:
         try:
             return load_artifact(directory, kind=SCORES_KIND, read=cls._read, legacy_files=(SCORES_FILE, SCORES_META_FILE),
                                  allow_unverified=allow_unverified, what="the scores")
-        except ArtifactMissingError:
+        except ArtifactMissingError as exc:
             raise ScoringError(
-                f"{directory} holds no module scores: expected {SCORES_FILE} and {SCORES_META_FILE}; "
+                f"{directory} holds no module scores{f' ({exc})' if str(exc) else ''}: expected {SCORES_FILE} and {SCORES_META_FILE}; "
                 "create them with `real-lens score --out DIR`"
             ) from None
         except ArtifactError as exc:
