@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -46,6 +45,11 @@ from typing import Any, Callable, Collection, Iterator, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; writes stay atomic, concurrent writers are not excluded
+    fcntl = None
 
 from .errors import ArtifactError, ArtifactMissingError, OutputLockedError, RealLensError
 
@@ -247,7 +251,7 @@ _HELD = threading.local()  # per thread: lock path -> [fd, depth]; threads exclu
 
 def lock_path(directory: Path) -> Path:
     """The lock file of ``directory``: ``.NAME.lock`` beside it (it must outlive the directory's swaps)."""
-    directory = _absolute(directory)
+    directory = Path(os.path.realpath(os.fspath(directory)))
     return directory.parent / f".{directory.name}.lock"
 
 
@@ -267,6 +271,9 @@ def output_lock(directory, *, wait: bool) -> Iterator[None]:
             held[path][1] -= 1
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:

@@ -210,7 +210,7 @@ def _load_gguf(path: Path, *, dtype: torch.dtype, key_name: str):
     _FINGERPRINTS[key_name] = f"gguf:{key}"
     target = cache_root() / "models" / f"{path.stem}-{key}"
     cached_artifact(target, kind="model-cache", key=key, build=lambda staging: _dequantise_to(path, staging),
-                    what=f"the cached dequantised model (rebuilding it from {path.name} takes ~35 s)")
+                    what=f"the cached dequantised model from {path.name} (~35 s)")
     return _from_pretrained(str(target), dtype=dtype, what=f"cached dequantised model {target}")
 
 
@@ -237,13 +237,13 @@ def _cache_is_whole(target: Path, kind: str, key: str, what: str, *, quiet: bool
     try:
         manifest = verify_artifact(target, kind=kind)
         if manifest is None:
-            raise ArtifactError("it has no manifest (written by an older real-lens)")
+            raise ArtifactError(f"{target} has no manifest (written by an older real-lens)")
         if MARKER not in manifest["files"] or read_json(target / MARKER).get("key") != key:
-            raise ArtifactError(f"its {MARKER} does not hold the key {key}")
+            raise ArtifactError(f"{target / MARKER} does not hold the key {key}")
         return True
     except ArtifactError as exc:
         if not quiet:
-            notice(f"{target} is damaged or stale ({exc}); rebuilding {what}")
+            notice(f"rebuilding {what}: {exc}")
         return False
 
 
