@@ -418,13 +418,13 @@ def main(argv: list[str] | None = None) -> int:
         print("real-lens: interrupted; finished chunks are cached and a rerun resumes", file=sys.stderr)
         return 130
     except Exception as exc:  # the one error boundary: expected failures are one line, bugs a traceback
-        message = expected_failure(exc)
+        message = describe_expected_failure(exc)
         if message is None:
             traceback.print_exc()
             print(f"real-lens {args.command}: this is a bug in real-lens ({type(exc).__name__}), not a mistake of yours; "
                   "please report it with the command you ran and the traceback above", file=sys.stderr)
             return EXIT_BUG
-        print(f"real-lens {args.command}: error: {message}", file=sys.stderr)
+        print(f"real-lens {args.command}: error: {' '.join(message.split())}", file=sys.stderr)  # one line, always
         return EXIT_USAGE
     return 0
 
@@ -447,11 +447,13 @@ _OS_FIXES = {
 }
 
 
-def expected_failure(exc: BaseException) -> str | None:
+def describe_expected_failure(exc: BaseException) -> str | None:
     """The one-line message for an expected failure (what was expected, what was found, the fix); None for a bug."""
     if isinstance(exc, RealLensError):
         return str(exc)
-    if isinstance(exc, OSError) and exc.errno is not None:
+    if isinstance(exc, OSError):
+        if exc.errno is None:
+            return f"{exc}; check the path and the disk, then run again"
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
         fix = _OS_FIXES.get(exc.errno, "check the path and the disk, then run again")
         return f"could not use {where or 'a file'}: {exc.strerror or os.strerror(exc.errno)}; {fix}"

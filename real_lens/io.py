@@ -246,7 +246,7 @@ def _reason(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- locks
-_HELD = threading.local()  # per thread: lock path -> [fd, depth]; threads exclude each other like processes
+_HELD = threading.local()  # per thread: lock path -> depth; threads exclude each other like processes
 
 
 def lock_path(directory: Path) -> Path:
@@ -260,43 +260,61 @@ def output_lock(directory, *, wait: bool) -> Iterator[None]:
     """Hold the advisory write lock of ``directory`` for the block (re-entrant within a thread).
 
     ``wait=False``: if another process (or thread) holds it, raise OutputLockedError naming it.
-    ``wait=True``: wait for it, saying so once on stderr."""
+    ``wait=True``: wait for it, saying so once on stderr. The lock file is removed on release
+    (and left by a killed holder, whose lock the kernel drops; the next writer takes it over)."""
     path = lock_path(directory)
     held = _HELD.__dict__.setdefault("locks", {})
     if path in held:
-        held[path][1] += 1
+        held[path] += 1
         try:
             yield
         finally:
-            held[path][1] -= 1
+            held[path] -= 1
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _acquire(path, directory, wait=wait)
+    held[path] = 1
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            if not wait:
-                raise OutputLockedError(
-                    f"{_absolute(directory)} is being written by another real-lens process ({holder}); "
-                    "wait for it to finish, or write to another --out"
-                ) from None
-            notice(f"waiting for {_absolute(directory)}: another real-lens process is writing it ({holder})")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}\n".encode(), 0)
-        held[path] = [fd, 1]
-        try:
-            yield
-        finally:
-            del held[path]
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
     finally:
+        del held[path]
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still locked: a waiter then finds its inode gone and locks a fresh file
+        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _acquire(path: Path, directory, *, wait: bool) -> int:
+    """A locked fd on the file now at ``path`` (a holder may unlink it on release: then lock the new one)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                if not wait:
+                    raise OutputLockedError(
+                        f"{_absolute(directory)} is being written by another real-lens process ({holder}); "
+                        "wait for it to finish, or write to another --out"
+                    ) from None
+                notice(f"waiting for {_absolute(directory)}: another real-lens process is writing it ({holder})")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}\n".encode(), 0)
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the file we locked was released and removed meanwhile; lock the one there now
 
 
 def _holder(fd: int) -> str:

@@ -112,7 +112,7 @@ def test_replacing_an_artifact_leaves_the_new_one_whole_and_no_leftovers(tmp_pat
     make(0).save(tmp_path / "x")
     make(1).save(tmp_path / "x")
     assert equal(load(tmp_path / "x"), make(1))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".x.lock", "x"]  # no staging or old copies
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no staging or old copies, no lock file
 
 
 def test_a_failed_write_leaves_the_old_artifact(tmp_path, monkeypatch):
@@ -126,7 +126,7 @@ def test_a_failed_write_leaves_the_old_artifact(tmp_path, monkeypatch):
         synthetic_bank(1).save(tmp_path / "b")
     assert info.value.errno == 28 and str(tmp_path / "b" / "acts.safetensors") == info.value.filename
     assert ActivationBank.load(tmp_path / "b").digest == synthetic_bank(0).digest
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.lock", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
 def test_without_rename_exchange_the_fallback_is_whole_too(tmp_path, monkeypatch):
@@ -134,7 +134,7 @@ def test_without_rename_exchange_the_fallback_is_whole_too(tmp_path, monkeypatch
     synthetic_bank(0).save(tmp_path / "b")
     synthetic_bank(1).save(tmp_path / "b")
     assert ActivationBank.load(tmp_path / "b").digest == synthetic_bank(1).digest
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.lock", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
 def test_a_fallback_publish_that_died_between_its_renames_reads_the_old_one_and_is_repaired(tmp_path, monkeypatch, capsys):
@@ -157,7 +157,7 @@ def test_a_fallback_publish_that_died_between_its_renames_reads_the_old_one_and_
     synthetic_bank(2).save(tmp_path / "b")  # the next writer puts the old one back first, then replaces it
     assert "restored" in capsys.readouterr().err
     assert ActivationBank.load(tmp_path / "b").digest == synthetic_bank(2).digest
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.lock", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
 def test_concurrent_writers_and_readers_only_ever_see_whole_versions(tmp_path):
@@ -290,4 +290,28 @@ def test_artifact_writer_publishes_nothing_when_the_block_fails(tmp_path):
         with artifact_writer(tmp_path / "a", kind="bank") as staging:
             (staging / "acts.safetensors").write_bytes(b"half")
             raise RuntimeError("killed")
-    assert not (tmp_path / "a").exists() and sorted(p.name for p in tmp_path.iterdir()) == [".a.lock"]
+    assert not (tmp_path / "a").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_locks_exclude_each_other_while_their_files_come_and_go(tmp_path):
+    """Each release removes the lock file; waiters that locked the removed file must lock the new one,
+    so no two holders ever overlap."""
+    inside, overlaps, done = [], [], []
+
+    def worker():
+        for _ in range(25):
+            with output_lock(tmp_path / "out", wait=True):
+                if inside:
+                    overlaps.append(1)
+                inside.append(1)
+                threading.Event().wait(0.001)
+                inside.pop()
+        done.append(1)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(done) == 4 and not overlaps
+    assert list(tmp_path.iterdir()) == []  # the last holder removed the lock file

@@ -60,7 +60,7 @@ def test_kill_9_mid_write_leaves_the_old_or_the_new_bank_whole(tmp_path, point, 
     # The dead writer's lock died with it; the next writer tidies its leftovers and publishes.
     synthetic_bank(2).save(target)
     assert ActivationBank.load(target).digest == synthetic_bank(2).digest
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".bank.lock", "bank"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_bank(tmp_path, task_file, tin
     assert_one_line(child.returncode, err, contains="file too large")
     assert "ulimit -f" in err and str(out) in err
     assert ActivationBank.load(out).digest == old
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".bank.lock", ".warm.lock", "bank", "warm"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank", "warm"]
 
 
 def test_two_collections_into_one_out_never_interleave(tmp_path, task_file, tiny_model):
@@ -151,16 +151,18 @@ def _without_root_privileges() -> list[str]:
 
 
 def test_permission_denied_is_one_line(tmp_path, task_file):
-    synthetic_bank(0).save(tmp_path / "bank")
+    from .test_artifacts import _scores
+
     (tmp_path / "locked").mkdir(mode=0o555)
-    synthetic_bank(0).save(tmp_path / "private")
+    _scores().save(tmp_path / "private")
     for p in (tmp_path / "private").iterdir():
         os.chmod(p, 0o000)
     cases = [
         # refused by the checks before any work
-        (["score", "--bank", tmp_path / "bank", "--method", "random", "--out", tmp_path / "locked" / "s"], "not writable"),
-        # an OSError from deep inside (reading the bank) reaches the CLI's boundary
-        (["score", "--bank", tmp_path / "private", "--method", "random", "--out", tmp_path / "s"], "permission denied"),
+        (["collect", "--model", "tiny-llama", "--task", f"file:{task_file}", "--out", tmp_path / "locked" / "b"],
+         "not writable"),
+        # an OSError from deep inside (reading the scores) reaches the CLI's boundary
+        (["steer", "--scores", tmp_path / "private", "--prompt", "x"], "permission denied"),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     for argv, expected in cases:
