@@ -38,7 +38,8 @@ from . import __version__, hooks
 from .bank import ActivationBank
 from .evaluation.forward import tokenize
 from .errors import ArtifactError, BankError, RealLensError, unknown_name_error
-from .io import notice, output_lock, read_sealed_tensors, write_sealed_tensors
+from .io import notice, read_sealed_tensors, write_sealed_tensors
+from .locks import output_lock
 from .models import cache_root, model_identity
 from .tasks.base import Example, Task, check_examples
 

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from . import hooks
 from .errors import ArtifactError, ArtifactMissingError, BankError
-from .io import artifact_writer, load_artifact, read_json, read_tensors, write_json, write_tensors
+from .artifacts import artifact_writer, load_artifact
+from .io import read_json, read_tensors, write_json, write_tensors
 from .tasks.base import Example
 
 TENSORS_FILE, META_FILE = "acts.safetensors", "bank.json"

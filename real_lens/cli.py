@@ -181,7 +181,7 @@ def _check_out(out, *, kind: str | None):
     """``--out`` checked before any work: not empty, not a file, writable, and (for an artifact)
     either new, empty or a previous artifact of the same kind, which is then replaced whole."""
     from .bank import META_FILE, TENSORS_FILE
-    from .io import check_output_path
+    from .artifacts import check_output_path
     from .scoring import SCORES_EXTRAS, SCORES_FILE, SCORES_META_FILE
 
     files = {"bank": (TENSORS_FILE, META_FILE), "scores": (SCORES_FILE, SCORES_META_FILE, *SCORES_EXTRAS)}
@@ -236,7 +236,7 @@ def _cmd_hooks(args) -> None:
 
 def _cmd_collect(args) -> None:
     from .activations import collect_activations
-    from .io import output_lock
+    from .locks import output_lock
     from .tasks import load_task
 
     _check_device(args)
@@ -280,7 +280,7 @@ def _recorded_model_name(recorded) -> str | None:
 def _cmd_score(args) -> None:
     from pathlib import Path
 
-    from .io import output_lock
+    from .locks import output_lock
     from .plotting import plot_score_heatmap
     from .provenance import check_same_model, with_source
     from .scoring import get_scorer

@@ -29,9 +29,8 @@ from .activations import collect_activations
 from .errors import ArtifactError, RealLensError, ScoringError
 from .evaluation import bootstrap_ci, evaluate_side_effects, load_wikitext_sample
 from .evaluation.suite import TaskEvaluation, evaluation_for
-from .io import (
-    atomic_write, notice, output_lock, read_json, read_sealed_json, write_json, write_sealed_json,
-)
+from .io import atomic_write, notice, read_json, read_sealed_json, write_json, write_sealed_json
+from .locks import output_lock
 from .models import DEFAULT_MODEL, load_model
 from .provenance import with_source
 from .scoring import ModuleScores, get_scorer

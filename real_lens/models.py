@@ -33,7 +33,9 @@ from typing import Callable
 import torch
 
 from .errors import ArtifactError, ModelLoadError, RealLensError
-from .io import artifact_writer, notice, output_lock, read_json, verify_artifact, write_json
+from .artifacts import artifact_writer, verify_artifact
+from .io import notice, read_json, write_json
+from .locks import output_lock
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-llama"

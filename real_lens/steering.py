@@ -27,7 +27,8 @@ from torch import Tensor
 from . import hooks
 from .bank import ActivationBank
 from .errors import ArtifactError, ArtifactMissingError, RealLensError, unknown_name_error
-from .io import artifact_writer, load_artifact, read_json, read_tensors, write_json, write_tensors
+from .artifacts import artifact_writer, load_artifact
+from .io import read_json, read_tensors, write_json, write_tensors
 from .provenance import check_same_model
 from .scoring import Selection
 

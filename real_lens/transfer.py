@@ -26,7 +26,8 @@ from .experiment import (
     METHODS, ExperimentConfig, _Timer, cached_cell, eval_items, evaluate_cell, pool, prepare, result_row,
     select_top, start_run_dir, summarise, summary_table, timing_lines, write_rows,
 )
-from .io import atomic_write, output_lock, read_sealed_json, write_json
+from .io import atomic_write, read_sealed_json, write_json
+from .locks import output_lock
 from .provenance import check_same_model
 from .scoring import ModuleScores
 from .steering import build_steering

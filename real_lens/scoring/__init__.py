@@ -16,7 +16,8 @@ from torch import Tensor
 
 from ..errors import ArtifactError, ArtifactMissingError, ScoringError, unknown_name_error
 from ..hooks import module_label
-from ..io import artifact_writer, load_artifact, read_json, read_tensors, write_json, write_tensors
+from ..artifacts import artifact_writer, load_artifact
+from ..io import read_json, read_tensors, write_json, write_tensors
 
 SCORES_FILE, SCORES_META_FILE = "scores.safetensors", "scores.json"
 SCORES_KIND = "scores"

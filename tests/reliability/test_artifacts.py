@@ -8,13 +8,12 @@ import threading
 import pytest
 import torch
 
-from real_lens import io
+from real_lens import artifacts, io
+from real_lens.artifacts import MANIFEST, artifact_writer
 from real_lens.bank import ActivationBank
 from real_lens.errors import ArtifactError, BankError, OutputLockedError, RealLensError, ScoringError
-from real_lens.io import (
-    MANIFEST, artifact_writer, output_lock, read_sealed_json, read_sealed_tensors, write_sealed_json,
-    write_sealed_tensors,
-)
+from real_lens.io import read_sealed_json, read_sealed_tensors, write_sealed_json, write_sealed_tensors
+from real_lens.locks import output_lock
 from real_lens.scoring import ModuleScores
 from real_lens.steering import Steering
 
@@ -130,7 +129,7 @@ def test_a_failed_write_leaves_the_old_artifact(tmp_path, monkeypatch):
 
 
 def test_without_rename_exchange_the_fallback_is_whole_too(tmp_path, monkeypatch):
-    monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(artifacts, "_exchange", lambda a, b: False)
     synthetic_bank(0).save(tmp_path / "b")
     synthetic_bank(1).save(tmp_path / "b")
     assert ActivationBank.load(tmp_path / "b").digest == synthetic_bank(1).digest
@@ -138,7 +137,7 @@ def test_without_rename_exchange_the_fallback_is_whole_too(tmp_path, monkeypatch
 
 
 def test_a_fallback_publish_that_died_between_its_renames_reads_the_old_one_and_is_repaired(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(artifacts, "_exchange", lambda a, b: False)
     synthetic_bank(0).save(tmp_path / "b")
     real_rename, calls = os.rename, []
 
@@ -148,10 +147,10 @@ def test_a_fallback_publish_that_died_between_its_renames_reads_the_old_one_and_
             raise KeyboardInterrupt  # the process dies: no cleanup of its own beyond `finally`
         real_rename(src, dst)
 
-    monkeypatch.setattr(io.os, "rename", dies_on_second_rename)
+    monkeypatch.setattr(artifacts.os, "rename", dies_on_second_rename)
     with pytest.raises(KeyboardInterrupt):
         synthetic_bank(1).save(tmp_path / "b")
-    monkeypatch.setattr(io.os, "rename", real_rename)
+    monkeypatch.setattr(artifacts.os, "rename", real_rename)
     assert not (tmp_path / "b").exists()  # the window the fallback cannot close
     assert ActivationBank.load(tmp_path / "b").digest == synthetic_bank(0).digest  # readers find the old one aside
     synthetic_bank(2).save(tmp_path / "b")  # the next writer puts the old one back first, then replaces it

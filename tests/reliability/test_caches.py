@@ -9,7 +9,8 @@ import torch
 from real_lens import activations, models
 from real_lens.activations import collect_activations
 from real_lens.experiment import cached_cell, cached_scores, config_for, run_experiment, start_run_dir
-from real_lens.io import MANIFEST, read_sealed_json
+from real_lens.artifacts import MANIFEST
+from real_lens.io import read_sealed_json
 from real_lens.tasks import Example
 from real_lens.tasks.data import resolve_data_dir
 

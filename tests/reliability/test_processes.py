@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +17,7 @@ from .conftest import REPO, assert_one_line, cli, run_python, synthetic_bank, wr
 # A child that starts replacing the bank at argv[1] with synthetic bank 1 and SIGKILLs itself at argv[2].
 KILL_CHILD = r"""
 import os, signal, sys
-from real_lens import io
+from real_lens import artifacts, io
 from tests.reliability.conftest import synthetic_bank
 
 target, point = sys.argv[1], sys.argv[2]
@@ -31,19 +30,19 @@ if point == "writing-a-file":  # half of acts.safetensors is on disk
         die()
     io.save_file = save_file
 elif point == "before-publish":  # staged and manifested, not yet published
-    io._publish = lambda staging, directory: die()
+    artifacts._publish = lambda staging, directory: die()
 elif point == "after-exchange":  # published, the old copy not yet deleted
-    real_exchange = io._exchange
-    io._exchange = lambda a, b: real_exchange(a, b) and die()
+    real_exchange = artifacts._exchange
+    artifacts._exchange = lambda a, b: real_exchange(a, b) and die()
 elif point == "between-renames":  # no renameat2: the old one is aside, the new one not yet in
-    io._exchange = lambda a, b: False
+    artifacts._exchange = lambda a, b: False
     real_rename, calls = os.rename, []
     def rename(src, dst):
         calls.append(dst)
         if len(calls) == 2:
             die()
         real_rename(src, dst)
-    io.os.rename = rename
+    artifacts.os.rename = rename
 synthetic_bank(1).save(target)
 """
 
@@ -114,7 +113,7 @@ def test_two_collections_into_one_out_never_interleave(tmp_path, task_file, tiny
 
 HOLD_LOCK = r"""
 import sys, time
-from real_lens.io import output_lock
+from real_lens.locks import output_lock
 with output_lock(sys.argv[1], wait=False):
     print("locked", flush=True)
     time.sleep(60)
