@@ -12,13 +12,19 @@ as one example at a time (tests/…/test_activations.py checks this, to float to
 Examples are sorted by length into batches to keep padding small.
 
 Cache: ``<cache>/banks/<key>/`` where the key hashes the model identity, the examples, the
-site, the readout, the prompt format, the storage dtype and the package version. Finished chunks of examples
-are written atomically as they complete, so an interrupted collection resumes; an unreadable
-or mismatched chunk or bank is recomputed, never used.
+site, the readout, the prompt format, the storage dtype and the package version; the bank is a
+verified artifact (manifest with each file's SHA-256). While it is collected, finished chunks of
+examples (``chunk_size``, taken in length order so batches stay tightly packed) are written to
+``<key>.chunks/`` as they complete, each holding its own checksum, so an interrupted
+collection resumes. A damaged or mismatched chunk or bank is recomputed (and said so on
+stderr), never used. One process collects a given bank; another that asks for it meanwhile
+waits for it and then reads it. Under ``torchrun`` (``shard=True``) each rank computes a
+contiguous run of the same chunks and every chunk is broadcast from the rank that made it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -33,9 +39,10 @@ from tqdm.auto import tqdm
 from . import __version__, hooks
 from .bank import ActivationBank
 from .evaluation.forward import tokenize
-from .errors import BankError, RealLensError, unknown_name_error
-from .io import read_tensors, write_tensors
 from .distributed import Ranks, broadcast_tensor, current_ranks, shard_bounds
+from .errors import ArtifactError, BankError, RealLensError, unknown_name_error
+from .io import notice, read_sealed_tensors, write_sealed_tensors
+from .locks import output_lock
 from .models import DTYPES as BANK_DTYPES
 from .models import cache_root, dtype_name, model_identity
 from .tasks.base import Example, Task, check_examples
@@ -56,7 +63,7 @@ def collect_activations(
     site: str = "head_z",
     readout: str = "last",
     batch_size: int = 16,
-    chunk_size: int = 256,
+    chunk_size: int = 64,
     dtype: torch.dtype | str = torch.float32,
     cache: bool = True,
     cache_dir: str | Path | None = None,
@@ -103,38 +110,61 @@ def collect_activations(
     key = _cache_key(meta, examples)
     meta.update(cache_key=key, dtype=dtype_name(dtype))
     ranks = current_ranks() if shard else Ranks()
-    folder = Path(cache_dir or cache_root() / "banks") / key if cache else None
+    if not cache:  # the same chunks as a cached collection, so cached and uncached banks are equal bit for bit
+        acts = _collect_in_chunks(model, examples, key, None, site, readout, batch_size, chunk_size, progress, dtype, ranks)
+        return ActivationBank(acts, examples, meta)
 
-    cached = _load_cached_bank(folder, key) if folder is not None and ranks.is_main else None
+    folder = Path(cache_dir or cache_root() / "banks") / key
+    bank = _load_cached_bank(folder, key) if ranks.is_main else None
     if ranks.is_distributed:  # only rank 0 reads the cache; if it holds the bank, it sends it to the others
-        found = broadcast_tensor(torch.tensor([int(cached is not None)]), src=0)
+        found = broadcast_tensor(torch.tensor([int(bank is not None)]), src=0)
         if bool(found.item()):
-            return ActivationBank(broadcast_tensor(cached.acts if cached else None, src=0), examples, meta)
-    elif cached is not None:
-        return cached
+            return bank if ranks.is_main else ActivationBank(broadcast_tensor(None, src=0), examples, meta)
+    elif bank is not None:
+        return bank
+    # One process collects a bank; another one asking for it waits, then reuses it. Under torchrun
+    # rank 0 holds the lock for its group (the other ranks write only their own chunk files).
+    with output_lock(folder, wait=True) if ranks.is_main else contextlib.nullcontext():
+        if not ranks.is_distributed:
+            bank = _load_cached_bank(folder, key, quiet=True)
+            if bank is not None:
+                return bank
+        chunks_dir = folder.parent / f"{key}.chunks"
+        acts = _collect_in_chunks(model, examples, key, chunks_dir, site, readout, batch_size, chunk_size, progress,
+                                  dtype, ranks)
+        bank = ActivationBank(acts, examples, meta)
+        if ranks.is_main:
+            bank.save(folder, replaces=None)
+            shutil.rmtree(chunks_dir, ignore_errors=True)
+    return bank
 
-    chunks = [examples[c:c + chunk_size] for c in range(0, len(examples), chunk_size)]
+
+def _collect_in_chunks(model, examples, key, chunks_dir: Path | None, site, readout, batch_size, chunk_size, progress,
+                       dtype: torch.dtype, ranks: Ranks) -> Tensor:
+    """Collect ``chunk_size`` examples at a time (shortest texts first), each chunk saved when done
+    (``chunks_dir`` None: not saved). Under torchrun each rank computes a contiguous run of the chunks,
+    and every chunk is then broadcast from the rank that computed it."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].text))
+    chunks = [order[i:i + chunk_size] for i in range(0, len(order), chunk_size)]
     first, stop = ranks.bounds(len(chunks))
-    mine = {}
+    mine: dict[int, Tensor] = {}
     for c in tqdm(range(first, stop), desc=f"collect {site}", unit="chunk", disable=not progress or len(chunks) == 1):
-        chunk_key = _cache_key({"bank": key, "chunk": c}, chunks[c])
-        path = folder / f"chunk_{c:05d}.safetensors" if folder is not None else None
+        part = tuple(examples[i] for i in chunks[c])
+        chunk_key = _cache_key({"bank": key, "chunk": c, "chunk_size": chunk_size}, part)
+        path = chunks_dir / f"chunk_{c:05d}.safetensors" if chunks_dir is not None else None
         acts = _load_chunk(path, chunk_key) if path is not None else None
         if acts is None:
-            acts = _collect(model, chunks[c], site, readout, batch_size, progress and len(chunks) == 1).to(dtype)
+            acts = _collect(model, part, site, readout, batch_size, progress and len(chunks) == 1).to(dtype)
             if path is not None:
-                write_tensors(path, {"acts": acts, "key": _key_tensor(chunk_key)})
+                write_sealed_tensors(path, {"acts": acts, "key": _key_tensor(chunk_key)})
         mine[c] = acts
-    if ranks.is_distributed:  # every chunk from the rank that computed it
+    if ranks.is_distributed:
         owners = [r for r, (a, b) in enumerate(shard_bounds(len(chunks), ranks.world_size)) for _ in range(a, b)]
         mine = {c: broadcast_tensor(mine.get(c), src=owners[c]) for c in range(len(chunks))}
-    bank = ActivationBank(torch.cat([mine[c] for c in range(len(chunks))]), examples, meta)
-    if folder is not None:
-        if ranks.is_main:
-            bank.save(folder)
-        for c in range(first, stop):  # each rank removes the chunk files it wrote
-            (folder / f"chunk_{c:05d}.safetensors").unlink(missing_ok=True)
-    return bank
+    out = torch.empty((len(examples), *mine[0].shape[1:]), dtype=mine[0].dtype)
+    for c, idx in enumerate(chunks):
+        out[idx] = mine[c]
+    return out
 
 
 def _bank_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -218,23 +248,28 @@ def _load_chunk(path: Path, key: str) -> Tensor | None:
     if not path.is_file():
         return None
     try:
-        stored = read_tensors(path)
+        stored = read_sealed_tensors(path)
         if bytes(stored["key"].tolist()).decode() == key:
             return stored["acts"]
-    except Exception:  # corrupt or foreign file: recompute it
-        pass
+        reason = "it belongs to another collection"
+    except (ArtifactError, KeyError, UnicodeDecodeError) as exc:
+        reason = str(exc)
+    notice(f"recomputing the cached chunk {path.name}: {reason}")
     path.unlink(missing_ok=True)
     return None
 
 
-def _load_cached_bank(folder: Path, key: str) -> ActivationBank | None:
-    if not folder.is_dir() or not (folder / "bank.json").is_file():
+def _load_cached_bank(folder: Path, key: str, *, quiet: bool = False) -> ActivationBank | None:
+    """The cached bank, or None when it is absent or damaged (then it is rebuilt, and said so)."""
+    if not folder.exists():
         return None
     try:
-        bank = ActivationBank.load(folder)
+        bank = ActivationBank.load(folder, allow_unverified=False)
         if bank.meta.get("cache_key") == key:
             return bank
-    except BankError:
-        pass
-    shutil.rmtree(folder, ignore_errors=True)  # stale or corrupt: rebuild
+        reason = "it was collected for another key"
+    except BankError as exc:
+        reason = str(exc)
+    if not quiet:
+        notice(f"rebuilding the cached activation bank {folder.name}: {reason}")
     return None

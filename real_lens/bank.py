@@ -1,11 +1,16 @@
 """ActivationBank: the labelled activations of every module for one task.
 
-Stored as ``acts.safetensors`` (activations, labels) + ``bank.json`` (examples, metadata).
+Stored as ``acts.safetensors`` (activations, labels) + ``bank.json`` (examples, metadata) +
+``manifest.json`` (each file's size and SHA-256), published as one directory
+(:func:`real_lens.io.artifact_writer`) and verified when loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +19,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from . import hooks
-from .errors import BankError
+from .errors import ArtifactError, ArtifactMissingError, BankError
+from .artifacts import artifact_writer, load_artifact
 from .io import read_json, read_tensors, write_json, write_tensors
 from .tasks.base import Example
 
 TENSORS_FILE, META_FILE = "acts.safetensors", "bank.json"
+KIND = "bank"
 
 
 @dataclass(frozen=True)
@@ -87,31 +94,53 @@ class ActivationBank:
         idx = [i for i, e in enumerate(self.examples) if e.group in keep]
         return replace(self, acts=self.acts[idx], examples=tuple(self.examples[i] for i in idx))
 
+    @cached_property
+    def digest(self) -> str:
+        """SHA-256 of the bank's content (activations, examples, metadata): what scores and steering
+        record as the bank they came from. Equal for a bank and its saved-and-loaded copy."""
+        digest = hashlib.sha256(b"real-lens-bank/1")
+        acts = self.acts.detach().cpu().float().contiguous()
+        digest.update(json.dumps([list(acts.shape), [e.__dict__ for e in self.examples], self.meta],
+                                 sort_keys=True).encode())
+        digest.update(acts.view(torch.uint8).numpy().data if acts.numel() else b"")
+        return digest.hexdigest()
+
     # --- storage -----------------------------------------------------------
-    def save(self, directory) -> Path:
+    def save(self, directory, *, replaces=()) -> Path:
+        """Publish the bank at ``directory`` as one verified artifact (a previous bank there is replaced
+        whole; a directory holding anything else is refused). ``replaces=None``: a cache folder."""
         directory = Path(directory)
-        write_tensors(directory / TENSORS_FILE, {"acts": self.acts, "labels": self.labels})
-        write_json(
-            directory / META_FILE,
-            {"meta": self.meta, "examples": [e.__dict__ for e in self.examples]},
-        )
+        with artifact_writer(directory, kind=KIND, replaces=None if replaces is None else {TENSORS_FILE, META_FILE, *replaces}) as staging:
+            write_tensors(staging / TENSORS_FILE, {"acts": self.acts, "labels": self.labels})
+            write_json(staging / META_FILE, {"meta": self.meta, "examples": [e.__dict__ for e in self.examples]})
         return directory
 
     @classmethod
-    def load(cls, directory) -> "ActivationBank":
+    def load(cls, directory, *, allow_unverified: bool = True) -> "ActivationBank":
+        """The bank saved at ``directory``, after checking its manifest (BankError if anything is off).
+
+        A bank written before manifests existed is read with a notice when ``allow_unverified``."""
         directory = Path(directory)
-        if not (directory / TENSORS_FILE).is_file() or not (directory / META_FILE).is_file():
+        try:
+            return load_artifact(directory, kind=KIND, read=cls._read, legacy_files=(TENSORS_FILE, META_FILE),
+                                 allow_unverified=allow_unverified, what="the bank")
+        except ArtifactMissingError as exc:
             raise BankError(
-                f"{directory} is not an activation bank: expected {TENSORS_FILE} and {META_FILE}; "
+                f"{directory} is not an activation bank{f' ({exc})' if str(exc) else ''}: expected {TENSORS_FILE} and {META_FILE}; "
                 "create one with `real-lens collect --out DIR`"
-            )
+            ) from None
+        except ArtifactError as exc:
+            raise BankError(f"activation bank {directory} is unreadable: {exc}; collect it again") from exc
+
+    @classmethod
+    def _read(cls, directory: Path) -> "ActivationBank":
         try:
             tensors = read_tensors(directory / TENSORS_FILE)
             stored = read_json(directory / META_FILE)
             examples = tuple(Example(**e) for e in stored["examples"])
+            bank = cls(tensors["acts"], examples, stored["meta"])
         except Exception as exc:  # corrupt file: say which, never a raw traceback
             raise BankError(f"activation bank {directory} is unreadable ({exc}); delete it and collect again") from exc
-        bank = cls(tensors["acts"], examples, stored["meta"])
         if not torch.equal(tensors["labels"], bank.labels):
             raise BankError(f"activation bank {directory}: labels do not match its examples; collect again")
         return bank

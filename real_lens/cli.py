@@ -1,16 +1,27 @@
 """``real-lens``: a thin command line over the library.
 
-Every user mistake (unknown model, task, site; missing data; bad flags) prints one line on
-stderr and exits with code 2, without a traceback. Progress bars and INFO logs go to stderr;
-``--quiet`` (before or after the command) turns both off.
+Every expected failure — a user mistake (unknown model, task, site; bad flags; missing or
+malformed data), an operating-system error (disk full, permission, a path that is a file), a
+missing device, a refused pickle checkpoint — prints one line on stderr naming what was
+expected, what was found and the fix, and exits with code 2, without a traceback. Options are
+checked before any model is loaded. An unexpected error is a bug: its traceback is shown, with
+a line asking to report it (exit code 1). Progress bars and INFO logs go to stderr; ``--quiet``
+(before or after the command) turns both off.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
+import errno
+import json
 import logging
+import math
 import os
+import pickle
 import sys
+import traceback
 
 from . import hooks
 from .configs import add_config_options, read_overrides
@@ -39,6 +50,10 @@ RUN_HELP = {
     "data_dir": "data folder (default $REAL_LENS_DATA or ../shared/data)",
 }
 
+EXIT_BUG = 1
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeding both accept [0, 2**32)
+MAX_NEW_TOKENS = 1_000_000  # before the model is loaded; then prompt + new tokens must fit its context
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but its errors are one line like every other user mistake."""
@@ -54,6 +69,33 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _token_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_NEW_TOKENS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_NEW_TOKENS:,} tokens, got {value:,}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed from 0 to {MAX_SEED}, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer seed from 0 to {MAX_SEED}, got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
 
@@ -114,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("generate", help="greedy generation (chat template when the model has one)")
     model_arg(p)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    p.add_argument("--max-new-tokens", type=_token_count, default=64)
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.set_defaults(run=_cmd_generate)
 
@@ -126,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     bank_arg(p)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--method", default="real", help="real, real-release, iti, patching, attribution or random")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(run=_cmd_score)
 
@@ -137,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
             source.add_argument("--steering", help="a steering saved with Steering.save (instead of --scores)")
         p.add_argument("--bank", default=None, help="bank for the directions (default: the one the scores came from)")
         p.add_argument("--top-k", type=_positive_int, default=16, help="number of modules (heads) to steer (default 16)")
-        p.add_argument("--alpha", type=float, default=None,
+        p.add_argument("--alpha", type=_finite_float, default=None,
                        help="steering strength (default 15" + ("; with --steering, the saved one)" if saved else ")"))
         p.add_argument("--strengths", choices=STRENGTHS, default="method",
                        help="per-module strengths: 'method' (default) = the method's own rule (REAL: score/max, "
@@ -148,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(p, "default: the model the scores came from")
     steering_args(p, saved=False)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=_positive_int, default=48)
+    p.add_argument("--max-new-tokens", type=_token_count, default=48)
     p.set_defaults(run=_cmd_steer)
 
     p = command("inspect", help="what a steering does at the hook level: hooks, norms, steered vs unsteered logits")
@@ -213,32 +255,81 @@ def _model_options(args) -> dict:
     return options
 
 
+def _check_device(args) -> None:
+    from .models import check_device
+
+    check_device(getattr(args, "device", None))
+
+
+def _check_out(out, *, kind: str | None):
+    """``--out`` checked before any work: not empty, not a file, writable, and (for an artifact)
+    either new, empty or a previous artifact of the same kind, which is then replaced whole."""
+    from .bank import META_FILE, TENSORS_FILE
+    from .artifacts import check_output_path
+    from .scoring import SCORES_EXTRAS, SCORES_FILE, SCORES_META_FILE
+
+    files = {"bank": (TENSORS_FILE, META_FILE), "scores": (SCORES_FILE, SCORES_META_FILE, *SCORES_EXTRAS)}
+    return check_output_path(out, kind=kind, replaces=files.get(kind, ()))
+
+
+def _check_fits_context(model, prompt: str, max_new_tokens: int, *, chat: bool | None = None) -> None:
+    """The prompt (as the model reads it) plus the new tokens must fit the model's context, as in collect."""
+    from .generation import format_prompt
+
+    n_prompt = model.to_tokens(format_prompt(model, prompt, chat=chat), truncate=False).shape[1]
+    if n_prompt + max_new_tokens > model.cfg.n_ctx:
+        raise RealLensError(
+            f"the prompt ({n_prompt} tokens) plus --max-new-tokens {max_new_tokens} exceeds the model's context of "
+            f"{model.cfg.n_ctx} tokens; shorten the prompt or lower --max-new-tokens to {max(model.cfg.n_ctx - n_prompt, 0)}"
+        )
+
+
+def _limited(task, limit):
+    """``task.limit(limit)``, refusing a limit below the first question's size (whole questions only)."""
+    if not limit:
+        return task
+    limited = task.limit(limit)
+    if len(limited.examples) > limit:
+        raise RealLensError(
+            f"--limit {limit} keeps no whole question: the first question has {len(limited.examples)} answers "
+            f"(examples), and --limit keeps whole questions only; use --limit {len(limited.examples)} or more"
+        )
+    return limited
+
+
 def _cmd_hooks(args) -> None:
     from .inspection import list_hooks
-    from .models import DEFAULT_MODEL, estimate_memory
+    from .models import DEFAULT_MODEL, estimate_memory, load_model
 
+    _check_device(args)
     options = _model_options(args)
     print(estimate_memory(args.model or DEFAULT_MODEL).describe(load_dtype=args.dtype), flush=True)
     if args.estimate_only:
         return
     print()
-    print(list_hooks(_load(args), prompt=args.prompt, contains=args.filter))
+    model = load_model(args.model or DEFAULT_MODEL, **options)
+    _check_fits_context(model, args.prompt, 0, chat=False)
+    print(list_hooks(model, prompt=args.prompt, contains=args.filter))
 
 
 def _cmd_collect(args) -> None:
     from .activations import collect_activations
+    from .locks import output_lock
     from .tasks import load_task
 
-    task = load_task(args.task, data_dir=args.data_dir)
-    if args.limit:
-        task = task.limit(args.limit)
-    model = _load(args)
-    bank = collect_activations(
-        model, task, site=args.site, readout=args.readout, batch_size=args.batch_size,
-        chunk_size=args.chunk_size, dtype=args.bank_dtype, shard=True, progress=args.ranks.is_main and not args.quiet,
-    )
+    _check_device(args)
+    out = _check_out(args.out, kind="bank") if args.ranks.is_main else None
+    # A second command writing the same --out fails now, not after its work (rank 0 writes under torchrun).
+    with output_lock(out, wait=False) if out is not None else contextlib.nullcontext():
+        task = _limited(load_task(args.task, data_dir=args.data_dir), args.limit)
+        model = _load(args)
+        bank = collect_activations(
+            model, task, site=args.site, readout=args.readout, batch_size=args.batch_size,
+            chunk_size=args.chunk_size, dtype=args.bank_dtype, shard=True, progress=args.ranks.is_main and not args.quiet,
+        )
+        if args.ranks.is_main:
+            bank.save(out)
     if args.ranks.is_main:
-        bank.save(args.out)
         print(f"wrote {args.out}: {len(bank.examples)} examples, {len(set(bank.groups))} questions, "
               f"acts {list(bank.acts.shape)} {args.bank_dtype} at {bank.meta['hook']} (readout {args.readout})"
               + _ranks_note(args.ranks))
@@ -247,8 +338,11 @@ def _cmd_collect(args) -> None:
 def _cmd_generate(args) -> None:
     from .generation import generate_text
 
+    _check_device(args)
     model = _load(args)
-    print(generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens, chat=False if args.no_chat else None))
+    chat = False if args.no_chat else None
+    _check_fits_context(model, args.prompt, args.max_new_tokens, chat=chat)
+    print(generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens, chat=chat))
 
 
 def _bank_for(args, model=None):
@@ -260,9 +354,7 @@ def _bank_for(args, model=None):
         return ActivationBank.load(args.bank)
     if not getattr(args, "task", None):
         raise RealLensError("give --bank DIR (from `real-lens collect`) or --task T to collect first")
-    task = load_task(args.task, data_dir=args.data_dir)
-    if args.limit:
-        task = task.limit(args.limit)
+    task = _limited(load_task(args.task, data_dir=args.data_dir), args.limit)
     return collect_activations(
         model or _load(args), task, chunk_size=args.chunk_size, dtype=args.bank_dtype, shard=True,
         progress=args.ranks.is_main and not args.quiet,
@@ -277,31 +369,38 @@ def _cmd_score(args) -> None:
     from pathlib import Path
 
     from .distributed import is_sharded, score_distributed
+    from .locks import output_lock
     from .plotting import plot_score_heatmap
-    import inspect
-
+    from .provenance import check_same_model, with_source
     from .scoring import get_scorer
 
     is_sharded(args.method, args.ranks)  # unknown or unshardable methods fail before any loading
+    _check_device(args)
+    out = _check_out(args.out, kind="scores") if args.ranks.is_main else None
     needs_model = args.method in ("patching", "attribution")
-    if args.bank:
-        bank = _bank_for(args)
-        if args.model is None:  # the bank's metadata names the model it came from
-            args.model = _recorded_model_name(bank.meta)
-        model = _load(args) if needs_model else None
-    else:
-        model = _load(args)
-        bank = _bank_for(args, model)
-    extra = {"progress": args.ranks.is_main and not args.quiet} \
-        if "progress" in inspect.signature(get_scorer(args.method)).parameters else {}
-    scores = score_distributed(args.method, bank, model=model, seed=args.seed, device=args.device, ranks=args.ranks,
-                               **extra)
-    if not args.ranks.is_main:
-        return
-    if args.bank:
-        scores.meta["bank"] = str(Path(args.bank).resolve())
-    scores.save(args.out)
-    png = plot_score_heatmap(scores, Path(args.out) / "heatmap.png")
+    with output_lock(out, wait=False) if out is not None else contextlib.nullcontext():
+        if args.bank:
+            bank = _bank_for(args)
+            if args.model is None:  # the bank's metadata names the model it came from
+                args.model = _recorded_model_name(bank.meta)
+            model = _load(args) if needs_model else None
+            if model is not None:
+                check_same_model(bank.meta.get("model"), model, what=f"the bank {args.bank}",
+                                 fix="score it with that model (omit --model), or collect a bank with this one")
+        else:
+            model = _load(args)
+            bank = _bank_for(args, model)
+        extra = {"progress": args.ranks.is_main and not args.quiet} \
+            if "progress" in inspect.signature(get_scorer(args.method)).parameters else {}
+        scores = score_distributed(args.method, bank, model=model, seed=args.seed, device=args.device,
+                                   ranks=args.ranks, **extra)
+        if not args.ranks.is_main:
+            return
+        scores = with_source(scores, bank)
+        if args.bank:
+            scores.meta["bank"] = str(Path(args.bank).resolve())
+        scores.save(out)
+        png = plot_score_heatmap(scores, out / "heatmap.png")
     flat, n_heads = scores.scores.flatten(), scores.scores.shape[1] if scores.scores.ndim == 2 else 1
     top = scores.ranking()[:10]
     print(f"wrote {args.out} and {png}{_ranks_note(args.ranks)}; top modules by {args.method}: "
@@ -353,6 +452,7 @@ def _cmd_steer(args) -> None:
     from .generation import generate_text
 
     steering, model = _steering_for(args)
+    _check_fits_context(model, args.prompt, args.max_new_tokens)
     unsteered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens)
     with steering.applied(model):
         steered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens)
@@ -404,22 +504,38 @@ def _grid(text, cast):
     if text is None:
         return None
     try:
-        return tuple(cast(v) for v in text.split(",") if v.strip())
+        values = tuple(cast(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise RealLensError(f"could not read the grid {text!r}; expected comma-separated numbers like 8,24") from None
+    if cast is float and not all(math.isfinite(v) for v in values):
+        raise RealLensError(f"the grid {text!r} holds a value that is not a finite number; expected e.g. 5,15")
+    return values
+
+
+def _check_run_out(out):
+    """A run directory: new, empty, or an earlier run's (it holds config.json) — never a folder of other files."""
+    path = _check_out(out, kind=None)
+    if path.is_dir() and any(path.iterdir()) and not (path / "config.json").exists():
+        raise RealLensError(
+            f"--out {path} already holds files and no real-lens config.json, so it is not a run directory; "
+            "pass a new or empty directory (or an earlier run's, to resume it)"
+        )
+    return path
 
 
 def _cmd_run(args) -> None:
     from .configs import load_config
     from .experiment import PRESETS, ExperimentConfig, run_experiment, task_slug
 
+    _check_device(args)
     preset = "quick" if args.quick else "full" if args.full else None
     if args.config and preset:
         raise RealLensError(f"--config and --{preset} both set the whole configuration; give one (options may "
                             "follow --config to change single fields)")
     base = _field_values(load_config(args.config)) if args.config else dict(PRESETS.get(preset, {}))
     cfg = ExperimentConfig(**{**base, **read_overrides(args, ExperimentConfig)})
-    out = run_experiment(cfg, args.out or f"runs/{task_slug(cfg.task)}", progress=not args.quiet)
+    out = run_experiment(cfg, _check_run_out(args.out if args.out is not None else f"runs/{task_slug(cfg.task)}"),
+                         progress=not args.quiet)
     print((out / "summary.md").read_text())
     print(f"outputs in {out}")
 
@@ -438,8 +554,8 @@ def _cmd_transfer(args) -> None:
     source_cfg, _ = load_source_run(args.source_run)
     tcfg = TransferConfig(args.source_run, args.task, methods=_grid(args.methods, str),
                           n_test_questions=args.test_questions)
-    out = run_transfer(tcfg, args.out or f"runs/transfer-{task_slug(source_cfg.task)}-to-{task_slug(args.task)}",
-                       progress=not args.quiet)
+    out = args.out if args.out is not None else f"runs/transfer-{task_slug(source_cfg.task)}-to-{task_slug(args.task)}"
+    out = run_transfer(tcfg, _check_run_out(out), progress=not args.quiet)
     print((out / "summary.md").read_text())
     print(f"outputs in {out}")
 
@@ -487,16 +603,64 @@ def main(argv: list[str] | None = None) -> int:
                 args.device = device
             args.ranks = ranks
             args.run(args)
-    except RealLensError as exc:
-        print(f"real-lens {args.command}{where}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("real-lens: interrupted; finished chunks are cached and a rerun resumes", file=sys.stderr)
         return 130
+    except Exception as exc:  # the one error boundary: expected failures are one line, bugs a traceback
+        message = describe_expected_failure(exc)
+        if message is None:
+            traceback.print_exc()
+            print(f"real-lens {args.command}{where}: this is a bug in real-lens ({type(exc).__name__}), not a mistake "
+                  "of yours; please report it with the command you ran and the traceback above", file=sys.stderr)
+            return EXIT_BUG
+        print(f"real-lens {args.command}{where}: error: {' '.join(message.split())}", file=sys.stderr)  # one line
+        return EXIT_USAGE
     finally:
         package_logger.removeHandler(handler)
         package_logger.setLevel(previous_level)
     return 0
+
+
+_OS_FIXES = {
+    errno.ENOSPC: "free some disk space (or write elsewhere) and run again; finished work is kept",
+    errno.EDQUOT: "free some of your disk quota (or write elsewhere) and run again; finished work is kept",
+    errno.EFBIG: "the file-size limit (ulimit -f) is too small for it; raise the limit or write elsewhere",
+    errno.EACCES: "choose a location you can write to (and read from), or fix its permissions",
+    errno.EPERM: "choose a location you can write to (and read from), or fix its permissions",
+    errno.EROFS: "the file system is read-only; write elsewhere",
+    errno.EISDIR: "a directory is where a file was expected; pass a file path",
+    errno.ENOTDIR: "part of the path is a file where a directory was expected; pass another path",
+    errno.ENOENT: "check that the path exists",
+    errno.EEXIST: "something is already there; remove it or choose another path",
+    errno.ENOTEMPTY: "the directory is not empty; remove it or choose another path",
+    errno.EMFILE: "too many open files; raise the limit (ulimit -n) and run again",
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.EIO: "the storage device reported an I/O error; check it, then run again",
+}
+
+
+def describe_expected_failure(exc: BaseException) -> str | None:
+    """The one-line message for an expected failure (what was expected, what was found, the fix); None for a bug."""
+    if isinstance(exc, RealLensError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        if exc.errno is None:
+            return f"{exc}; check the path and the disk, then run again"
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        fix = _OS_FIXES.get(exc.errno, "check the path and the disk, then run again")
+        return f"could not use {where or 'a file'}: {exc.strerror or os.strerror(exc.errno)}; {fix}"
+    if isinstance(exc, UnicodeDecodeError):
+        return (f"expected UTF-8 text, found byte 0x{exc.object[exc.start]:02x} at offset {exc.start} that is not "
+                "UTF-8 in a file being read; save the file as UTF-8")
+    if isinstance(exc, json.JSONDecodeError):
+        return f"expected a JSON file, found malformed JSON ({exc.msg} at line {exc.lineno}); restore or fix the file"
+    if isinstance(exc, pickle.UnpicklingError):
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return (f"refused to load a pickle file, which could run code ({first}); real-lens reads safetensors and JSON "
+                "only — convert the file to safetensors with a tool you trust")
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return "ran out of memory; lower --batch-size, use a smaller task (--limit), or a machine with more memory"
+    return None
 
 
 if __name__ == "__main__":

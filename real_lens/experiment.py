@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +27,13 @@ import numpy as np
 
 from . import __version__
 from .activations import collect_activations
-from .errors import RealLensError
+from .errors import ArtifactError, RealLensError, ScoringError
 from .evaluation import bootstrap_ci, evaluate_side_effects, load_wikitext_sample
 from .evaluation.suite import TaskEvaluation, evaluation_for
-from .io import atomic_write, read_json, write_json
+from .io import atomic_write, notice, read_json, read_sealed_json, write_json, write_sealed_json
+from .locks import output_lock
 from .models import DEFAULT_MODEL, load_model
+from .provenance import with_source
 from .scoring import ModuleScores, score_modules
 from .steering import build_steering
 from .tasks import Task, load_task
@@ -76,6 +79,10 @@ class ExperimentConfig:
             raise RealLensError(f"k_grid must hold positive integers; got {self.k_grid}")
         if not self.alpha_grid:
             raise RealLensError("alpha_grid must not be empty")
+        if not all(math.isfinite(a) for a in self.alpha_grid):
+            raise RealLensError(f"alpha_grid must hold finite numbers; got {self.alpha_grid}")
+        if not 0 <= self.seed < 2**32:
+            raise RealLensError(f"seed must be an integer from 0 to {2**32 - 1}; got {self.seed}")
         if self.folds is not None and (not self.folds or min(self.folds) < 0):
             raise RealLensError(f"folds must be fold indices (0, 1, ...); got {self.folds}")
         if self.mc_prompt not in MC_PROMPT_STYLES:
@@ -131,8 +138,16 @@ class Setup:
 
 
 def prepare(cfg: ExperimentConfig, *, task_name: str | None = None, model=None) -> Setup:
-    """Load the model (unless given) and the task (``cfg.task`` unless named), checked against ``cfg``."""
+    """The task (``cfg.task`` unless named), checked against ``cfg`` before the model (unless given) is loaded."""
+    task, evaluation, metric, folds = prepare_task(cfg, task_name=task_name)
+    texts = (load_wikitext_sample(cfg.data_dir, n=cfg.side_effect_texts, max_tokens=cfg.side_effect_tokens, seed=cfg.seed)
+             if cfg.side_effect_texts else [])
     model = model if model is not None else load_model(cfg.model, device=cfg.device)
+    return Setup(model, task, evaluation, metric, folds, texts, cfg.mc_prompt)
+
+
+def prepare_task(cfg: ExperimentConfig, *, task_name: str | None = None):
+    """``(task, evaluation, select metric, folds)`` checked against ``cfg``; loads no model."""
     task = load_task(task_name or cfg.task, data_dir=cfg.data_dir)
     if cfg.questions_per_part:
         task = task.sample_per_part(cfg.questions_per_part)
@@ -147,27 +162,64 @@ def prepare(cfg: ExperimentConfig, *, task_name: str | None = None, model=None) 
         raise RealLensError(
             f"task {task.name!r} has {len(task.folds)} fold(s) (0..{len(task.folds) - 1}); folds {list(folds)} asked for"
         )
-    texts = (load_wikitext_sample(cfg.data_dir, n=cfg.side_effect_texts, max_tokens=cfg.side_effect_tokens, seed=cfg.seed)
-             if cfg.side_effect_texts else [])
-    return Setup(model, task, evaluation, metric, folds, texts, cfg.mc_prompt)
+    for i in folds:
+        empty = [part for part in ("train", "val", "test") if not getattr(task.folds[i], part)]
+        if empty:
+            raise RealLensError(
+                f"task {task.name!r}: fold {i} has no {empty[0]} questions ({len(task.groups)} questions in all); "
+                "a run needs train, val and test questions in every fold — add questions to the task"
+            )
+    return task, evaluation, metric, folds
 
 
 def start_run_dir(out_dir, cfg) -> Path:
-    """Create (or reopen) a run directory; refuse one that holds a run with another configuration."""
+    """Create (or reopen) a run directory for ``cfg``.
+
+    An ExperimentConfig is checked first (task, folds, select metric; no model), so a rejected
+    configuration never leaves a config.json behind. A directory holding results of another
+    configuration is refused; a damaged config.json is rewritten (and said so)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    previous = out / "config.json"
-    if previous.is_file() and read_json(previous)["config"] != _jsonable(cfg):
-        raise RealLensError(
-            f"{out} holds a run with another configuration (see its config.json); "
-            "use a new --out directory or delete that one"
-        )
-    write_json(previous, {"config": _jsonable(cfg), "real_lens_version": __version__})
+    if isinstance(cfg, ExperimentConfig):
+        prepare_task(cfg)
+    with output_lock(out, wait=False):
+        previous = out / "config.json"
+        stored = _stored_config(previous)
+        if stored is not None and stored != _jsonable(cfg) and _has_results(out):
+            raise RealLensError(
+                f"{out} holds a run with another configuration (see its config.json); "
+                "use a new --out directory or delete that one"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        write_sealed_json(previous, {"config": _jsonable(cfg), "real_lens_version": __version__})
     return out
 
 
+def _stored_config(path: Path):
+    """The configuration a run directory records; None if it has none or it is damaged (said so)."""
+    if not path.exists():
+        return None
+    try:
+        return read_sealed_json(path, allow_unsealed=True)["config"]
+    except (ArtifactError, KeyError, TypeError) as exc:
+        notice(f"{path} is damaged ({exc}); it is written again")
+        return None
+
+
+def _has_results(out: Path) -> bool:
+    """Whether a run directory holds any computed result (a cell, scores or a results table)."""
+    return (out / "results.csv").exists() or any(
+        p.is_file() for sub in ("cells", "scores") if (out / sub).is_dir() for p in (out / sub).rglob("*"))
+
+
 def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> Path:
-    """Run (or resume) the experiment; returns ``out_dir`` holding results.csv, summary.md, figures."""
+    """Run (or resume) the experiment; returns ``out_dir`` holding results.csv, summary.md, figures.
+
+    The run directory is locked for the whole run: a second run into it fails at once with one line."""
+    with output_lock(out_dir, wait=False):
+        return _run_experiment(cfg, out_dir, progress=progress)
+
+
+def _run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> Path:
     out = start_run_dir(out_dir, cfg)
     timer, started = _Timer(), time.perf_counter()
 
@@ -315,9 +367,12 @@ def cached_cell(out: Path, cfg, fold: int, key: dict):
 
     def get(compute):
         if path.is_file():
-            return read_json(path)
+            try:
+                return read_sealed_json(path)
+            except ArtifactError as exc:
+                notice(f"recomputing cached cells that fail their check (e.g. {exc})", once=f"cells:{path.parent}")
         result = compute()
-        write_json(path, result)
+        write_sealed_json(path, result)
         return result
 
     return get
@@ -325,15 +380,21 @@ def cached_cell(out: Path, cfg, fold: int, key: dict):
 
 def cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank, model, *,
                   progress: bool = False) -> ModuleScores:
+    """The fold's scores by ``method``, computed once; cached scores that fail verification are recomputed."""
     folder = out / "scores" / f"fold{fold}" / method
     key = {"bank": bank.meta.get("cache_key"), "n": len(bank.examples), "seed": cfg.seed,
            "options": _jsonable(_scorer_options(cfg, method))}
-    if (folder / "key.json").is_file() and read_json(folder / "key.json") == key:
-        return ModuleScores.load(folder)
+    if folder.exists():
+        try:
+            scores = ModuleScores.load(folder, allow_unverified=False)
+            if read_json(folder / "key.json") == key:  # verified with the scores (it is in their manifest)
+                return scores
+        except (ScoringError, OSError, ValueError) as exc:
+            notice(f"recomputing the cached {method} scores of fold {fold}: {exc}")
     scores = score_modules(bank, method, model=model, seed=cfg.seed, device=cfg.device, progress=progress,
                            **_scorer_options(cfg, method))
-    scores.save(folder)
-    write_json(folder / "key.json", key)
+    scores = with_source(scores, bank)
+    scores.save(folder, extra_json={"key.json": key})
     return scores
 
 

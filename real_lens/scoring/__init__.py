@@ -18,8 +18,9 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from ..errors import ScoringError, unknown_name_error
+from ..errors import ArtifactError, ArtifactMissingError, ScoringError, unknown_name_error
 from ..hooks import module_label
+from ..artifacts import artifact_writer, load_artifact
 from ..io import read_json, read_tensors, write_json, write_tensors
 
 SCORES_FILE, SCORES_META_FILE = "scores.safetensors", "scores.json"
@@ -34,6 +35,9 @@ def strength_rule(method: str) -> str:
     as ITI does.
     """
     return "score" if method.startswith("real") else "uniform"
+SCORES_KIND = "scores"
+# Files a scores directory may also hold: the heatmap `real-lens score` draws, a run's cache key.
+SCORES_EXTRAS = ("heatmap.png", "key.json")
 
 
 @dataclass(frozen=True)
@@ -129,25 +133,47 @@ class ModuleScores:
         return self.select(k, strengths="uniform" if uniform else "score")
 
     # --- storage -----------------------------------------------------------
-    def save(self, directory) -> Path:
+    def save(self, directory, *, extra_json: dict[str, Any] | None = None) -> Path:
+        """Publish the scores at ``directory`` as one verified artifact (safetensors + JSON + manifest).
+
+        ``extra_json``: more JSON files (name -> object) committed with them, e.g. a run's cache key."""
         directory = Path(directory)
         tensors = {"scores": self.scores, **{f"diag.{k}": v for k, v in self.diagnostics.items()}}
-        write_tensors(directory / SCORES_FILE, tensors)
-        write_json(directory / SCORES_META_FILE, {"method": self.method, "config": self.config, "meta": self.meta})
+        with artifact_writer(directory, kind=SCORES_KIND, replaces={SCORES_FILE, SCORES_META_FILE, *SCORES_EXTRAS}) as staging:
+            write_tensors(staging / SCORES_FILE, tensors)
+            write_json(staging / SCORES_META_FILE, {"method": self.method, "config": self.config, "meta": self.meta})
+            for name, obj in (extra_json or {}).items():
+                write_json(staging / name, obj)
         return directory
 
     @classmethod
-    def load(cls, directory) -> "ModuleScores":
+    def load(cls, directory, *, allow_unverified: bool = True) -> "ModuleScores":
+        """The scores saved at ``directory``, after checking their manifest (ScoringError if anything is off).
+
+        Scores written before manifests existed are read with a notice when ``allow_unverified``."""
         directory = Path(directory)
-        if not (directory / SCORES_FILE).is_file() or not (directory / SCORES_META_FILE).is_file():
+        try:
+            return load_artifact(directory, kind=SCORES_KIND, read=cls._read, legacy_files=(SCORES_FILE, SCORES_META_FILE),
+                                 allow_unverified=allow_unverified, what="the scores")
+        except ArtifactMissingError as exc:
             raise ScoringError(
-                f"{directory} holds no module scores: expected {SCORES_FILE} and {SCORES_META_FILE}; "
+                f"{directory} holds no module scores{f' ({exc})' if str(exc) else ''}: expected {SCORES_FILE} and {SCORES_META_FILE}; "
                 "create them with `real-lens score --out DIR`"
-            )
-        tensors = read_tensors(directory / SCORES_FILE)
-        stored = read_json(directory / SCORES_META_FILE)
-        diagnostics = {k[len("diag."):]: v for k, v in tensors.items() if k.startswith("diag.")}
-        return cls(tensors["scores"], stored["method"], stored["config"], diagnostics, stored["meta"])
+            ) from None
+        except ArtifactError as exc:
+            raise ScoringError(f"module scores {directory} are unreadable: {exc}; score again") from exc
+
+    @classmethod
+    def _read(cls, directory: Path) -> "ModuleScores":
+        try:
+            tensors = read_tensors(directory / SCORES_FILE)
+            stored = read_json(directory / SCORES_META_FILE)
+            diagnostics = {k[len("diag."):]: v for k, v in tensors.items() if k.startswith("diag.")}
+            return cls(tensors["scores"], stored["method"], stored["config"], diagnostics, stored["meta"])
+        except ScoringError:
+            raise
+        except Exception as exc:  # corrupt file: say which, never a raw traceback
+            raise ScoringError(f"module scores {directory} are unreadable ({exc}); score again") from exc
 
 
 @runtime_checkable

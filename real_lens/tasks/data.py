@@ -5,6 +5,9 @@ When none of these exists, loaders fall back to the Hugging Face Hub via ``datas
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 from pathlib import Path
 
@@ -33,11 +36,51 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
 
 
 def require_file(path: Path, *, what: str) -> Path:
+    """``path``, checked to be a readable, whole data file before anything else runs.
+
+    Missing, unreadable, non-UTF-8 or binary files, and ``.json`` / ``.jsonl`` / ``.csv`` files that do
+    not parse to the end (a truncated download) raise DataError naming the file and the fix. A file is
+    checked once per process (until its size or modification time changes)."""
     if not path.is_file():
         raise DataError(
             f"{what} not found at {path}; pass --data-dir (or set ${ENV_VAR}) to the folder that holds it"
         )
+    stat = path.stat()
+    stamp = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if stamp not in _CHECKED:
+        _check_data_file(path, what)
+        _CHECKED.add(stamp)
     return path
+
+
+_CHECKED: set[tuple] = set()
+
+
+def _check_data_file(path: Path, what: str) -> None:
+    from .files import read_text
+
+    fix = "restore it from its source (re-download or re-copy the data folder)"
+    try:
+        text = read_text(path)
+    except DataError as exc:
+        raise DataError(f"{what}: {exc}; {fix}") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            json.loads(text)
+        elif suffix == ".jsonl":
+            for line_no, line in enumerate(text.split("\n"), start=1):
+                if line.strip():
+                    json.loads(line)
+        elif suffix == ".csv":
+            reader = csv.reader(io.StringIO(text, newline=""))
+            header = next(reader, None)
+            for row in reader:
+                if header is not None and row and len(row) != len(header):
+                    raise ValueError(f"line {reader.line_num} has {len(row)} fields, the header {len(header)}")
+    except (ValueError, csv.Error) as exc:  # json.JSONDecodeError is a ValueError
+        where = f", line {line_no}" if suffix == ".jsonl" else ""
+        raise DataError(f"{what} {path}{where} is malformed or truncated ({exc}); {fix}") from None
 
 
 def load_hub_dataset(*args, what: str, **kwargs):

@@ -49,9 +49,10 @@ def test_limit_keeps_whole_questions():
 
 def test_file_task_paired_csv(tmp_path):
     path = tmp_path / "beh.csv"
-    path.write_text("prompt,aligned,violating,group\nQ: sky? A:,Blue,Green,q1\nQ: grass? A:, Green,Blue,q2\n")
+    path.write_text("prompt,aligned,violating,group\nQ: sky? A:,Blue,Green,q1\nQ: grass? A:, Green,Blue,q2\n"
+                    "Q: snow? A:,White,Black,q3\nQ: coal? A:,Black,White,q4\n")  # 4 groups: the fewest 2 folds allow
     task = load_task(f"file:{path}")
-    assert [(e.text, e.label, e.group) for e in task.examples] == [
+    assert [(e.text, e.label, e.group) for e in task.examples][:4] == [
         ("Q: sky? A: Blue", 1, "q1"), ("Q: sky? A: Green", 0, "q1"),
         ("Q: grass? A: Green", 1, "q2"), ("Q: grass? A: Blue", 0, "q2"),
     ]
@@ -64,10 +65,11 @@ def test_file_task_labelled_jsonl(tmp_path):
     rows = [
         {"prompt": "P1", "answer": "a", "label": 1, "group": "g"},
         {"prompt": "P1", "answer": "b", "label": "0", "group": "g"},
-    ]
+    ] + [{"prompt": f"P{g}", "answer": a, "label": label, "group": g}  # 4 groups: the fewest 2 folds allow
+         for g in (2, 3, 4) for a, label in (("a", True), ("b", False))]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     task = load_task(f"file:{path}")
-    assert [e.label for e in task.examples] == [1, 0]
+    assert [e.label for e in task.examples] == [1, 0] * 4
 
 
 @pytest.mark.parametrize(

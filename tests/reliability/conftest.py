@@ -1,0 +1,71 @@
+"""Fault injection: every failure is one line and exit code 2 (or heals itself), and every artifact
+on disk afterwards is the old one or the new one, whole."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from real_lens.bank import ActivationBank
+from real_lens.cli import main
+from real_lens.models import load_model
+from real_lens.tasks import Example
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Caches go to a per-session temp dir (never the user's)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REAL_LENS_CACHE", str(tmp_path_factory.mktemp("real_lens_cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(_isolated_cache):
+    return load_model("tiny-llama")
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """``real-lens ARGV`` in-process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse mistakes
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line(code: int, err: str, *, contains: str = "") -> None:
+    """Exit code 2, exactly one line on stderr, no traceback."""
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert "Traceback" not in err and "error" in err, err
+    assert contains.lower() in err.lower(), err
+
+
+def write_task(path: Path, n_groups: int = 6) -> Path:
+    rows = ["prompt,aligned,violating,group"] + [f"Q: is {i} even? A:,{'yes' if i % 2 == 0 else 'no'},"
+                                                 f"{'no' if i % 2 == 0 else 'yes'},q{i}" for i in range(n_groups)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def synthetic_bank(seed: int, *, n_groups: int = 4, shape=(2, 4, 16), meta=None) -> ActivationBank:
+    examples = tuple(Example(f"Q{g}:", f" {a}", label, f"g{g}") for g in range(n_groups)
+                     for a, label in (("yes", 1), ("no", 0)))
+    acts = torch.randn(len(examples), *shape, generator=torch.Generator().manual_seed(seed))
+    return ActivationBank(acts, examples, {"site": "head_z", "task": f"synthetic-{seed}", **(meta or {})})
+
+
+def run_python(code: str, *args, env=None, preexec_fn=None, timeout=120) -> subprocess.CompletedProcess:
+    """``python -c code args`` from the repository root, with this session's cache."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO, env=full_env, capture_output=True,
+                          text=True, timeout=timeout, preexec_fn=preexec_fn)
