@@ -119,7 +119,8 @@ def collect_activations(
     if ranks.is_distributed:  # only rank 0 reads the cache; if it holds the bank, it sends it to the others
         found = broadcast_tensor(torch.tensor([int(bank is not None)]), src=0)
         if bool(found.item()):
-            return bank if ranks.is_main else ActivationBank(broadcast_tensor(None, src=0), examples, meta)
+            acts = broadcast_tensor(bank.acts if ranks.is_main else None, src=0)  # every rank takes part
+            return bank if ranks.is_main else ActivationBank(acts, examples, meta)
     elif bank is not None:
         return bank
     # One process collects a bank; another one asking for it waits, then reuses it. Under torchrun
