@@ -420,9 +420,11 @@ def _steering_for(args):
     The model is --model, else the one the scores/steering came from (so a steering never meets
     a model it was not built for by accident)."""
     from .bank import ActivationBank
+    from .provenance import check_scores_bank
     from .scoring import ModuleScores
     from .steering import Steering, build_steering
 
+    _check_device(args)
     if getattr(args, "steering", None):
         steering = Steering.load(args.steering)
         if args.alpha is not None:
@@ -434,6 +436,7 @@ def _steering_for(args):
         if not bank_dir:
             raise RealLensError(f"{args.scores} does not record its bank; pass --bank DIR (the bank it was scored on)")
         bank = ActivationBank.load(bank_dir)
+        check_scores_bank(scores, bank, scores_dir=args.scores, bank_dir=bank_dir)
         steering = build_steering(bank, scores.select(min(args.top_k, scores.n_modules), strengths=args.strengths),
                                   alpha=15.0 if args.alpha is None else args.alpha)
         recorded = _recorded_model_name(scores.meta) or _recorded_model_name(bank.meta)

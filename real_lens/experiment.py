@@ -82,7 +82,7 @@ class ExperimentConfig:
         if not all(math.isfinite(a) for a in self.alpha_grid):
             raise RealLensError(f"alpha_grid must hold finite numbers; got {self.alpha_grid}")
         if not 0 <= self.seed < 2**32:
-            raise RealLensError(f"seed must be an integer from 0 to {2**32 - 1}; got {self.seed}")
+            raise RealLensError(f"expected an integer seed from 0 to {2**32 - 1}; got {self.seed!r}")
         if self.folds is not None and (not self.folds or min(self.folds) < 0):
             raise RealLensError(f"folds must be fold indices (0, 1, ...); got {self.folds}")
         if self.mc_prompt not in MC_PROMPT_STYLES:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from . import hooks
 from .bank import ActivationBank
-from .errors import ArtifactError, ArtifactMissingError, RealLensError, unknown_name_error
+from .errors import ArtifactError, ArtifactMissingError, ProvenanceError, RealLensError, unknown_name_error
 from .artifacts import artifact_writer, load_artifact
 from .io import read_json, read_tensors, write_json, write_tensors
 from .models import model_identity, same_model
@@ -43,7 +43,7 @@ STEERING_FILE, STEERING_META_FILE = "steering.safetensors", "steering.json"
 STEERING_KIND = "steering"
 
 
-class SteeringMismatchError(RealLensError):
+class SteeringMismatchError(ProvenanceError):
     """A steering is applied to a model it was not built for (another model, or other shapes)."""
 
 
@@ -114,8 +114,6 @@ class Steering:
             raise unknown_name_error("positions", positions, POSITIONS)
         if positions != "all" and (prompt_length is None or prompt_length < 1):
             raise RealLensError(f"positions={positions!r} needs prompt_length >= 1 (the prompt's token count)")
-        check_same_model(self.meta.get("model"), model, what="this steering",
-                         fix="apply it to the model its bank was collected from, or build it from a bank of this model")
         offsets = self.layer_offsets(model.cfg.n_heads if hooks.is_head_site(self.site) else None)
         fns = []
         for layer, offset in offsets.items():
@@ -135,16 +133,23 @@ class Steering:
     def check_model(self, model) -> None:
         """Raise :class:`SteeringMismatchError` unless ``model`` is the model this steering was built for.
 
-        Compares the recorded model name (``meta["model"]``, from the bank) with the model's
-        identity, then the shapes: every module's layer and head exist in the model, the vectors
-        are ``d_head`` (head sites) or ``d_model`` wide, and the bank's module shape (when
-        recorded) is the model's. Costs no forward pass.
+        Compares the recorded model (``meta["model"]``, from the bank) with the model's identity —
+        the weights fingerprint when one was recorded (:func:`real_lens.provenance.check_same_model`),
+        else the name — then the shapes: every module's layer and head exist in the model, the
+        vectors are ``d_head`` (head sites) or ``d_model`` wide, and the bank's module shape (when
+        recorded) is the model's. Every problem found is in the one message. Costs no forward pass.
         """
         cfg = model.cfg
         recorded = self.meta.get("model")
-        if recorded and not same_model(recorded, model):
+        problems = []
+        try:
+            check_same_model(recorded, model, what="this steering",
+                             fix="apply it to the model its bank was collected from, or build it from a bank of this model")
+        except ProvenanceError as exc:
+            problems.append(str(exc))
+        if not problems and recorded and not same_model(recorded, model):
             shown = recorded.get("name", recorded) if isinstance(recorded, dict) else recorded
-            raise SteeringMismatchError(
+            problems.append(
                 f"this steering was built from activations of model {shown!r}, but it is applied to "
                 f"{model_identity(model).get('name')!r}; load {shown!r}, or collect a bank on this model and build "
                 "the steering from it"
@@ -153,21 +158,23 @@ class Steering:
         expected_shape = (cfg.n_layers, cfg.n_heads) if head_site else (cfg.n_layers,)
         width, width_name = (cfg.d_head, "d_head") if head_site else (cfg.d_model, "d_model")
         recorded_shape = self.meta.get("module_shape")
-        problems = []
+        shapes = []
         if recorded_shape is not None and tuple(recorded_shape) != expected_shape:
-            problems.append(f"its bank's modules are {tuple(recorded_shape)}, the model's are {expected_shape}")
+            shapes.append(f"its bank's modules are {tuple(recorded_shape)}, the model's are {expected_shape}")
         if self.directions.shape[1] != width:
-            problems.append(f"its vectors are {self.directions.shape[1]} wide, the model's {width_name} is {width}")
+            shapes.append(f"its vectors are {self.directions.shape[1]} wide, the model's {width_name} is {width}")
         outside = [hooks.module_label(layer, head) for layer, head in self.modules
                    if not 0 <= layer < cfg.n_layers or (head_site and not 0 <= head < cfg.n_heads)]
         if outside:
-            problems.append(f"modules {', '.join(outside[:5])} do not exist in a model of {expected_shape}")
-        if problems:
-            raise SteeringMismatchError(
+            shapes.append(f"modules {', '.join(outside[:5])} do not exist in a model of {expected_shape}")
+        if shapes:
+            problems.append(
                 f"this steering ({self.site}, {len(self.modules)} modules) does not fit the model "
-                f"{model_identity(model).get('name')!r}: {'; '.join(problems)}. Build the steering from a bank "
+                f"{model_identity(model).get('name')!r}: {'; '.join(shapes)}. Build the steering from a bank "
                 "collected on this model"
             )
+        if problems:
+            raise SteeringMismatchError(" Also: ".join(problems))
 
     def describe(self, model, *, warn_ratio: float = 1.0):
         """Every hook this steering attaches, and per module ‖added vector‖ against the module's
