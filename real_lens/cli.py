@@ -77,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="real", help="real, iti, patching, attribution or random")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    pairs = p.add_argument_group("contrast pairs (patching, attribution; see real_lens/scoring/pairs.py)")
+    pairs.add_argument("--n-pairs", type=_positive_int, default=None,
+                       help="questions to pair (default: patching 8, attribution 64)")
+    pairs.add_argument("--n-demos", type=_positive_int, default=None,
+                       help="demonstrations before each question (default 3)")
+    pairs.add_argument("--min-gap", type=float, default=None,
+                       help="drop pairs whose |clean - corrupted| gap is below this many nats (default 0.5)")
+    pairs.add_argument("--positions", default=None, choices=("answer", "question"),
+                       help="patch at the answer's positions (default) or the whole question as well")
     p.set_defaults(run=_cmd_score)
 
     p = sub.add_parser("steer", help="unsteered and steered answers side by side")
@@ -202,7 +211,7 @@ def _cmd_score(args) -> None:
     else:
         model = _load(args)
         bank = _bank_for(args, model)
-    scores = scorer(bank, model=model, seed=args.seed, device=args.device)
+    scores = scorer(bank, model=model, seed=args.seed, device=args.device, **_pair_options(args))
     if args.bank:
         scores.meta["bank"] = str(Path(args.bank).resolve())
     scores.save(args.out)
@@ -210,6 +219,24 @@ def _cmd_score(args) -> None:
     top = scores.top_k(min(10, scores.n_modules))
     print(f"wrote {args.out} and {png}; top modules by {args.method}: "
           + ", ".join(f"{label} ({float(scores.scores.flatten()[i]):.3f})" for label, i in zip(top.labels, _flat_indices(scores, top))))
+    if "pairs" in scores.meta:
+        info = scores.meta["pairs"]
+        print(f"contrast pairs: {info['n_built']} built, {info['n_kept']} kept (|gap| >= {info['min_gap_nats']:g} nats), "
+              f"mean gap {info['mean_gap_nats']:.3f} nats; skipped: {info['skipped'] or 'none'}")
+
+
+def _pair_options(args) -> dict:
+    """``{"cfg": ...}`` for the patching-style scorers from the pair flags; {} when none is given."""
+    given = {k: getattr(args, k) for k in ("n_pairs", "n_demos", "min_gap", "positions") if getattr(args, k) is not None}
+    if not given:
+        return {}
+    if args.method not in ("patching", "attribution"):
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise RealLensError(f"{flags} apply to --method patching or attribution, not {args.method!r}; drop them")
+    from .scoring.attribution import AttributionConfig
+    from .scoring.patching import PatchingConfig
+
+    return {"cfg": (PatchingConfig if args.method == "patching" else AttributionConfig)(**given)}
 
 
 def _flat_indices(scores, selection):

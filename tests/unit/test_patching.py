@@ -423,3 +423,42 @@ def test_model_in_training_mode_is_refused(tiny_model, pairs):
             get_scorer("patching")(toy_bank(), model=tiny_model)
     finally:
         tiny_model.eval()
+
+
+# --------------------------------------------------------------------------- command line
+@pytest.fixture(scope="module")
+def bank_dir(tmp_path_factory, tiny_model):
+    folder = tmp_path_factory.mktemp("bank")
+    toy_bank(model=model_identity(tiny_model)).save(folder)
+    return folder
+
+
+def test_score_command_takes_the_pair_options(bank_dir, tmp_path, capsys):
+    from real_lens.cli import main
+
+    assert main(["score", "--bank", str(bank_dir), "--method", "patching", "--n-pairs", "3", "--n-demos", "2",
+                 "--min-gap", "0", "--positions", "question", "--out", str(tmp_path / "s")]) == 0
+    captured = capsys.readouterr()
+    assert "contrast pairs: 3 built, 3 kept (|gap| >= 0 nats)" in captured.out
+    assert "patching 3 pairs x 8 modules" in captured.err  # the progress bar
+    saved = ModuleScores.load(tmp_path / "s")
+    assert saved.config["n_pairs"] == 3 and saved.config["n_demos"] == 2 and saved.config["positions"] == "question"
+    assert saved.config["modules_per_batch"] == PatchingConfig().modules_per_batch
+
+
+@pytest.mark.parametrize("argv", [
+    ["--method", "iti", "--n-pairs", "3"],
+    ["--method", "attribution", "--min-gap", "-1"],
+    ["--method", "patching", "--n-pairs", "0"],
+    ["--method", "attribution", "--positions", "all"],
+])
+def test_score_command_refuses_bad_pair_options(bank_dir, tmp_path, capsys, argv):
+    from real_lens.cli import main
+
+    try:
+        code = main(["score", "--bank", str(bank_dir), *argv, "--out", str(tmp_path / "s")])
+    except SystemExit as exc:  # argparse's own checks
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "Traceback" not in err
