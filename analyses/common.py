@@ -104,7 +104,7 @@ def quick_run(out: Path) -> Path:
     from real_lens.experiment import config_for, run_experiment
 
     # The tiny random model's clean-corrupted logit gaps are ~1e-4: patching needs a smaller min_gap.
-    cfg = config_for("quick", model="tiny-llama", k_grid=(1, 3), patching_min_gap=1e-8)
+    cfg = config_for("quick", model="tiny-llama", k_grid=(1, 3), pair_min_gap=0.0)
     return run_experiment(cfg, out / "run", progress=False)
 
 

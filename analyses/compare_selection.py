@@ -40,7 +40,7 @@ class Config:
     questions_per_part: int = 40  # the transfer analysis' TruthfulQA sample: its bank is cached
     n_test_questions: int = 25
     patching_pairs: int = 4
-    patching_min_gap: float = 1e-3
+    pair_min_gap: float = 0.5
     real_epochs: int = 20
     real_prior_epochs: int = 10
     n_boot: int = 1000
@@ -49,14 +49,14 @@ class Config:
 CONFIG = Config()
 QUICK = Config(model="tiny-llama", methods=("real", "iti", "random"), k_grid=(1, 3), alpha_grid=(8.0,), seeds=(0, 1),
                questions_per_part=4, n_test_questions=4, real_epochs=2, real_prior_epochs=2, n_boot=100,
-               patching_min_gap=1e-8)
+               pair_min_gap=0.0)
 
 
 def experiment_config(cfg: Config, seed: int) -> ExperimentConfig:
     return ExperimentConfig(model=cfg.model, task=cfg.task, methods=cfg.methods, folds=(cfg.fold,),
                             k_grid=cfg.k_grid, alpha_grid=cfg.alpha_grid, questions_per_part=cfg.questions_per_part,
                             n_test_questions=cfg.n_test_questions, patching_pairs=cfg.patching_pairs,
-                            patching_min_gap=cfg.patching_min_gap, real_epochs=cfg.real_epochs,
+                            pair_min_gap=cfg.pair_min_gap, real_epochs=cfg.real_epochs,
                             real_prior_epochs=cfg.real_prior_epochs, side_effect_texts=0, seed=seed)
 
 

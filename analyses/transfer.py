@@ -38,7 +38,7 @@ class Config:
     real_epochs: int = 20
     real_prior_epochs: int = 10
     side_effect_texts: int = 10
-    patching_min_gap: float = 1e-3
+    pair_min_gap: float = 0.5
     # Folds per task where not all are run: NQ-Swap's greedy generation costs ~2 s per item on a
     # quiet 2-core CPU (~6 s while the other analyses ran), so only its fold 0 is run and evaluated.
     task_folds: tuple[tuple[str, tuple[int, ...]], ...] = (("nq-swap", (0,)),)
@@ -47,7 +47,7 @@ class Config:
 CONFIG = Config()
 QUICK = Config(model="tiny-llama", tasks=("truthfulqa", "caa:refusal"), k_grid=(1, 3), alpha_grid=(8.0,),
                questions_per_part=4, n_val_questions=None, n_test_questions=4, real_epochs=2, real_prior_epochs=2,
-               side_effect_texts=2, patching_min_gap=1e-8)
+               side_effect_texts=2, pair_min_gap=0.0)
 
 
 SHORT = {"mc2": "MC2", "contains_aligned": "contains", "p_aligned": "p(aligned)"}  # tick labels
@@ -62,7 +62,7 @@ def experiment_config(cfg: Config, task: str) -> ExperimentConfig:
                             alpha_grid=cfg.alpha_grid, questions_per_part=cfg.questions_per_part,
                             n_val_questions=cfg.n_val_questions, n_test_questions=cfg.n_test_questions,
                             real_epochs=cfg.real_epochs, real_prior_epochs=cfg.real_prior_epochs,
-                            side_effect_texts=cfg.side_effect_texts, patching_min_gap=cfg.patching_min_gap)
+                            side_effect_texts=cfg.side_effect_texts, pair_min_gap=cfg.pair_min_gap)
 
 
 def analyse(cfg: Config, work: Path, progress: bool = True) -> dict:

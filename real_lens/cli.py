@@ -170,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="real", help="real, real-release, iti, patching, attribution or random")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
+    pairs = p.add_argument_group("contrast pairs (patching, attribution; see real_lens/scoring/pairs.py)")
+    pairs.add_argument("--n-pairs", type=_positive_int, default=None,
+                       help="questions to pair (default: patching 8, attribution 64)")
+    pairs.add_argument("--n-demos", type=_positive_int, default=None,
+                       help="demonstrations before each question (default 3)")
+    pairs.add_argument("--min-gap", type=float, default=None,
+                       help="drop pairs whose |clean - corrupted| gap is below this many nats (default 0.5)")
+    pairs.add_argument("--positions", default=None, choices=("answer", "question"),
+                       help="patch at the answer's positions (default) or the whole question as well")
     p.set_defaults(run=_cmd_score)
 
     def steering_args(p, *, saved: bool):
@@ -393,7 +402,7 @@ def _cmd_score(args) -> None:
         extra = {"progress": args.ranks.is_main and not args.quiet} \
             if "progress" in inspect.signature(get_scorer(args.method)).parameters else {}
         scores = score_distributed(args.method, bank, model=model, seed=args.seed, device=args.device,
-                                   ranks=args.ranks, **extra)
+                                   ranks=args.ranks, **extra, **_pair_options(args))
         if not args.ranks.is_main:
             return
         scores = with_source(scores, bank)
@@ -406,6 +415,24 @@ def _cmd_score(args) -> None:
     print(f"wrote {args.out} and {png}{_ranks_note(args.ranks)}; top modules by {args.method}: "
           + ", ".join(f"{hooks.module_label(layer, head)} ({float(flat[layer * n_heads + (head or 0)]):.3f})"
                       for layer, head in top))
+    if "pairs" in scores.meta:
+        info = scores.meta["pairs"]
+        print(f"contrast pairs: {info['n_built']} built, {info['n_kept']} kept (|gap| >= {info['min_gap_nats']:g} nats), "
+              f"mean gap {info['mean_gap_nats']:.3f} nats; skipped: {info['skipped'] or 'none'}")
+
+
+def _pair_options(args) -> dict:
+    """``{"cfg": ...}`` for the patching-style scorers from the pair flags; {} when none is given."""
+    given = {k: getattr(args, k) for k in ("n_pairs", "n_demos", "min_gap", "positions") if getattr(args, k) is not None}
+    if not given:
+        return {}
+    if args.method not in ("patching", "attribution"):
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise RealLensError(f"{flags} apply to --method patching or attribution, not {args.method!r}; drop them")
+    from .scoring.attribution import AttributionConfig
+    from .scoring.patching import PatchingConfig
+
+    return {"cfg": (PatchingConfig if args.method == "patching" else AttributionConfig)(**given)}
 
 
 def _recorded_model_name(meta: dict) -> str | None:

@@ -59,8 +59,10 @@ class ExperimentConfig:
     questions_per_part: int | None = 120  # at most N questions per fold part (train/val/test); None = all
     n_val_questions: int | None = 25  # per fold; None = all val questions (a seeded sample otherwise)
     n_test_questions: int | None = 40  # per fold; None = all test questions (a seeded sample otherwise)
-    patching_pairs: int = 4
-    patching_min_gap: float = 1e-3  # pairs whose clean-corrupted logit gap is smaller are skipped
+    patching_pairs: int = 16  # contrast pairs per fold for activation patching (one forward per pair and head chunk)
+    attribution_pairs: int = 64  # contrast pairs per fold for attribution patching (2 forwards + 1 backward per batch)
+    pair_demos: int = 3  # demonstrations per contrast pair (scoring.pairs)
+    pair_min_gap: float = 0.5  # nats: pairs whose clean-corrupted gap is smaller are dropped (and counted)
     real_epochs: int = 20
     real_prior_epochs: int = 10
     side_effect_texts: int = 20  # 0 = no CE/KL
@@ -88,7 +90,8 @@ class ExperimentConfig:
         if self.mc_prompt not in MC_PROMPT_STYLES:
             raise RealLensError(f"unknown MC prompt {self.mc_prompt!r}; expected one of {list(MC_PROMPT_STYLES)}")
         # Counts the command line passes straight through (real_lens.configs derives one option per field).
-        for name in ("questions_per_part", "n_val_questions", "n_test_questions", "patching_pairs", "real_epochs",
+        for name in ("questions_per_part", "n_val_questions", "n_test_questions", "patching_pairs", "attribution_pairs",
+                     "pair_demos", "real_epochs",
                      "real_prior_epochs", "side_effect_tokens", "n_boot", "batch_size", "side_effect_texts"):
             value, least = getattr(self, name), 0 if name == "side_effect_texts" else 1
             optional = name in ("questions_per_part", "n_val_questions", "n_test_questions")
@@ -100,11 +103,11 @@ class ExperimentConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # CI / tests: a handful of questions, one small grid point, short training.
     "quick": dict(questions_per_part=4, n_val_questions=None, n_test_questions=None, k_grid=(2,),
-                  alpha_grid=(5.0,), patching_pairs=2, real_epochs=2,
+                  alpha_grid=(5.0,), patching_pairs=2, attribution_pairs=4, real_epochs=2,
                   real_prior_epochs=2, side_effect_texts=4, side_effect_tokens=32, n_boot=100,
                   methods=METHODS),
     # The paper's protocol at full size (for a GPU): K 48 among the grid, α 15, every test question.
-    "full": dict(k_grid=(16, 32, 48, 64), alpha_grid=(5.0, 10.0, 15.0, 20.0), patching_pairs=128,
+    "full": dict(k_grid=(16, 32, 48, 64), alpha_grid=(5.0, 10.0, 15.0, 20.0), patching_pairs=128, attribution_pairs=256,
                  questions_per_part=None, n_val_questions=None, n_test_questions=None, side_effect_texts=100),
 }
 
@@ -407,7 +410,8 @@ def _scorer_options(cfg: ExperimentConfig, method: str) -> dict:
     if method in ("patching", "attribution"):
         from .scoring.pairs import PairConfig
 
-        return {"cfg": PairConfig(n_pairs=cfg.patching_pairs, min_gap=cfg.patching_min_gap)}
+        n_pairs = cfg.patching_pairs if method == "patching" else cfg.attribution_pairs
+        return {"cfg": PairConfig(n_pairs=n_pairs, n_demos=cfg.pair_demos, min_gap=cfg.pair_min_gap)}
     return {}
 
 
@@ -600,7 +604,9 @@ def render_summary(cfg: ExperimentConfig, setup: Setup, summary: dict, rows, tim
         + ", ".join(f"fold {f}: {n}" for f, n in bank_sizes.items()),
         f"- val questions per fold {n_val}" + (" (all)" if cfg.n_val_questions is None else " (a seeded sample)")
         + f"; test questions per fold {n_test}" + (" (all)" if cfg.n_test_questions is None else " (a seeded sample)"),
-        f"- activation/attribution patching on {cfg.patching_pairs} contrast pairs per fold",
+        f"- activation patching on {cfg.patching_pairs}, attribution patching on {cfg.attribution_pairs} contrast pairs "
+        f"per fold ({cfg.pair_demos} aligned vs violating demonstrations, pairs with |gap| < {cfg.pair_min_gap:g} nats "
+        "dropped; kept counts in each method's scores/fold*/*/scores.json)",
         f"- REAL: {cfg.real_epochs} VQ-AE epochs, {cfg.real_prior_epochs} prior epochs, the paper's other settings; "
         "`real` is the method as the paper describes it (METHOD.md §3), `real-release` as the authors' code computes it "
         "(§3a; differences below)",

@@ -1,19 +1,28 @@
 """Attribution patching (first-order AtP) baseline: a linear estimate of activation patching.
 
-On the same contrast pairs as :mod:`real_lens.scoring.patching`, the effect of patching a
-module's clean activation into the corrupted run is estimated to first order as
-``(a_clean - a_corrupted) . d metric / d a`` (gradient on the corrupted run), summed over
-``d_head`` (or ``d_model``) and positions. That needs one clean forward plus one corrupted
-forward and backward per batch of pairs, instead of one forward per module. Estimates are
-divided by each pair's clean-corrupted gap exactly as activation patching's measured effects
-are, so the two scorers are on the same scale ("fraction of the gap restored").
+On the same contrast pairs, positions, metric and aggregation as :mod:`real_lens.scoring.patching`,
+the effect of patching a module's clean activation into the corrupted run is estimated to first
+order as ``(a_clean - a_corrupted) . d metric / d a`` (gradient on the corrupted run), summed over
+``d_head`` (or ``d_model``) and the patched positions. The two runs have different contexts, so
+the clean and corrupted activations are matched at the patched positions counted from the start
+of the pair's own prompt (:class:`~real_lens.scoring.pairs.Rows.gather`). Each pair's two answers
+are two rows that share the prompt; patching a shared prompt position changes both answers'
+log-probs, and its gradient is the sum of the two rows' gradients, so summing the product over
+both rows is exact to first order.
 
-The passes are TransformerLens's
-:func:`transformer_lens.tools.analysis.attribution_patching.cache_activation_and_gradient`,
-run on a whole batch at once. (Its :func:`attribution_patch` loops one pair at a time and
-returns a Python dict per position, head and pair; batching gives the same numbers faster,
-because pairs are independent rows and the gradient of the summed metric w.r.t. one row's
-activation is that row's own gradient.)
+That needs one clean forward plus one corrupted forward and backward per batch of pairs (the
+whole input of both answers), instead of one forward per module: ~64 pairs cost about what
+activation patching spends on one or two.
+
+The passes are those of TransformerLens's
+:func:`transformer_lens.tools.analysis.attribution_patching.cache_activation_and_gradient`
+(forward hooks for the activations, backward hooks for the gradients, the backward driven by
+``torch.autograd.grad``), run on a whole batch of pairs at once by
+:func:`real_lens.scoring.pairs.run_and_capture`, which keeps only the patched positions as it reads
+them and computes logits only where the metric reads them (TransformerLens's function keeps every
+position, which on whole inputs of demonstrations costs GBs). Its :func:`attribution_patch` loops
+one pair at a time; batching gives the same numbers, because pairs are independent rows and the
+gradient of the summed metric w.r.t. one row's activation is that row's own gradient.
 """
 
 from __future__ import annotations
@@ -21,15 +30,16 @@ from __future__ import annotations
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.tools.analysis.attribution_patching import Node, cache_activation_and_gradient
+from tqdm.auto import tqdm
+from transformer_lens.tools.analysis.attribution_patching import Node
 
 from .. import hooks
 from ..errors import ScoringError
 from . import ModuleScores, register_scorer
-from .pairs import ContrastPairs, PairConfig, Positions, score_with_pairs
+from .pairs import ContrastPairs, PairConfig, full_rows, pad_token, run_and_capture, score_with_pairs
 
 METHOD = "attribution"
-SCORE_UNIT = "estimated fraction of logit-diff gap restored (AtP)"
+SCORE_UNIT = "estimated fraction of the summed clean-corrupted log-prob-difference gap restored (AtP)"
 
 # Workaround for TransformerBridge (TransformerLens 4.3). The tensor a forward hook sees at
 # ``attn.hook_z`` is a reshaped view that the model's forward never consumes, so when only
@@ -61,49 +71,39 @@ def attribution_scorer(
 
 
 def attribute_pairs(
-    model, pairs: ContrastPairs, *, site: str, batch_size: int = 8, positions: Positions = "all"
-) -> tuple[Float[Tensor, "pair layer *head"], Float[Tensor, "pair"]]:
-    """AtP estimate of ``patched - corrupted`` per pair and module, and ``clean - corrupted``.
+    model, pairs: ContrastPairs, *, site: str, cfg: PairConfig | None = None, progress: bool = True
+) -> tuple[Float[Tensor, "pair layer *head"], Float[Tensor, " pair"]]:
+    """AtP estimate of ``patched - corrupted`` per pair and module, and ``clean - corrupted`` (nats, float64).
 
     Same layout as :func:`real_lens.scoring.patching.patch_pairs`.
     """
+    cfg = cfg or AttributionConfig()
     if model.training:
         raise ScoringError("attribution patching needs the model in evaluation mode; call model.eval() first")
     names = [hooks.hook_name(site, layer) for layer in range(model.cfg.n_layers)]
+    pad, device = pad_token(model), model.cfg.device
     effects, gaps = [], []
-    with torch.enable_grad():
-        for batch in pairs.batches(batch_size):
-            batch = batch.to(model.cfg.device)
-            metric = _RecordingMetric(batch)
-            with torch.no_grad():  # activations only: no graph needed
-                clean = cache_activation_and_gradient(model, batch.clean, metric, names_filter=names, compute_gradient=False)
-            clean_metric = metric.last
-            corrupted = cache_activation_and_gradient(model, batch.corrupted, metric, names_filter=[_UPSTREAM_HOOK, *names])
-            corrupted_metric = metric.last
-            mask = batch.position_mask() if positions == "all" else batch.last_position_mask()
+    bar = tqdm(total=len(pairs), desc=f"attribution {len(pairs)} pairs", unit="pair", disable=not progress)
+    with bar:
+        for batch in pairs.batches(cfg.batch_tokens):
+            clean_rows = full_rows(batch.pairs, "clean", positions=cfg.positions, pad=pad).to(device)
+            corrupted_rows = full_rows(batch.pairs, "corrupted", positions=cfg.positions, pad=pad).to(device)
+            with torch.no_grad():  # activations only
+                clean = run_and_capture(model, clean_rows, names)
+            with torch.enable_grad():
+                corrupted = run_and_capture(model, corrupted_rows, names, gradient=True, upstream=_UPSTREAM_HOOK)
+            mask = corrupted_rows.patch_mask.to(device)
             per_layer = []
             for name in names:
                 grad = corrupted.gradients.get(name)
                 if grad is None:
                     raise ScoringError(f"attribution patching got no gradient at {name}; this TransformerLens "
                                        "version breaks the hook_z workaround in real_lens.scoring.attribution")
-                product = (clean.activations[name] - corrupted.activations[name]) * grad
-                product = product.sum(-1)  # over d_head / d_model: [pair, pos, *head]
-                mask_ = mask.reshape(*mask.shape, *[1] * (product.ndim - 2))
-                per_layer.append((product * mask_).sum(1))  # over positions: [pair, *head]
-            effects.append(torch.stack(per_layer, dim=1).detach().cpu())
-            gaps.append((clean_metric - corrupted_metric).cpu())
+                delta = clean.activations[name] - corrupted.activations[name]  # at the patched positions
+                product = (delta * grad).sum(-1)  # over d_head / d_model: [row, patch, *head]
+                product = (product * mask.reshape(*mask.shape, *[1] * (product.ndim - 2))).sum(1)  # [row, *head]
+                per_layer.append(product.reshape(len(batch), 2, *product.shape[1:]).sum(1))  # both answers
+            effects.append(torch.stack(per_layer, dim=1).detach().cpu().double())
+            gaps.append((clean.metric - corrupted.metric).cpu())
+            bar.update(len(batch))
     return torch.cat(effects), torch.cat(gaps)
-
-
-class _RecordingMetric:
-    """The summed per-pair metric (a scalar to differentiate), remembering the per-pair values."""
-
-    def __init__(self, batch: ContrastPairs):
-        self.batch = batch
-        self.last: Tensor | None = None
-
-    def __call__(self, logits: Tensor) -> Tensor:
-        per_pair = self.batch.logit_diff(logits)
-        self.last = per_pair.detach()
-        return per_pair.sum()

@@ -1,37 +1,55 @@
-"""Contrast pairs for the patching-style scorers (activation and attribution patching).
+"""Contrast pairs for activation and attribution patching, in the evaluation's own terms (METHOD.md §5a).
 
-From a bank's examples, each group (question) gives one pair: one aligned and one violating
-answer (picked with a seeded generator), written as a CAA-style two-option prompt whose
-option order is swapped between the two runs::
+Every evaluation scores a *continuation* of a prompt: TruthfulQA's MC1/MC2 the log-prob of each
+answer after the question, NQ-Swap the answer after the passage, CAA the aligned letter after the
+A/B item. A pair therefore measures, on one of the bank's questions, ::
 
-    clean     = "{question}\\n\\nChoices:\\n (A) {aligned}\\n (B) {violating}\\nAnswer: ("
-    corrupted = "{question}\\n\\nChoices:\\n (A) {violating}\\n (B) {aligned}\\nAnswer: ("
+    metric = log p(aligned answer | context + prompt) - log p(violating answer | context + prompt)
 
-Sign convention. The metric is the SAME function on both runs:
-``logit("A") - logit("B")`` at the last prompt token, where "A" is the letter of the aligned
-answer in the CLEAN prompt. It is high on the clean run when the model prefers the aligned
-answer, and on the corrupted run (where "A" is the violating answer) it is low for the same
-model. A module's patching score is then ``(patched - corrupted) / (clean - corrupted)``: the
-fraction of the clean-corrupted gap restored by giving the corrupted run that module's clean
-activation (1 = fully restored, 0 = no effect). The ratio keeps its meaning when a model
-prefers the violating answer (negative gap); pairs whose gap is ~0 are skipped by the scorers.
+(each log-prob summed over the answer's tokens, exactly as the evaluations sum them), and its two
+runs differ in the behaviour through their context only:
 
-Both prompts hold the same characters, so they usually tokenise to the same length; a pair
-whose lengths differ cannot be aligned position by position and is skipped (and counted).
-Pairs of different lengths are batched by RIGHT-padding: the model is causal, so the padding
-never influences a real position, and the metric is read at each pair's last real token.
+- clean     = ``n_demos`` demonstrations, each another bank question answered with one of its
+              **aligned** answers, then the pair's own prompt;
+- corrupted = the SAME demonstrations (same questions, same order) answered with one of their
+              **violating** answers, then the same prompt.
+
+Demonstrations are ``prompt + answer`` of the task's own examples, joined by blank lines, so the
+design is the same for every task (TruthfulQA ``Q: … A: …``, NQ-Swap passages, CAA A/B items and
+``file:`` tasks) and needs nothing but the bank's examples. A demonstration is never the pair's
+own question and never a question outside the bank (the main job's bank holds only the fold's
+train+val questions). Choices are seeded per pair (``seed``, pair index), so the first ``n``
+pairs are the same whatever ``n_pairs`` is: activation patching's few pairs are the first of
+attribution's many.
+
+Where the modules are patched. The two contexts differ in length and content, so positions can
+only be matched inside the part both runs share, the pair's own prompt and answer, counted from
+its start. ``positions="answer"`` (the default) patches the positions whose next-token
+predictions the metric reads: the prompt's last token and every answer token but the last. That
+is the same few tokens for every task, whereas a whole NQ-Swap prompt is a ~200-token passage
+(patching cost grows with it 20-fold), and it is where the REAL/ITI readout sits (the last token).
+``positions="question"`` patches the whole own prompt as well. Everything before the patched
+positions is identical to the corrupted run, so activation patching reuses the corrupted run's KV
+cache there and recomputes only the patched positions (see :mod:`.patching`).
+
+Aggregation. ``gap = metric(clean) - metric(corrupted)`` (nats). A module's score is
+``Σ effect / Σ gap`` over the kept pairs, with ``effect = metric(patched) - metric(corrupted)``:
+the fraction of the pairs' summed gap restored by that module (equal to each pair's fraction when
+they agree, and never dominated by a pair whose gap is ~0, unlike a mean of per-pair ratios).
+Pairs whose ``|gap|`` is below ``min_gap`` nats are dropped and counted: their contexts did not
+move the behaviour, so there is nothing of it to restore. Activation and attribution patching use
+the same pairs, positions, metric and aggregation, so their scores are on one scale.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from typing import Iterator, Literal, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ..errors import ScoringError
@@ -39,46 +57,59 @@ from ..models import model_identity
 from ..tasks.base import ALIGNED, VIOLATING, Example
 from . import ModuleScores
 
-CAA_TEMPLATE = "{question}\n\nChoices:\n (A) {first}\n (B) {second}\nAnswer: ("
-LETTER_A, LETTER_B = "A", "B"
+Positions = Literal["answer", "question"]
+POSITIONS: tuple[str, ...] = ("answer", "question")
+DEMO_SEPARATOR = "\n\n"
 
-# Reasons a group yields no pair (keys of ContrastPairs.skipped_counts).
+# Reasons a group yields no pair (keys of ContrastPairs.skipped_counts / meta["pairs"]["skipped"]).
 SKIP_ONE_LABEL = "group lacks an aligned or a violating answer"
-SKIP_LENGTH = "clean and corrupted prompts tokenise to different lengths"
-SKIP_SMALL_GAP = "clean-corrupted metric gap below min_gap"
+SKIP_NO_DEMOS = "too few other groups for the demonstrations"
+SKIP_MERGE = "prompt and answer merge into one token at their boundary"
+SKIP_EMPTY = "an answer has no tokens"
+SKIP_SMALL_GAP = "|clean - corrupted| metric gap below min_gap"
+
 METRIC_DESCRIPTION = (
-    "logit(A) - logit(B) at the last prompt token on both runs; A = the aligned answer's letter "
-    "in the clean prompt; score = (patched - corrupted) / (clean - corrupted), mean over pairs"
+    "log p(aligned answer | context + prompt) - log p(violating answer | context + prompt), summed over "
+    "answer tokens; clean context = demonstrations answered with aligned answers, corrupted = the same "
+    "demonstrations answered with violating ones; score = sum(patched - corrupted) / sum(clean - corrupted) "
+    "over the kept pairs"
 )
-
-
-Positions = Literal["all", "last"]
 
 
 @dataclass(frozen=True)
 class PairConfig:
-    """Options of the patching-style scorers (activation and attribution patching share them).
+    """Options of the patching-style scorers (the pair design is in the module docstring).
 
-    ``n_pairs`` groups are paired (seeded); ``batch_size`` pairs run per forward. Pairs whose
-    ``|clean - corrupted|`` metric gap is below ``min_gap`` logits have no meaningful "fraction
-    restored" and are skipped (counted in ``meta["pairs"]``). ``positions``: patch the module at
-    every token ("all") or at the last token only.
+    ``n_pairs`` pairs (one per bank question, seeded), each with ``n_demos`` demonstrations.
+    Pairs whose ``|clean - corrupted|`` metric gap is below ``min_gap`` nats are dropped (and
+    counted in ``meta["pairs"]``). ``positions``: where modules are patched ("answer": the
+    prompt's last token and the answer tokens; "question": the whole own prompt too).
+    ``batch_size``: pairs per forward pass of the clean/corrupted runs (attribution's passes).
+
+    ``min_gap`` 0.5 nats: the demonstrations must change the odds of the aligned over the
+    violating answer by a factor e^0.5 ≈ 1.65 for the pair to count. On SmolLM2-135M and
+    TruthfulQA (3 demonstrations) the gaps spread widely (median |gap| ~1.4 nats) and ~80 % of
+    pairs pass; a pair below it contributes almost nothing to Σ gap but its effects, made of the
+    demonstrations' content rather than of the behaviour, would still add to Σ effect.
     """
 
     n_pairs: int = 64
-    batch_size: int = 8
-    min_gap: float = 1e-3
-    positions: Positions = "all"
+    n_demos: int = 3
+    min_gap: float = 0.5
+    positions: str = "answer"  # one of POSITIONS (checked below, with a message)
+    batch_tokens: int = 2048
 
     def __post_init__(self):
         if self.n_pairs < 1:
             raise ScoringError(f"n_pairs must be at least 1; got {self.n_pairs}")
-        if self.batch_size < 1:
-            raise ScoringError(f"batch_size must be at least 1; got {self.batch_size}")
+        if self.n_demos < 1:
+            raise ScoringError(f"n_demos must be at least 1 (the demonstrations make the contrast); got {self.n_demos}")
         if not self.min_gap >= 0:
-            raise ScoringError(f"min_gap must be >= 0 (logits); got {self.min_gap}")
-        if self.positions not in ("all", "last"):
-            raise ScoringError(f"positions must be 'all' or 'last'; got {self.positions!r}")
+            raise ScoringError(f"min_gap must be >= 0 (nats); got {self.min_gap}")
+        if self.positions not in POSITIONS:
+            raise ScoringError(f"positions must be one of {list(POSITIONS)}; got {self.positions!r}")
+        if self.batch_tokens < 1:
+            raise ScoringError(f"batch_tokens must be at least 1; got {self.batch_tokens}")
 
 
 @dataclass(frozen=True)
@@ -88,167 +119,370 @@ class SkippedPair:
 
 
 @dataclass(frozen=True)
-class ContrastPairs:
-    """Token ids of paired clean/corrupted prompts, right-padded to one length.
+class ContrastPair:
+    """One question's clean and corrupted context, its prompt and its two answers, as token ids.
 
-    ``lengths[i]`` is pair i's real token count (equal for its clean and corrupted prompt);
-    the metric is read at position ``lengths[i] - 1``.
+    ``clean_context`` / ``corrupted_context`` start with BOS when the model prepends one; the
+    prompt and answers never do. The model reads ``context + prompt + answer``.
     """
 
-    clean: Int[Tensor, "pair pos"]
-    corrupted: Int[Tensor, "pair pos"]
-    lengths: Int[Tensor, "pair"]
-    token_a: int
-    token_b: int
-    groups: tuple[str, ...]
-    skipped: tuple[SkippedPair, ...] = field(default_factory=tuple)
+    group: str
+    demo_groups: tuple[str, ...]
+    clean_context: Int[Tensor, " clean"]
+    corrupted_context: Int[Tensor, " corrupted"]
+    prompt: Int[Tensor, " prompt"]
+    aligned: Int[Tensor, " aligned"]
+    violating: Int[Tensor, " violating"]
+
+    @property
+    def answers(self) -> tuple[Tensor, Tensor]:
+        return self.aligned, self.violating
+
+    def context(self, which: str) -> Tensor:
+        if which not in ("clean", "corrupted"):
+            raise ScoringError(f"context must be 'clean' or 'corrupted'; got {which!r}")
+        return self.clean_context if which == "clean" else self.corrupted_context
+
+    def patch_start(self, positions: Positions) -> int:
+        """Index into ``prompt`` of the first patched position."""
+        return len(self.prompt) - 1 if positions == "answer" else 0
+
+
+@dataclass(frozen=True)
+class ContrastPairs:
+    pairs: tuple[ContrastPair, ...]
+    skipped: tuple[SkippedPair, ...] = ()
+    n_demos: int = 0
 
     def __len__(self) -> int:
-        return len(self.groups)
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return ContrastPairs(self.pairs[index], self.skipped, self.n_demos)
+        return self.pairs[index]
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(p.group for p in self.pairs)
 
     @property
     def skipped_counts(self) -> dict[str, int]:
         return dict(Counter(s.reason for s in self.skipped))
 
-    def position_mask(self) -> Float[Tensor, "pair pos"]:
-        """1 at real token positions, 0 at padding."""
-        positions = torch.arange(self.clean.shape[1], device=self.lengths.device)
-        return (positions[None, :] < self.lengths[:, None]).float()
-
-    def last_position_mask(self) -> Float[Tensor, "pair pos"]:
-        """1 at each pair's last real token, 0 elsewhere."""
-        positions = torch.arange(self.clean.shape[1], device=self.lengths.device)
-        return (positions[None, :] == self.lengths[:, None] - 1).float()
-
-    def logit_diff(self, logits: Float[Tensor, "pair pos d_vocab"]) -> Float[Tensor, "pair"]:
-        """``logit("A") - logit("B")`` at each pair's last real token (see module docstring)."""
-        last = logits[torch.arange(logits.shape[0], device=logits.device), self.lengths.to(logits.device) - 1]
-        return last[:, self.token_a] - last[:, self.token_b]
-
-    def batches(self, size: int) -> Iterator["ContrastPairs"]:
-        """Consecutive chunks of ``size`` pairs, padding trimmed to each chunk's longest pair."""
-        if size < 1:
-            raise ScoringError(f"batch size must be at least 1; got {size}")
-        for start in range(0, len(self), size):
-            stop = min(start + size, len(self))
-            width = int(self.lengths[start:stop].max())
-            yield ContrastPairs(
-                self.clean[start:stop, :width],
-                self.corrupted[start:stop, :width],
-                self.lengths[start:stop],
-                self.token_a,
-                self.token_b,
-                self.groups[start:stop],
-            )
-
-    def to(self, device) -> "ContrastPairs":
-        return ContrastPairs(
-            self.clean.to(device), self.corrupted.to(device), self.lengths.to(device),
-            self.token_a, self.token_b, self.groups, self.skipped,
-        )
-
-    def report(self) -> dict:
-        """JSON-ready summary for score metadata."""
-        return {"n_pairs": len(self), "skipped": self.skipped_counts}
+    def batches(self, max_tokens: int) -> list["ContrastPairs"]:
+        """Consecutive pairs grouped so that one forward of their whole inputs (two rows per
+        pair, padded to the longest) holds at most ``max_tokens`` tokens; a longer pair runs alone."""
+        if max_tokens < 1:
+            raise ScoringError(f"max_tokens must be at least 1; got {max_tokens}")
+        out, start, width = [], 0, 0
+        for i, pair in enumerate(self.pairs):
+            length = max(len(pair.clean_context), len(pair.corrupted_context)) + len(pair.prompt) + max(
+                len(pair.aligned), len(pair.violating))
+            if i > start and 2 * (i - start + 1) * max(width, length) > max_tokens:
+                out.append(self[start:i])
+                start, width = i, 0
+            width = max(width, length)
+        out.append(self[start:])
+        return out
 
 
-def question_from_prompt(prompt: str) -> str:
-    """The question of a task prompt: ``"Q: {question} A:"`` -> ``question``; other prompts as is."""
-    text = prompt.strip()
-    if text.startswith("Q:"):
-        text = text[2:]
-    if text.endswith(" A:") or text == "A:":
-        text = text[: -len("A:")]
-    text = text.strip()
-    return text or prompt.strip()
+# --------------------------------------------------------------------------- token layouts
+@dataclass(frozen=True)
+class Rows:
+    """A right-padded batch of continuation rows (two per pair: aligned, violating) and where to read them.
 
-
-_LETTER_ANSWER = re.compile(r"^\s*\(([A-Z])\)\s*$")
-_CHOICE_LINE = re.compile(r"^\s*\(([A-Z])\)\s?(.*)$")
-
-
-def pair_texts(aligned: Example, violating: Example) -> tuple[str, str, str]:
-    """(question, aligned answer, violating answer) for the two-option template.
-
-    When both answers are bare letters of a prompt that lists its own choices (CAA items:
-    ``"...\n\nChoices:\n (A) yes\n (B) no\n\nAnswer:"`` with answers ``" (A)"`` / ``" (B)"``),
-    the pair is built from the choices' *texts* under the question stem, so that swapping the
-    options really swaps the content; otherwise the prompt's question and the answers as they are.
+    ``patch_index[r, j]`` is the position in ``tokens`` of patched position ``j`` of row ``r``
+    (``patch_mask`` marks the real ones); ``score_index[r, k]`` is the position whose logits
+    predict ``targets[r, k]``, the row's k-th answer token. ``sign`` is +1 for aligned rows and
+    -1 for violating ones; ``pair`` is each row's pair within the batch.
     """
-    question = question_from_prompt(aligned.prompt)
-    letters = [_LETTER_ANSWER.match(e.answer) for e in (aligned, violating)]
-    if all(letters) and "\n\nChoices:\n" in question:
-        stem, choices = question.split("\n\nChoices:\n", 1)
-        options = {m.group(1): m.group(2).strip() for m in map(_CHOICE_LINE.match, choices.splitlines()) if m}
-        texts = [options.get(m.group(1)) for m in letters]
-        if all(texts):
-            return stem.strip(), texts[0], texts[1]
-    return question, aligned.answer, violating.answer
+
+    tokens: Int[Tensor, "row pos"]
+    patch_index: Int[Tensor, "row patch"]
+    patch_mask: Bool[Tensor, "row patch"]
+    score_index: Int[Tensor, "row answer"]
+    targets: Int[Tensor, "row answer"]
+    target_mask: Bool[Tensor, "row answer"]
+    sign: Float[Tensor, " row"]
+    pair: Int[Tensor, " row"]
+    n_pairs: int
+
+    @property
+    def logits_to_keep(self) -> int:
+        """How many final positions of ``tokens`` hold every scored position (pass to the forward)."""
+        return self.tokens.shape[1] - int(self.score_index[:, 0].min())
+
+    def logprobs(self, logits: Float[Tensor, "row kept vocab"]) -> Float[Tensor, " row"]:
+        """Sum over each row's answer tokens of log p(token), read at ``score_index``.
+
+        ``logits`` may hold only the last ``k`` positions (``logits_to_keep``); they are
+        matched to ``tokens`` from the end."""
+        offset = self.tokens.shape[1] - logits.shape[1]
+        rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+        index = (self.score_index - offset).clamp(min=0)  # padding slots (masked below) may fall before the kept logits
+        scored = logits[rows, index.to(logits.device)]
+        scored = scored.float() if scored.dtype in (torch.float16, torch.bfloat16) else scored
+        values = scored.log_softmax(-1).gather(-1, self.targets.to(logits.device)[..., None])[..., 0].double()
+        return torch.where(self.target_mask.to(logits.device), values, torch.zeros((), dtype=values.dtype, device=logits.device)).sum(-1)
+
+    def metric(self, logits: Float[Tensor, "row kept vocab"]) -> Float[Tensor, " pair"]:
+        """Per pair: log p(aligned answer) - log p(violating answer), summed in float64."""
+        signed = self.logprobs(logits) * self.sign.to(logits.device, torch.float64)
+        return torch.zeros(self.n_pairs, dtype=torch.float64, device=logits.device).index_add(0, self.pair.to(logits.device), signed)
+
+    def gather(self, act: Float[Tensor, "row pos *rest"]) -> Float[Tensor, "row patch *rest"]:
+        """The activation at each row's patched positions (padding slots read position 0)."""
+        rows = torch.arange(act.shape[0], device=act.device)[:, None]
+        return act[rows, self.patch_index.to(act.device)]
+
+    def to(self, device) -> "Rows":
+        moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.__dict__.items()}
+        return Rows(**moved)
 
 
-def caa_prompt(question: str, first: str, second: str) -> str:
-    return CAA_TEMPLATE.format(question=question, first=first.strip(), second=second.strip())
+def full_rows(pairs: Sequence[ContrastPair], context: str, *, positions: Positions, pad: int) -> Rows:
+    """``context + prompt + answer[:-1]`` per pair and answer (the last answer token predicts nothing scored)."""
+    seqs, patch, scores, targets = [], [], [], []
+    for pair in pairs:
+        ctx = pair.context(context)
+        start = len(ctx) + pair.patch_start(positions)
+        for answer in pair.answers:
+            seqs.append(torch.cat([ctx, pair.prompt, answer[:-1]]))
+            patch.append(torch.arange(start, len(seqs[-1])))
+            first = len(ctx) + len(pair.prompt) - 1  # predicts the first answer token
+            scores.append(torch.arange(first, first + len(answer)))
+            targets.append(answer)
+    return _rows(seqs, patch, scores, targets, len(pairs), pad)
 
 
-def build_contrast_pairs(
-    examples: Sequence[Example], model, *, n_pairs: int, seed: int = 0
-) -> ContrastPairs:
-    """Up to ``n_pairs`` clean/corrupted prompt pairs, one per group, groups in seeded order.
+def fed_rows(pair: ContrastPair, *, positions: Positions, pad: int) -> Rows:
+    """Only the patched positions, ``prompt[start:] + answer[:-1]``, to run after :func:`prefix_tokens`'s cache."""
+    start = pair.patch_start(positions)
+    seqs, patch, scores, targets = [], [], [], []
+    for answer in pair.answers:
+        seqs.append(torch.cat([pair.prompt[start:], answer[:-1]]))
+        patch.append(torch.arange(len(seqs[-1])))
+        first = len(pair.prompt) - 1 - start
+        scores.append(torch.arange(first, first + len(answer)))
+        targets.append(answer)
+    return _rows(seqs, patch, scores, targets, 1, pad)
 
-    ``model`` needs ``to_tokens(text) -> [1, pos]`` and a ``tokenizer`` (a
-    ``TransformerBridge`` has both). Groups are visited in a seeded random order until
-    ``n_pairs`` pairs are built; groups that give no usable pair are recorded in ``skipped``.
-    Raises :class:`ScoringError` if no group gives a pair.
+
+def prefix_tokens(pair: ContrastPair, *, positions: Positions) -> Int[Tensor, " pos"]:
+    """The corrupted run up to the first patched position: identical in every patched run."""
+    return torch.cat([pair.corrupted_context, pair.prompt[: pair.patch_start(positions)]])
+
+
+@dataclass
+class Capture:
+    """What :func:`run_and_capture` read: per hook, the activation (and gradient) at the patched positions."""
+
+    metric: Float[Tensor, " pair"]
+    activations: dict[str, Tensor]
+    gradients: dict[str, Tensor]
+
+
+def run_and_capture(model, rows: Rows, names: Sequence[str], *, gradient: bool = False, upstream: str | None = None) -> Capture:
+    """One forward of ``rows``, keeping only what patching needs at the hooks ``names``.
+
+    The same passes as TransformerLens's ``cache_activation_and_gradient`` (forward hooks read the
+    activations, backward hooks the gradients of the summed metric, the backward driven by
+    ``torch.autograd.grad`` so no parameter ``.grad`` is touched), but every activation and
+    gradient is cut to the patched positions as it is read, and logits are computed only where
+    the metric reads them (``logits_to_keep``). On a whole input of demonstrations that is a few
+    percent of the positions: TransformerLens's version holds every position of every hook and a
+    vocabulary-sized logit row per token (over 7 GB RSS for 8 TruthfulQA pairs on SmolLM2).
+    ``upstream``: an extra hook to differentiate through (see the hook_z note in
+    :mod:`real_lens.scoring.attribution`).
     """
-    if n_pairs < 1:
-        raise ScoringError(f"n_pairs must be at least 1; got {n_pairs}")
-    token_a, token_b = (_single_token(model, letter) for letter in (LETTER_A, LETTER_B))
+    activations: dict[str, Tensor] = {}
+    gradients: dict[str, Tensor] = {}
+    live: dict[str, Tensor] = {}
 
-    by_group: dict[str, dict[int, list[Example]]] = {}
-    for e in examples:
-        by_group.setdefault(e.group, {ALIGNED: [], VIOLATING: []}).setdefault(e.label, []).append(e)
-    group_names = list(by_group)
-    rng = np.random.default_rng(seed)
-    order = [group_names[i] for i in rng.permutation(len(group_names))]
+    def read(name):
+        def hook(act: Tensor, hook) -> None:
+            live[name] = act
+            activations[name] = rows.gather(act.detach())
 
-    clean_rows, corrupted_rows, kept, skipped = [], [], [], []
-    for group in order:
-        if len(kept) == n_pairs:
-            break
-        aligned, violating = by_group[group].get(ALIGNED, []), by_group[group].get(VIOLATING, [])
-        if not aligned or not violating:
-            skipped.append(SkippedPair(group, SKIP_ONE_LABEL))
-            continue
-        a = aligned[int(rng.integers(len(aligned)))]
-        v = violating[int(rng.integers(len(violating)))]
-        question, a_text, v_text = pair_texts(a, v)
-        clean = model.to_tokens(caa_prompt(question, a_text, v_text))[0]
-        corrupted = model.to_tokens(caa_prompt(question, v_text, a_text))[0]
-        if clean.shape != corrupted.shape:
-            skipped.append(SkippedPair(group, SKIP_LENGTH))
-            continue
-        clean_rows.append(clean.cpu())
-        corrupted_rows.append(corrupted.cpu())
-        kept.append(group)
+        return hook
 
-    if not kept:
-        counts = dict(Counter(s.reason for s in skipped))
-        raise ScoringError(
-            f"no contrast pair could be built from {len(examples)} example(s) in {len(group_names)} "
-            f"group(s) (skipped: {counts or 'none'}); patching needs groups with at least one aligned "
-            "(label 1) and one violating (label 0) answer whose two-option prompts tokenise to equal lengths"
-        )
-    lengths = torch.tensor([len(r) for r in clean_rows], dtype=torch.long)
-    pad = _pad_token(model)
-    return ContrastPairs(
-        _right_pad(clean_rows, pad), _right_pad(corrupted_rows, pad), lengths,
-        token_a, token_b, tuple(kept), tuple(skipped),
+    def read_grad(name):
+        def hook(grad: Tensor, hook) -> None:
+            gradients[name] = rows.gather(grad.detach())
+
+        return hook
+
+    watched = [*names, *([upstream] if upstream else [])]
+    fwd = [(name, read(name)) for name in watched]
+    bwd = [(name, read_grad(name)) for name in names] if gradient else []
+    with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
+        logits = model(rows.tokens, logits_to_keep=rows.logits_to_keep)
+        metric = rows.metric(logits)
+        if gradient:
+            inputs = [live[name] for name in watched if name in live]
+            torch.autograd.grad(metric.sum(), inputs=inputs, allow_unused=True)
+    return Capture(metric.detach(), {n: activations[n] for n in names}, gradients)
+
+
+def _pad(seqs: Sequence[Tensor], value: int) -> Tensor:
+    return torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True, padding_value=value)
+
+
+def _rows(seqs, patch, scores, targets, n_pairs: int, pad: int) -> Rows:
+    n_rows = len(seqs)
+    return Rows(
+        tokens=_pad(seqs, pad),
+        patch_index=_pad(patch, 0),
+        patch_mask=_pad([torch.ones(len(p), dtype=torch.bool) for p in patch], False),
+        score_index=_pad(scores, 0),
+        targets=_pad(targets, 0),
+        target_mask=_pad([torch.ones(len(t), dtype=torch.bool) for t in targets], False),
+        sign=torch.tensor([1.0, -1.0] * (n_rows // 2)),
+        pair=torch.arange(n_rows) // 2,
+        n_pairs=n_pairs,
     )
 
 
+# --------------------------------------------------------------------------- building pairs
+def build_contrast_pairs(
+    examples: Sequence[Example], model, *, n_pairs: int, n_demos: int = 3, seed: int = 0
+) -> ContrastPairs:
+    """Up to ``n_pairs`` pairs, one per group, groups in a seeded order (see the module docstring).
+
+    ``model`` needs ``to_tokens`` and ``tokenizer`` (a ``TransformerBridge`` has both). Each
+    pair's choices (its aligned and violating answer, its demonstration groups and their
+    answers) come from a generator seeded with ``(seed, pair index)``. Groups that give no pair
+    are recorded in ``skipped``. Raises :class:`ScoringError` if none does.
+    """
+    if n_pairs < 1:
+        raise ScoringError(f"n_pairs must be at least 1; got {n_pairs}")
+    if n_demos < 1:
+        raise ScoringError(f"n_demos must be at least 1; got {n_demos}")
+    by_group: dict[str, dict[int, list[Example]]] = {}
+    for e in examples:
+        by_group.setdefault(e.group, {ALIGNED: [], VIOLATING: []}).setdefault(e.label, []).append(e)
+    names = list(by_group)
+    usable = [g for g in names if by_group[g][ALIGNED] and by_group[g][VIOLATING]]
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+
+    mirrors = _mirror_groups(by_group, usable)
+    pairs, skipped = [], []
+    for index, group in enumerate(order):
+        if len(pairs) == n_pairs:
+            break
+        rng = np.random.default_rng((seed, index))
+        aligned, violating = by_group[group][ALIGNED], by_group[group][VIOLATING]
+        if not aligned or not violating:
+            skipped.append(SkippedPair(group, SKIP_ONE_LABEL))
+            continue
+        others = [g for g in usable if g != group]
+        if len(others) < n_demos:
+            skipped.append(SkippedPair(group, SKIP_NO_DEMOS))
+            continue
+        a, v = _pick(rng, aligned), _pick(rng, violating)
+        demos = _pick_demos(rng, others, mirrors, n_demos)
+        clean = [_pick(rng, by_group[d][ALIGNED]) for d in demos]
+        corrupted = [_pick(rng, by_group[d][VIOLATING]) for d in demos]
+        prompt, answers, reason = _prompt_and_answers(model, a.prompt, (a.answer, v.answer))
+        if reason:
+            skipped.append(SkippedPair(group, reason))
+            continue
+        pairs.append(ContrastPair(
+            group, tuple(demos), _context_tokens(model, clean), _context_tokens(model, corrupted), prompt, *answers,
+        ))
+    if not pairs:
+        counts = dict(Counter(s.reason for s in skipped))
+        raise ScoringError(
+            f"no contrast pair could be built from {len(examples)} example(s) in {len(names)} group(s) "
+            f"(skipped: {counts or 'none'}); patching needs groups with at least one aligned (label 1) and "
+            f"one violating (label 0) answer, and at least {n_demos} other such groups for the demonstrations"
+        )
+    return ContrastPairs(tuple(pairs), tuple(skipped), n_demos)
+
+
+def _pick(rng: np.random.Generator, items: list):
+    return items[int(rng.integers(len(items)))]
+
+
+def _answer_sets(answers: dict[int, list[Example]]) -> tuple[frozenset[str], frozenset[str]]:
+    return frozenset(e.answer for e in answers[ALIGNED]), frozenset(e.answer for e in answers[VIOLATING])
+
+
+def _mirror_groups(by_group, usable: list[str]) -> dict[str, list[str]]:
+    """For each group, the groups whose aligned and violating answers are its own, swapped
+    (CAA: the items whose aligned letter is this item's violating one)."""
+    by_sets: dict[tuple, list[str]] = {}
+    for g in usable:
+        by_sets.setdefault(_answer_sets(by_group[g]), []).append(g)
+    return {g: by_sets.get(_answer_sets(by_group[g])[::-1], []) for g in usable}
+
+
+def _pick_demos(rng: np.random.Generator, others: list[str], mirrors: dict[str, list[str]], n: int) -> list[str]:
+    """``n`` distinct groups from ``others``, drawn in mirrored couples where possible: after a
+    demonstration answered (x aligned, y violating), the next is one answered (y, x) if any is left.
+
+    Answers that recur across questions (CAA's letters) then appear equally often in the clean
+    and the corrupted context, so "which letter the demonstrations picked" cannot stand in for
+    the behaviour. Questions with answers of their own (TruthfulQA) have no mirrors: a plain draw.
+    """
+    allowed = set(others)
+    chosen: list[str] = []
+    while len(chosen) < n:
+        previous = chosen[-1] if len(chosen) % 2 == 1 else None
+        pool = [g for g in mirrors.get(previous, ()) if g in allowed and g not in chosen] if previous else []
+        if pool:
+            chosen.append(pool[int(rng.integers(len(pool)))])
+            continue
+        pick = others[int(rng.integers(len(others)))]
+        while pick in chosen:  # n is far below len(others): a few redraws at most
+            pick = others[int(rng.integers(len(others)))]
+        chosen.append(pick)
+    return chosen
+
+
+def _context_tokens(model, demos: Sequence[Example]) -> Tensor:
+    text = DEMO_SEPARATOR.join(e.prompt + e.answer for e in demos) + DEMO_SEPARATOR
+    return _tokens(model, text, bos=True)
+
+
+def _prompt_and_answers(model, prompt: str, answers: Sequence[str]):
+    """Prompt tokens and each answer's tokens (those of ``prompt + answer`` beyond the prompt's), or a skip reason."""
+    prompt_tokens = _tokens(model, prompt, bos=False)
+    out = []
+    for answer in answers:
+        full = _tokens(model, prompt + answer, bos=False)
+        if len(full) < len(prompt_tokens) or not torch.equal(full[: len(prompt_tokens)], prompt_tokens):
+            return None, None, SKIP_MERGE
+        if len(full) == len(prompt_tokens):
+            return None, None, SKIP_EMPTY
+        out.append(full[len(prompt_tokens):])
+    if len(prompt_tokens) == 0:
+        return None, None, SKIP_EMPTY
+    return prompt_tokens, out, None
+
+
+def _tokens(model, text: str, *, bos: bool) -> Tensor:
+    from ..evaluation.forward import tokenize
+
+    if bos:
+        return tokenize(model, text)  # BOS as the model prepends it; never truncated
+    return model.to_tokens(text, prepend_bos=False, truncate=False)[0].cpu()
+
+
+def pad_token(model) -> int:
+    """Any valid id works (padding sits after the real tokens of a causal model)."""
+    tokenizer = model.tokenizer
+    for pad in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if pad is not None:
+            return int(pad)
+    return 0
+
+
+# --------------------------------------------------------------------------- scores
 def scores_from_pair_effects(
     effects: Float[Tensor, "pair *module"],
-    gaps: Float[Tensor, "pair"],
+    gaps: Float[Tensor, " pair"],
     pairs: ContrastPairs,
     *,
     min_gap: float,
@@ -259,30 +493,36 @@ def scores_from_pair_effects(
     config: dict,
     bank_meta: dict,
 ) -> ModuleScores:
-    """Per-module mean over pairs of ``effect / gap`` (the fraction of the gap restored).
+    """Per module ``Σ effect / Σ gap`` over the pairs whose ``|gap| >= min_gap`` (see the module docstring).
 
-    ``effects`` are ``patched - corrupted`` metric changes (measured, or estimated by
-    attribution patching), ``gaps`` are ``clean - corrupted``. Pairs with ``|gap| < min_gap``
-    (or a gap of exactly 0) have no meaningful fraction and are skipped and counted in
-    ``meta["pairs"]["skipped"]``. Shared by activation and attribution patching so the two
-    are on the same scale.
+    ``effects``: ``patched - corrupted`` metric changes (measured, or estimated by attribution
+    patching), ``gaps``: ``clean - corrupted``, both in nats. ``meta["pairs"]`` records how many
+    pairs were built, kept and dropped (and why), the threshold and the mean gaps. Diagnostics:
+    ``stderr`` (the ratio estimator's linearised standard error over pairs) and ``effect_nats``
+    (the mean effect over kept pairs).
     """
     effects, gaps = effects.detach().cpu().double(), gaps.detach().cpu().double()
-    keep = (gaps.abs() >= min_gap) & (gaps != 0)
-    skipped = pairs.skipped + tuple(
-        SkippedPair(g, SKIP_SMALL_GAP) for g, k in zip(pairs.groups, keep.tolist()) if not k
-    )
-    if not keep.any():
+    if effects.shape[0] != len(pairs) or gaps.shape != (len(pairs),):
         raise ScoringError(
-            f"{method}: all {len(pairs)} contrast pair(s) have a clean-corrupted metric gap below "
-            f"min_gap={min_gap} logits (largest |gap| {float(gaps.abs().max()):.3g}), so the fraction "
-            "restored is undefined; use more pairs (n_pairs) or a smaller min_gap"
+            f"{method}: expected one effect row and one gap per pair ({len(pairs)}); found effects "
+            f"{tuple(effects.shape)} and gaps {tuple(gaps.shape)}"
         )
-    effects, gaps = effects[keep], gaps[keep]
-    fractions = effects / gaps.reshape(gaps.shape + (1,) * (effects.ndim - 1))
-    n = fractions.shape[0]
-    stderr = fractions.std(dim=0) / n**0.5 if n > 1 else torch.zeros_like(fractions[0])
-    reasons = dict(Counter(s.reason for s in skipped))
+    keep = gaps.abs() >= min_gap
+    dropped = tuple(SkippedPair(g, SKIP_SMALL_GAP) for g, k in zip(pairs.groups, keep.tolist()) if not k)
+    kept_gaps, kept_effects = gaps[keep], effects[keep]
+    total_gap = float(kept_gaps.sum())
+    if not keep.any() or abs(total_gap) < max(min_gap, 1e-12):
+        raise ScoringError(
+            f"{method}: of {len(pairs)} contrast pair(s), {int(keep.sum())} have |gap| >= min_gap={min_gap} nats "
+            f"and their gaps sum to {total_gap:.3g} (all gaps: mean {float(gaps.mean()):.3g}, largest |gap| "
+            f"{float(gaps.abs().max()):.3g}); the demonstrations do not move the behaviour, so there is nothing to "
+            "restore. Use more pairs (n_pairs), more demonstrations (n_demos) or a smaller min_gap"
+        )
+    shape = (-1,) + (1,) * (effects.ndim - 1)
+    ratio = kept_effects.sum(0) / total_gap
+    n = int(keep.sum())
+    residual = kept_effects - ratio[None] * kept_gaps.reshape(shape)
+    stderr = (residual.pow(2).sum(0) * n / max(n - 1, 1)).sqrt() / abs(total_gap)
     meta = {
         "site": site,
         "model": bank_meta.get("model"),
@@ -292,22 +532,30 @@ def scores_from_pair_effects(
         "score_unit": unit,
         "config": config,
         "pairs": {
-            "n_used": n,
-            "n_skipped": len(skipped),
-            "skipped": reasons,
-            "mean_gap_logits": float(gaps.mean()),
+            "n_built": len(pairs),
+            "n_kept": n,
+            "n_dropped_small_gap": len(dropped),
+            "n_groups_skipped": len(pairs.skipped),
+            "skipped": dict(Counter(s.reason for s in pairs.skipped + dropped)),
+            "min_gap_nats": min_gap,
+            "mean_gap_nats": float(gaps.mean()),
+            "mean_kept_gap_nats": float(kept_gaps.mean()),
+            "mean_abs_gap_nats": float(gaps.abs().mean()),
+            "n_negative_gap": int((gaps < 0).sum()),
+            "n_demos": pairs.n_demos,
             "metric": METRIC_DESCRIPTION,
         },
     }
     return ModuleScores(
-        scores=fractions.mean(dim=0).float(),
+        scores=ratio.float(),
         method=method,
         config=config,
-        diagnostics={"stderr": stderr.float(), "effect_logits": effects.mean(dim=0).float()},
+        diagnostics={"stderr": stderr.float(), "effect_nats": kept_effects.mean(0).float()},
         meta=meta,
     )
 
 
+# --------------------------------------------------------------------------- checks and the shared body
 def check_model_for_bank(bank, model, *, method: str) -> None:
     """A model is given, and it is the one the bank describes (name and module shape)."""
     recorded = bank.meta.get("model")
@@ -329,6 +577,8 @@ def check_model_for_bank(bank, model, *, method: str) -> None:
             f"{method}: the bank has modules of shape {tuple(bank.module_shape)} at site {bank.site!r}, "
             f"but the model has {expected}; the bank belongs to another model"
         )
+    if model.training:
+        raise ScoringError(f"{method} needs the model in evaluation mode; call model.eval() first")
 
 
 def _model_names(model) -> set[str]:
@@ -345,39 +595,12 @@ def _same_model(recorded, model) -> bool:
     return str(recorded) in names
 
 
-def _single_token(model, text: str) -> int:
-    ids = model.tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ScoringError(
-            f"the option letter {text!r} is {len(ids)} tokens for this tokenizer; the A/B metric "
-            "needs each letter to be a single token"
-        )
-    return int(ids[0])
-
-
-def _pad_token(model) -> int:
-    """Any valid id works (padding sits after the real tokens of a causal model)."""
-    tokenizer = model.tokenizer
-    for pad in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if pad is not None:
-            return int(pad)
-    return 0
-
-
-def _right_pad(rows: list[Tensor], pad: int) -> Tensor:
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
-
-
-def score_with_pairs(bank, model, *, seed: int, cfg, effects_fn, method: str, unit: str) -> ModuleScores:
+def score_with_pairs(bank, model, *, seed: int, cfg: PairConfig, effects_fn, method: str, unit: str) -> ModuleScores:
     """The body shared by the patching-style scorers: build the bank's contrast pairs, measure
     per-pair module effects with ``effects_fn`` (activation or attribution patching), normalise."""
     check_model_for_bank(bank, model, method=method)
-    pairs = build_contrast_pairs(bank.examples, model, n_pairs=cfg.n_pairs, seed=seed)
-    effects, gaps = effects_fn(model, pairs, site=bank.site, batch_size=cfg.batch_size, positions=cfg.positions)
+    pairs = build_contrast_pairs(bank.examples, model, n_pairs=cfg.n_pairs, n_demos=cfg.n_demos, seed=seed)
+    effects, gaps = effects_fn(model, pairs, site=bank.site, cfg=cfg)
     return scores_from_pair_effects(
         effects, gaps, pairs, min_gap=cfg.min_gap, method=method, unit=unit,
         site=bank.site, seed=seed, config=asdict(cfg), bank_meta=bank.meta,

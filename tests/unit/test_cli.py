@@ -33,7 +33,9 @@ def test_score_takes_the_model_from_the_bank(tmp_path, tiny_model, capsys):
         f"Q: claim {i}? A:,yes,no,q{i}\n" for i in range(12)))
     assert main(["collect", "--model", "tiny-llama", "--task", f"file:{csv}", "--out", str(tmp_path / "bank")]) == 0
     # No --model: patching must use the bank's model (tiny-llama), not the embedded default.
-    assert main(["score", "--bank", str(tmp_path / "bank"), "--method", "attribution", "--out", str(tmp_path / "s")]) == 0
+    # --min-gap 0: the tiny random model's demonstrations move its answers by ~0.01-0.1 nats only
+    assert main(["score", "--bank", str(tmp_path / "bank"), "--method", "attribution", "--min-gap", "0",
+                 "--out", str(tmp_path / "s")]) == 0
     assert (tmp_path / "s" / "heatmap.png").is_file()
     assert "top modules by attribution" in capsys.readouterr().out
 

@@ -162,7 +162,7 @@ def test_config_validation():
 def _quick(task, **kw):
     # The tiny random model's clean-corrupted logit gaps are ~1e-4; patching would skip every pair at 1e-3.
     return config_for("quick", model="tiny-llama", task=task, k_grid=(1, 3), alpha_grid=(4.0,),
-                      patching_min_gap=1e-8, **kw)
+                      pair_min_gap=0.0, **kw)
 
 
 @pytest.fixture(scope="module")
