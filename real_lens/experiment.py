@@ -104,6 +104,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CI / tests: a handful of questions, one small grid point, short training.
     "quick": dict(questions_per_part=4, n_val_questions=None, n_test_questions=None, k_grid=(2,),
                   alpha_grid=(5.0,), patching_pairs=2, attribution_pairs=4, real_epochs=2,
+                  pair_min_gap=0.0,  # keeps every pair: the tiny random model's gaps are ~0.05 nats
                   real_prior_epochs=2, side_effect_texts=4, side_effect_tokens=32, n_boot=100,
                   methods=METHODS),
     # The paper's protocol at full size (for a GPU): K 48 among the grid, α 15, every test question.
