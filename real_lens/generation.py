@@ -1,28 +1,31 @@
 """Greedy generation through the bridge (so steering hooks apply), chat template when present.
 
-:func:`generate_greedy` is the one decoding loop: several prompts at once (left-padded, with an
-attention mask and per-row position ids), the prompt run once and every later step one token
-per row on the Hugging Face KV cache, logits only at the last position, and a row stops at an
-end-of-sequence token or when a caller's ``stop`` rule says its text is complete; the call ends
-when every row has stopped. Each step is one call of the bridge's forward, so the hooks on the
-model (a ``Steering.applied(model)`` block) fire on the prompt and on every generated token.
+:func:`generate_greedy` is the one decoding loop. Each prompt runs alone through the bridge's
+forward (logits of its last position only) and returns its Hugging Face KV cache; the caches
+of up to ``batch_size`` prompts are left-padded into one batch, and every later step is one
+forward of one token per row with an attention mask over the padding and per-row position ids.
+A row stops at an end-of-sequence token or when a caller's ``stop`` rule says its text is
+complete; the call ends when every row has stopped. Every forward is the bridge's, so the hooks
+on the model (a ``Steering.applied(model)`` block) fire on the prompt and on every new token.
 
-Why our own loop instead of ``TransformerBridge.generate``: that loop computes the logits of
-every prompt position over the whole vocabulary (on SmolLM2 a 109-token prompt spends ~20 % of
-its forward there; Hugging Face's ``generate`` keeps only the last position), and it cannot stop
-a row on a text rule such as "the first line is complete". The bridge's forward takes and
-returns the HF cache (``return_type="logits_and_cache"``), so the loop stays short.
+Where the time goes (``benchmarks/bench_generate.py``, SmolLM2-135M on CPU): a prompt's forward
+is compute-bound (~6x a one-token forward for 109 tokens); a one-token forward reads every
+weight once (540 MB in float32), memory-bound, and costs about as much for 16 rows as for one.
+So the floor of one continuation is its prompt forward plus one such step per new token, and
+an evaluation of many items approaches the sum of its prompt forwards when rows share the steps.
 
-What greedy decoding costs (measured by ``benchmarks/bench_generate.py``): the prompt is one
-compute-bound forward; every new token is a forward of one token per row, which reads all the
-weights once (540 MB for SmolLM2 in float32) whatever the number of rows. Batching rows is what
-brings the per-item cost of an evaluation down towards its prompt forward.
+Why not ``TransformerBridge.generate``: it computes the logits of every prompt position over the
+whole vocabulary (~20 % of a 109-token forward on SmolLM2; HF's ``generate`` keeps the last one),
+and a batch there is one left-padded prompt forward, which spends compute on the padding
+(NQ-Swap prompts run from ~40 to ~330 tokens). The bridge's forward takes and returns the HF
+cache (``return_type="logits_and_cache"``), which keeps this loop short.
 
-Batched rows give the tokens one row alone gives (padding is masked and positions are counted
-per row), up to float rounding: a matrix product over a different number of rows may round
-differently, which can flip an exact tie between two logits; tests compare token for token.
-A hook that depends on the position index (``Steering.applied(positions="prompt")``) sees the
-padded positions of a batch; pass ``batch_size=1`` for those.
+A row's tokens equal those of the row alone: its prompt forward is the same call, padded cache
+slots are masked out and positions are counted per row. Only float rounding can differ (a
+one-token step over several rows is a different matrix product), which could flip an exact tie
+between two logits; the tests compare token for token. A hook that depends on the position
+index (``Steering.applied(positions="generated")``) counts the steps of a batch from the last
+prompt's length; pass ``batch_size=1`` for it.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def generate_greedy(
     prompts: Sequence[Int[Tensor, " _pos"]],  # "_": each prompt its own length
     *,
     max_new_tokens: int,
-    batch_size: int = 16,
+    batch_size: int = 32,
     stop: StopRule | None = None,
     progress: bool = False,
 ) -> list[Int[Tensor, " _new"]]:
@@ -76,8 +79,8 @@ def generate_greedy(
 
     A continuation ends after ``max_new_tokens`` tokens, after an end-of-sequence token
     (kept, as ``generate`` keeps it), or at the first token after which ``stop`` (called on
-    the continuation decoded without special tokens) returns True. Prompts are run
-    ``batch_size`` at a time, longest first, so rows of similar length share a batch.
+    the continuation decoded without special tokens) returns True. Each prompt's forward
+    runs alone; the decoding steps run ``batch_size`` rows at a time.
     The caller chooses the mode (``torch.inference_mode()``) and the hooks.
     """
     if max_new_tokens < 1:
@@ -91,37 +94,41 @@ def generate_greedy(
             f"each prompt must be a non-empty 1-D tensor of token ids; found shape {tuple(bad.shape)}, "
             f"dtype {bad.dtype} (tokenize with real_lens.evaluation.forward.tokenize)"
         )
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    out: list[Tensor | None] = [None] * len(prompts)
+    out: list[Tensor] = []
     with tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            for i, new in zip(chunk, _generate_batch(model, [prompts[i] for i in chunk], max_new_tokens, stop)):
-                out[i] = new
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            out += _generate_batch(model, chunk, max_new_tokens, stop)
             bar.update(len(chunk))
     return out
 
 
 def _generate_batch(model, prompts: list[Tensor], max_new_tokens: int, stop: StopRule | None) -> list[Tensor]:
     device = model.cfg.device
-    n_rows, width = len(prompts), max(len(p) for p in prompts)
-    pad = _pad_id(model)
-    tokens = torch.full((n_rows, width), pad, dtype=torch.long)
-    mask = torch.zeros((n_rows, width), dtype=torch.long)
-    for row, p in enumerate(prompts):  # left padding: every row's last prompt token is in the last column
-        tokens[row, width - len(p):] = p
-        mask[row, width - len(p):] = 1
-    tokens, mask = tokens.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row counts from its own first token
+    n_rows, lengths = len(prompts), [len(p) for p in prompts]
+    width = max(lengths)
+    # The prompts run one at a time: a prompt's forward is compute-bound, so rows would gain
+    # nothing from sharing it and padding would cost. Their caches are then left-padded into one
+    # batch for the decoding steps, each of which reads every weight once whatever the rows.
+    first_logits, caches = [], []
+    for p in prompts:
+        logits, cache = model(p[None].to(device), return_type="logits_and_cache", use_cache=True, logits_to_keep=1)
+        first_logits.append(logits[:, -1])
+        caches.append(cache)
+    logits = torch.cat(first_logits)
+    cache = caches[0] if n_rows == 1 else _left_pad_caches(caches, width, model)
+    mask = torch.zeros((n_rows, width), dtype=torch.long, device=device)
+    for row, length in enumerate(lengths):
+        mask[row, width - length:] = 1
+    positions = torch.tensor(lengths, device=device)[:, None]  # each row counts from its own first token
     eos = torch.tensor(_eos_ids(model), dtype=torch.long, device=device)
+    pad = _pad_id(model)
 
-    logits, cache = model(tokens, return_type="logits_and_cache", attention_mask=mask,
-                          position_ids=positions, use_cache=True, logits_to_keep=1)
     steps: list[Tensor] = []
-    lengths = torch.full((n_rows,), max_new_tokens, dtype=torch.long)
+    n_new = torch.full((n_rows,), max_new_tokens, dtype=torch.long)
     finished = torch.zeros(n_rows, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
-        next_token = logits[:, -1].argmax(-1).masked_fill(finished, pad)
+        next_token = logits.argmax(-1).masked_fill(finished, pad)
         steps.append(next_token)
         just_done = torch.isin(next_token, eos) & ~finished
         if stop is not None:
@@ -129,16 +136,40 @@ def _generate_batch(model, prompts: list[Tensor], max_new_tokens: int, stop: Sto
             for row in (~finished & ~just_done).nonzero().flatten().tolist():
                 if stop(model.tokenizer.decode(new[row], skip_special_tokens=True)):
                     just_done[row] = True
-        lengths[just_done.cpu()] = step + 1
+        n_new[just_done.cpu()] = step + 1
         finished |= just_done
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones((n_rows, 1), dtype=mask.dtype, device=device)], dim=1)
-        positions = positions[:, -1:] + 1
         logits, cache = model(next_token[:, None], return_type="logits_and_cache", past_key_values=cache,
                               attention_mask=mask, position_ids=positions, logits_to_keep=1)
+        logits = logits[:, -1]
+        positions = positions + 1
     new = torch.stack(steps, dim=1).cpu()
-    return [new[row, :lengths[row]] for row in range(n_rows)]
+    return [new[row, :n_new[row]] for row in range(n_rows)]
+
+
+def _left_pad_caches(caches: list, width: int, model):
+    """One batch cache from one-row caches: each layer's keys and values left-padded with zeros to ``width``.
+
+    The padded slots are masked out by the attention mask, so their values never matter."""
+    from transformers import DynamicCache
+
+    bad = next((c for c in caches if not isinstance(c, DynamicCache)), None)
+    if bad is not None:
+        raise NotImplementedError(
+            f"batched generation merges Hugging Face DynamicCache objects; this model returned a "
+            f"{type(bad).__name__}. Generate with batch_size=1"
+        )
+
+    def pad(t: Tensor) -> Tensor:  # [1, kv_heads, pos, d_head] -> [1, kv_heads, width, d_head]
+        return torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0))
+
+    layers = []
+    for per_row in zip(*(c.layers for c in caches)):
+        layers.append((torch.cat([pad(layer.keys) for layer in per_row]),
+                       torch.cat([pad(layer.values) for layer in per_row])))
+    return DynamicCache(layers, config=getattr(model.original_model, "config", None))
 
 
 def _eos_ids(model) -> list[int]:

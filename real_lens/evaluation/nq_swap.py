@@ -120,7 +120,7 @@ def evaluate_nq_swap(
     *,
     steering: SteeringLike | None = None,
     max_new_tokens: int = 12,
-    batch_size: int = 16,
+    batch_size: int = 32,
     progress: bool = False,
 ) -> NQSwapResult:
     """Greedy answers (``batch_size`` items per decoding call) and their exact match with the context and the memory answers."""
