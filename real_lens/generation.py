@@ -37,6 +37,8 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .evaluation.forward import pad_id
+
 StopRule = Callable[[str], bool]
 
 
@@ -122,7 +124,7 @@ def _generate_batch(model, prompts: list[Tensor], max_new_tokens: int, stop: Sto
         mask[row, width - length:] = 1
     positions = torch.tensor(lengths, device=device)[:, None]  # each row counts from its own first token
     eos = torch.tensor(_eos_ids(model), dtype=torch.long, device=device)
-    pad = _pad_id(model)
+    pad = pad_id(model)  # fed to finished rows, whose tokens are dropped
 
     steps: list[Tensor] = []
     n_new = torch.full((n_rows,), max_new_tokens, dtype=torch.long)
@@ -152,7 +154,9 @@ def _generate_batch(model, prompts: list[Tensor], max_new_tokens: int, stop: Sto
 def _left_pad_caches(caches: list, width: int, model):
     """One batch cache from one-row caches: each layer's keys and values left-padded with zeros to ``width``.
 
-    The padded slots are masked out by the attention mask, so their values never matter."""
+    The padded slots are masked out by the attention mask, so their values never matter. (A
+    sliding-window layer would count the padding inside its window; NQ-Swap's prompts are far
+    shorter than any such window.)"""
     from transformers import DynamicCache
 
     bad = next((c for c in caches if not isinstance(c, DynamicCache)), None)
@@ -169,7 +173,9 @@ def _left_pad_caches(caches: list, width: int, model):
     for per_row in zip(*(c.layers for c in caches)):
         layers.append((torch.cat([pad(layer.keys) for layer in per_row]),
                        torch.cat([pad(layer.values) for layer in per_row])))
-    return DynamicCache(layers, config=getattr(model.original_model, "config", None))
+        for layer in per_row:  # at most one layer held twice: a 7B model's rows are ~0.2 GB each
+            layer.keys = layer.values = None
+    return DynamicCache(layers, config=getattr(getattr(model, "original_model", None), "config", None))
 
 
 def _eos_ids(model) -> list[int]:
@@ -181,7 +187,3 @@ def _eos_ids(model) -> list[int]:
         return []
     return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
 
-
-def _pad_id(model) -> int:
-    pad = getattr(model.tokenizer, "pad_token_id", None)
-    return int(pad) if pad is not None else (_eos_ids(model) or [0])[0]
