@@ -2,8 +2,10 @@
 
 For each item the model greedily continues the task's plain-text prompt (``...\\nanswer:``, no
 chat template, the text the steering directions were computed on; BOS prepended as the model
-does) for at most ``max_new_tokens`` tokens, KV-cached, one item at a time, inside
-``steering.applied(model)`` when a steering is given.
+does) for at most ``max_new_tokens`` tokens, inside ``steering.applied(model)`` when a steering
+is given. Items are decoded ``batch_size`` at a time by :func:`real_lens.generation.generate_greedy`
+(left-padded, KV-cached) and a row stops once its first line is complete (a line break after
+text): only the first line is scored, so the tokens after it cannot change a prediction.
 
 Match rule (:func:`exact_match`): the prediction is the generated text's first non-empty line.
 After :func:`~real_lens.tasks.nq_swap.normalize_answer` (lower-case, no punctuation, no a/an/the,
@@ -30,8 +32,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 from jaxtyping import Float
-from tqdm.auto import tqdm
 
+from ..generation import first_line_complete, generate_greedy
 from ..tasks.base import Task
 from ..tasks.nq_swap import ConflictQuestion, normalize_answer
 from .forward import SteeringLike, steering_context, tokenize
@@ -118,9 +120,10 @@ def evaluate_nq_swap(
     *,
     steering: SteeringLike | None = None,
     max_new_tokens: int = 12,
+    batch_size: int = 32,
     progress: bool = False,
 ) -> NQSwapResult:
-    """Greedy answers and their exact match with the context and the memory answers."""
+    """Greedy answers (``batch_size`` items per decoding call) and their exact match with the context and the memory answers."""
     if isinstance(items, Mapping):
         raise TypeError(
             "items must be a sequence of ConflictQuestion, found a mapping; pass "
@@ -135,10 +138,11 @@ def evaluate_nq_swap(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1; got {max_new_tokens}")
 
-    predictions = []
+    prompts = [tokenize(model, item.prompt) for item in items]
     with steering_context(model, steering), torch.inference_mode():
-        for item in tqdm(items, desc="nq-swap", unit="item", disable=not progress):
-            predictions.append(generate_answer(model, item.prompt, max_new_tokens=max_new_tokens))
+        continuations = generate_greedy(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                        stop=first_line_complete, progress=progress)
+    predictions = [first_line(model.tokenizer.decode(new, skip_special_tokens=True)) for new in continuations]
     is_context = np.array([q.direction == "context" for q in items])
     scores = []
     for rule in (exact_match, contains_answer):
@@ -149,9 +153,6 @@ def evaluate_nq_swap(
 
 
 def generate_answer(model, prompt: str, *, max_new_tokens: int) -> str:
-    """The greedy continuation's first line (no chat template); the caller sets steering and inference mode."""
-    tokens = tokenize(model, prompt)[None].to(model.cfg.device)
-    out = model.generate(
-        tokens, max_new_tokens=max_new_tokens, do_sample=False, use_past_kv_cache=True, verbose=False
-    )
-    return first_line(model.tokenizer.decode(out[0, tokens.shape[1]:], skip_special_tokens=True))
+    """One item's prediction: the greedy continuation's first line (no chat template); the caller sets steering and inference mode."""
+    (new,) = generate_greedy(model, [tokenize(model, prompt)], max_new_tokens=max_new_tokens, stop=first_line_complete)
+    return first_line(model.tokenizer.decode(new, skip_special_tokens=True))
