@@ -37,6 +37,7 @@ per choice) and real-lens ~15 s per question and style; rerun the same command a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -235,23 +236,30 @@ def call_harness(python: str, records: list[dict], *, model_dir: str, add_bos_to
     return data
 
 
-def evaluate_real_lens(model, questions, *, style: str, prepend_bos: bool, mc_prompts) -> dict:
-    """real-lens MC1/MC2 under one prompt style and BOS setting (``default_prepend_bos`` is restored)."""
-    from real_lens.evaluation.truthfulqa import evaluate_truthfulqa
-
+@contextlib.contextmanager
+def bos_setting(model, prepend_bos: bool):
+    """TransformerLens's own switch, ``model.cfg.default_prepend_bos`` (what ``to_tokens`` reads), restored after."""
     before = model.cfg.default_prepend_bos
     model.cfg.default_prepend_bos = prepend_bos
     try:
+        yield model
+    finally:
+        model.cfg.default_prepend_bos = before
+
+
+def evaluate_real_lens(model, questions, *, style: str, prepend_bos: bool, mc_prompts) -> dict:
+    """real-lens MC1/MC2 of ``questions`` under one prompt style and BOS setting."""
+    from real_lens.evaluation.truthfulqa import evaluate_truthfulqa
+
+    with bos_setting(model, prepend_bos):
         started = time.perf_counter()
         result = evaluate_truthfulqa(model, questions, mc_prompt=mc_prompts[style], progress=False)
         seconds = time.perf_counter() - started
-    finally:
-        model.cfg.default_prepend_bos = before
     return {"questions": list(result.questions), "mc1": result.mc1.tolist(), "mc2": result.mc2.tolist(),
             "seconds": seconds}
 
 
-def check_same_inputs(model, questions, harness: dict, *, prompt, prepend_bos: bool) -> dict:
+def check_same_inputs(model, questions, harness: list[dict], *, prompt, prepend_bos: bool) -> dict:
     """Do the harness and real-lens read the same text and the same tokens?
 
     Text: the harness's context must be real-lens's ``qa`` prompt and each continuation ``" " + answer``.
@@ -262,11 +270,9 @@ def check_same_inputs(model, questions, harness: dict, *, prompt, prepend_bos: b
     from real_lens.evaluation.truthfulqa import answer_start
     from real_lens.tasks.truthfulqa import ANSWER_FORMAT
 
-    before = model.cfg.default_prepend_bos
-    model.cfg.default_prepend_bos = prepend_bos
     counts = {"contexts_equal": 0, "continuations_equal": 0, "context_tokens_equal": 0,
               "continuation_tokens_equal": 0, "n_continuations": 0, "boundary_merges": 0}
-    try:
+    with bos_setting(model, prepend_bos):
         for q, row in zip(questions, harness):
             text = prompt.format(q.question)
             counts["contexts_equal"] += row["context"] == text
@@ -282,17 +288,23 @@ def check_same_inputs(model, questions, harness: dict, *, prompt, prepend_bos: b
                 ours = full[answer_start(prompt_tokens, full):].tolist()
                 counts["continuation_tokens_equal"] += ours == row["continuation_tokens"][continuation]
             counts["boundary_merges"] += row["boundary_merges"]
-    finally:
-        model.cfg.default_prepend_bos = before
     counts["n_questions"] = len(questions)
     return counts
 
 
-def compute(cfg: Config, *, lm_eval_python: str, work: Path, progress: bool) -> dict:
-    from tqdm.auto import tqdm
+@dataclass(frozen=True)
+class Inputs:
+    """What both sides read: the questions (in units of ``questions_per_call``), prompts and model."""
 
-    from real_lens.evaluation.truthfulqa import score_mc2, select_mc_questions
-    from real_lens.io import read_json, write_json
+    questions: list
+    chunks: list[list]
+    mc_prompts: dict
+    model: object
+    model_dir: str
+
+
+def prepare(cfg: Config) -> Inputs:
+    from real_lens.evaluation.truthfulqa import select_mc_questions
     from real_lens.models import load_model
     from real_lens.tasks import load_task
 
@@ -300,34 +312,60 @@ def compute(cfg: Config, *, lm_eval_python: str, work: Path, progress: bool) -> 
     questions = select_mc_questions(task, task.folds[cfg.fold].test)[:cfg.n_questions]
     if len(questions) < cfg.n_questions:
         raise ValueError(f"fold {cfg.fold} has {len(questions)} test questions; Config.n_questions asks for {cfg.n_questions}")
-    mc_prompts = task.eval_data["mc_prompts"]
     model = load_model(cfg.model)
     model_dir = str(model.original_model.config._name_or_path)
     if not (Path(model_dir) / "config.json").is_file():
         raise ValueError(f"model {cfg.model!r} was not loaded from a local HF directory ({model_dir!r}); "
                          "the harness needs one (use the embedded model or a local directory)")
-    chunks = chunk(questions, cfg.questions_per_call)
-    units = [("harness", s, i) for s in TOKEN_SETTINGS for i in range(len(chunks))]
-    units += [("real-lens", f"qa/{s}", i) for s in TOKEN_SETTINGS for i in range(len(chunks))]
-    units += [("real-lens", f"{style}/bos", i) for style in OTHER_STYLES for i in range(len(chunks))]
-    done = {}
-    for side, setting, i in tqdm(units, desc=NAME, disable=not progress):
-        key = digest([side, setting, cfg.model, [q.question for q in chunks[i]], cfg.harness_batch_size])
-        path = work / f"{side}-{setting.replace('/', '-')}-{i}-{key}.json"
-        if path.is_file():
-            done[side, setting, i] = read_json(path)
-        elif side == "harness":
-            done[side, setting, i] = call_harness(lm_eval_python, build_hub_records(chunks[i]), model_dir=model_dir,
-                                                  add_bos_token=TOKEN_SETTINGS[setting][0],
-                                                  batch_size=cfg.harness_batch_size, out=path)
+    return Inputs(questions, chunk(questions, cfg.questions_per_call), task.eval_data["mc_prompts"], model, model_dir)
+
+
+def list_units(inputs: Inputs) -> list[tuple[str, str, int]]:
+    """(side, setting, chunk index) of every unit of work: harness per BOS setting, real-lens per style/BOS."""
+    n = range(len(inputs.chunks))
+    return ([("harness", s, i) for s in TOKEN_SETTINGS for i in n]
+            + [("real-lens", f"qa/{s}", i) for s in TOKEN_SETTINGS for i in n]
+            + [("real-lens", f"{style}/bos", i) for style in OTHER_STYLES for i in n])
+
+
+def unit_path(cfg: Config, inputs: Inputs, work: Path, unit: tuple[str, str, int]) -> Path:
+    side, setting, i = unit
+    key = digest([side, setting, cfg.model, [q.question for q in inputs.chunks[i]], cfg.harness_batch_size])
+    return work / f"{side}-{setting.replace('/', '-')}-{i}-{key}.json"
+
+
+def run_units(cfg: Config, inputs: Inputs, *, lm_eval_python: str, work: Path, max_units: int | None,
+              progress: bool) -> int:
+    """Compute (and cache in ``work``) up to ``max_units`` units not yet cached; how many are left."""
+    from tqdm.auto import tqdm
+
+    from real_lens.io import write_json
+
+    todo = [u for u in list_units(inputs) if not unit_path(cfg, inputs, work, u).is_file()]
+    run = todo if max_units is None else todo[:max_units]
+    for unit in tqdm(run, desc=NAME, disable=not progress):
+        side, setting, i = unit
+        path = unit_path(cfg, inputs, work, unit)
+        if side == "harness":
+            call_harness(lm_eval_python, build_hub_records(inputs.chunks[i]), model_dir=inputs.model_dir,
+                         add_bos_token=TOKEN_SETTINGS[setting][0], batch_size=cfg.harness_batch_size, out=path)
         else:
             style, bos = setting.split("/")
-            done[side, setting, i] = evaluate_real_lens(model, chunks[i], style=style, prepend_bos=bos == "bos",
-                                                        mc_prompts=mc_prompts)
-            write_json(path, done[side, setting, i])
+            write_json(path, evaluate_real_lens(inputs.model, inputs.chunks[i], style=style,
+                                                prepend_bos=bos == "bos", mc_prompts=inputs.mc_prompts))
+    return len(todo) - len(run)
+
+
+def compute(cfg: Config, inputs: Inputs, *, work: Path) -> dict:
+    """The comparison from the cached units (all of them must be there: :func:`run_units`)."""
+    from real_lens.evaluation.truthfulqa import score_mc2
+    from real_lens.io import read_json
+
+    questions, model, mc_prompts = inputs.questions, inputs.model, inputs.mc_prompts
+    n_chunks = len(inputs.chunks)
 
     def gather(side, setting):
-        rows = [done[side, setting, i] for i in range(len(chunks))]
+        rows = [read_json(unit_path(cfg, inputs, work, (side, setting, i))) for i in range(n_chunks)]
         if side == "harness":
             return [q for r in rows for q in r["questions"]], sum(r["seconds"] for r in rows)
         return {k: [v for r in rows for v in r[k]] for k in ("questions", "mc1", "mc2")}, sum(r["seconds"] for r in rows)
@@ -353,7 +391,7 @@ def compute(cfg: Config, *, lm_eval_python: str, work: Path, progress: bool) -> 
             "real_lens": ours, "harness": other,
             **summarise_agreement(real[ours]["mc1"], real[ours]["mc2"], theirs(other, "mc1"), theirs(other, "mc2")),
         }
-    inputs = {s: check_same_inputs(model, questions, harness[s], prompt=mc_prompts["qa"], prepend_bos=bos)
+    same_inputs = {s: check_same_inputs(model, questions, harness[s], prompt=mc_prompts["qa"], prepend_bos=bos)
               for s, (_, bos) in TOKEN_SETTINGS.items()}
     # The MC2 arithmetic alone: real-lens's score_mc2 on the harness's own log-likelihoods.
     arithmetic = {}
@@ -362,13 +400,12 @@ def compute(cfg: Config, *, lm_eval_python: str, work: Path, progress: bool) -> 
                           [ll for ll, y in zip(row["ll_mc2"], q.mc2_labels) if y == 0])
                 for q, row in zip(questions, harness[s])]
         arithmetic[s] = float(np.max(np.abs(np.array(ours) - theirs(s, "mc2"))))
-    first = next(iter(done[u] for u in done if u[0] == "harness"))
     return {
         "n_questions": len(questions),
-        "versions": first["versions"],
-        "model_dir": Path(model_dir).name,
+        "versions": read_json(unit_path(cfg, inputs, work, ("harness", "bos", 0)))["versions"],
+        "model_dir": Path(inputs.model_dir).name,
         "comparisons": comparisons,
-        "inputs": inputs,
+        "inputs": same_inputs,
         "mc2_arithmetic_max_abs_diff": arithmetic,
         "mc1_ties_in_harness": {s: count_mc1_ties(theirs(s, "ll_mc1")) for s in TOKEN_SETTINGS},
         "real_lens_means": {s: {"mc1": float(np.mean(v["mc1"])), "mc2": float(np.mean(v["mc2"]))} for s, v in real.items()},
@@ -391,16 +428,26 @@ def table(data: dict) -> list[str]:
         f"(float32, CPU), the \"qa\" preset prompt; lm-eval {data['versions']['lm_eval']}, "
         f"transformers {data['versions']['transformers']}, torch {data['versions']['torch']}.",
         "",
-        "| pair (real-lens vs harness) | MC1 equal | max abs ΔMC2 | mean abs ΔMC2 | MC1 real-lens / harness "
-        "| MC2 real-lens / harness |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| pair (real-lens vs harness) | MC1 equal | max abs ΔMC2 | mean abs ΔMC2 | max abs Δlogit(MC2) "
+        "| MC1 real-lens / harness | MC2 real-lens / harness |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, c in data["comparisons"].items():
         lines.append(
-            f"| {name}: {c['real_lens']} vs {c['harness']} | {c['mc1_equal']}/{c['n']} | {c['max_abs_dmc2']:.2e} "
-            f"| {c['mean_abs_dmc2']:.2e} | {c['mc1_mean'][0]:.4f} / {c['mc1_mean'][1]:.4f} "
-            f"| {c['mc2_mean'][0]:.4f} / {c['mc2_mean'][1]:.4f} |"
+            f"| {name}: real-lens {c['real_lens']} vs harness {c['harness']} | {c['mc1_equal']}/{c['n']} "
+            f"| {c['max_abs_dmc2']:.2e} | {c['mean_abs_dmc2']:.2e} | {c['max_abs_dlogit_mc2']:.2e} "
+            f"| {c['mc1_mean'][0]:.4f} / {c['mc1_mean'][1]:.4f} | {c['mc2_mean'][0]:.4f} / {c['mc2_mean'][1]:.4f} |"
         )
+    for name, c in data["comparisons"].items():
+        differ = sorted(set(c["mc1_differs"]) | set(c["mc2_differs"]))
+        if differ:
+            lines += ["", f"Questions that differ in \"{name}\" (MC1 differs, or abs ΔMC2 > 1e-4): MC1 and MC2, "
+                      "real-lens → harness", ""]
+            for k in differ:
+                row = data["per_question"][k]
+                ours, theirs = f"real-lens {c['real_lens']}", f"harness {c['harness']}"
+                lines.append(f"- {k}: MC1 {row[ours + ' mc1']:.0f} → {row[theirs + ' mc1']:.0f}, MC2 "
+                             f"{row[ours + ' mc2']:.4f} → {row[theirs + ' mc2']:.4f} — {row['question']}")
     lines += ["", "Same inputs? (per BOS setting: exact string and token-id equality)", "",
               "| setting | contexts | continuations | context tokens | continuation tokens | boundary merges |",
               "| --- | --- | --- | --- | --- | --- |"]
@@ -431,6 +478,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="the QUICK configuration (2 questions, minutes)")
     parser.add_argument("--out", default=None, help="results folder (default results/crosscheck_lm_eval, "
                         "or runs/analyses/crosscheck_lm_eval-quick with --quick)")
+    parser.add_argument("--max-units", type=int, default=None,
+                        help="compute at most this many uncached units of work, then stop (for short jobs)")
     args = parser.parse_args(argv)
     if not Path(args.lm_eval_python).is_file():
         raise RealLensError(f"--lm-eval-python {args.lm_eval_python} does not exist; make the harness venv as "
@@ -438,7 +487,13 @@ def main(argv=None) -> dict:
     cfg = QUICK if args.quick else CONFIG
     out = Path(args.out or (ROOT / "runs" / "analyses" / f"{NAME}-quick" if args.quick else RESULTS / NAME))
     work = ROOT / "runs" / "analyses" / (f"{NAME}-quick" if args.quick else NAME) / "cache"
-    data = compute(cfg, lm_eval_python=args.lm_eval_python, work=work, progress=not args.quick)
+    inputs = prepare(cfg)
+    left = run_units(cfg, inputs, lm_eval_python=args.lm_eval_python, work=work, max_units=args.max_units,
+                     progress=not args.quick)
+    if left:
+        print(f"{left} unit(s) of work left (cached so far in {work}); run the same command again")
+        return {"units_left": left}
+    data = compute(cfg, inputs, work=work)
     save(out, cfg, data, table({"config": dataclasses.asdict(cfg), **data}))
     print("\n".join(table({"config": dataclasses.asdict(cfg), **data})))
     return data
