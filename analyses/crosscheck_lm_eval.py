@@ -31,8 +31,11 @@ Setup and run (from the repository root)::
     /work/lmeval-venv/bin/pip install "lm-eval[hf]==0.4.13" "transformers>=5.9,<5.24"
     OMP_NUM_THREADS=2 .venv/bin/python -m analyses.crosscheck_lm_eval --lm-eval-python /work/lmeval-venv/bin/python
 
-Under load (2 shared cores) the harness took ~60 s per question (it reads all ~220 prompt tokens once
-per choice) and real-lens ~15 s per question and style; rerun the same command after an interruption.
+Measured under load (2 CPU cores shared by several jobs), 24 questions: the harness ~35 s per question
+and BOS setting (it reads the ~220 prompt tokens once per choice; 29 min for both settings), real-lens
+~6 s per question and style (the demonstrations run once). To keep each job short, add
+``--max-units N`` (compute at most N uncached units, then stop; a harness unit of 6 questions took
+~4 min, a real-lens unit ~40 s) and repeat the command until it writes the results.
 """
 
 from __future__ import annotations
@@ -411,7 +414,7 @@ def compute(cfg: Config, inputs: Inputs, *, work: Path) -> dict:
         "real_lens_means": {s: {"mc1": float(np.mean(v["mc1"])), "mc2": float(np.mean(v["mc2"]))} for s, v in real.items()},
         "seconds_under_load": seconds,
         "per_question": [
-            {"question": texts[k],
+            {"index": k,  # position among the fold's test questions (task order); texts stay in the data folder
              **{f"harness {s} {m}": harness[s][k][m] for s in TOKEN_SETTINGS for m in ("mc1", "mc2")},
              **{f"real-lens {s} {m}": real[s][m][k] for s in real for m in ("mc1", "mc2")}}
             for k in range(len(questions))
@@ -446,9 +449,15 @@ def table(data: dict) -> list[str]:
             for k in differ:
                 row = data["per_question"][k]
                 ours, theirs = f"real-lens {c['real_lens']}", f"harness {c['harness']}"
-                lines.append(f"- {k}: MC1 {row[ours + ' mc1']:.0f} → {row[theirs + ' mc1']:.0f}, MC2 "
-                             f"{row[ours + ' mc2']:.4f} → {row[theirs + ' mc2']:.4f} — {row['question']}")
-    lines += ["", "Same inputs? (per BOS setting: exact string and token-id equality)", "",
+                lines.append(f"- question {k}: MC1 {row[ours + ' mc1']:.0f} → {row[theirs + ' mc1']:.0f}, MC2 "
+                             f"{row[ours + ' mc2']:.4f} → {row[theirs + ' mc2']:.4f}")
+    lines += ["", "How each side tokenises: the harness (HFLM._encode_pair) encodes context + continuation jointly "
+              "and cuts the continuation at the context's length in tokens; real-lens cuts where the tokenisations "
+              "of prompt and prompt + answer first differ. With add_bos_token unset the harness prepends no BOS for "
+              "this tokenizer (its encode adds none); TransformerLens prepends BOS <|im_start|>. Both score "
+              "each answer as the sum of its tokens' log-probs, the harness in float32 (sdpa attention), real-lens "
+              "summing in float64 (eager attention, the demonstrations' KV cache shared).",
+              "", "Same inputs? (per BOS setting: exact string and token-id equality)", "",
               "| setting | contexts | continuations | context tokens | continuation tokens | boundary merges |",
               "| --- | --- | --- | --- | --- | --- |"]
     for s, c in data["inputs"].items():
