@@ -12,7 +12,7 @@ end of the input) leaves every earlier position exactly as in the corrupted run,
 1. one clean forward (both answers) gives the clean activations at the patched positions;
 2. one forward of the corrupted input *up to* the patched positions gives its KV cache
    (``return_type="logits_and_cache"``, Hugging Face ``DynamicCache``), shared by every patch;
-3. the modules are patched in chunks of ``modules_per_batch``: one forward per chunk whose batch
+3. the modules are patched in chunks (``modules_per_batch``): one forward per chunk whose batch
    rows are (module, answer) pairs, each row patching a different module, fed only the patched
    positions (a few tokens) after its copy of the cache (``batch_select_indices``).
 
@@ -44,7 +44,7 @@ from .. import hooks
 from ..errors import ScoringError
 from . import ModuleScores, register_scorer
 from .pairs import (
-    ContrastPairs, PairConfig, Rows, fed_rows, full_rows, pad_token, prefix_tokens, run_and_capture, score_with_pairs,
+    ContrastPair, ContrastPairs, PairConfig, Rows, fed_rows, full_rows, pad_token, prefix_tokens, run_and_capture, score_with_pairs,
 )
 
 METHOD = "patching"
@@ -61,16 +61,28 @@ class PatchingConfig(PairConfig):
 
     ``n_pairs`` 8: a pair costs ``n_modules * 2`` rows of ~10 tokens (TruthfulQA; SmolLM2's 270
     heads: ~5,000 tokens, ~15-20 s on 2 CPU cores), so 8 pairs take a few minutes.
-    ``modules_per_batch``: modules patched in one forward (rows = 2x that).
+    ``modules_per_batch``: at most this many modules patched in one forward (rows = 2x that).
+    ``max_cached_tokens``: fewer when the rows' cached prefixes would hold more tokens than this
+    (each row holds its own copy of the corrupted prefix's keys and values: 16,384 tokens are
+    ~0.75 GB on SmolLM2; a TruthfulQA pair keeps all 32 modules, an NQ-Swap pair ~12).
     """
 
     n_pairs: int = 8
     modules_per_batch: int = 32
+    max_cached_tokens: int = 16384
 
     def __post_init__(self):
         super().__post_init__()
         if self.modules_per_batch < 1:
             raise ScoringError(f"modules_per_batch must be at least 1; got {self.modules_per_batch}")
+        if self.max_cached_tokens < 1:
+            raise ScoringError(f"max_cached_tokens must be at least 1; got {self.max_cached_tokens}")
+
+    def modules_per_forward(self, pair: ContrastPair) -> int:
+        """Modules patched per forward on ``pair``: ``modules_per_batch``, fewer for long prefixes."""
+        fed = len(pair.prompt) - pair.patch_start(self.positions) + max(len(pair.aligned), len(pair.violating))
+        tokens_per_module = 2 * (len(prefix_tokens(pair, positions=self.positions)) + fed)
+        return max(1, min(self.modules_per_batch, self.max_cached_tokens // tokens_per_module))
 
 
 @register_scorer(METHOD)
@@ -108,14 +120,14 @@ def patch_pairs(
     cfg = as_patching_config(cfg)
     _check_eval(model)
     modules = _modules(model, site)
-    chunks = [modules[i:i + cfg.modules_per_batch] for i in range(0, len(modules), cfg.modules_per_batch)]
+    sizes = [cfg.modules_per_forward(pair) for pair in pairs.pairs]
     names = [hooks.hook_name(site, layer) for layer in range(model.cfg.n_layers)]
     pad, device = pad_token(model), model.cfg.device
     effects, gaps = [], []
-    bar = tqdm(total=len(pairs) * len(chunks), desc=f"patching {len(pairs)} pairs x {len(modules)} modules",
+    bar = tqdm(total=sum(-(-len(modules) // size) for size in sizes), desc=f"patching {len(pairs)} pairs x {len(modules)} modules",
                unit="forward", disable=not progress)
     with torch.inference_mode(), bar:
-        for pair in pairs.pairs:
+        for pair, size in zip(pairs.pairs, sizes):
             clean = run_and_capture(model, full_rows([pair], "clean", positions=cfg.positions, pad=pad).to(device), names)
             clean_metric = clean.metric[0]
             patches = [clean.activations[name] for name in names]  # per layer [answer, patch, *module]
@@ -126,7 +138,7 @@ def patch_pairs(
                                          logits_to_keep=fed.logits_to_keep))[0]
             pair_effects = torch.empty(len(modules), dtype=torch.float64)
             done = 0
-            for chunk in chunks:
+            for chunk in (modules[i:i + size] for i in range(0, len(modules), size)):
                 patched = _patched_metrics(model, site, fed, prefix_cache, patches, chunk)
                 pair_effects[done:done + len(chunk)] = (patched - corrupted).cpu()
                 done += len(chunk)

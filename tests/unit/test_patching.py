@@ -410,6 +410,19 @@ def test_pair_config_is_validated(bad, match):
         PatchingConfig(**bad)
     with pytest.raises(ScoringError, match="modules_per_batch"):
         PatchingConfig(modules_per_batch=0)
+    with pytest.raises(ScoringError, match="max_cached_tokens"):
+        PatchingConfig(max_cached_tokens=0)
+
+
+def test_long_prefixes_patch_fewer_modules_per_forward(tiny_model, pairs):
+    pair = pairs.pairs[0]
+    per_module = 2 * (len(prefix_tokens(pair, positions="answer")) + len(pair.aligned[:-1]) + 1)
+    assert PatchingConfig(modules_per_batch=6).modules_per_forward(pair) == 6
+    assert PatchingConfig(modules_per_batch=6, max_cached_tokens=3 * per_module).modules_per_forward(pair) <= 3
+    assert PatchingConfig(max_cached_tokens=1).modules_per_forward(pair) == 1
+    small = PatchingConfig(max_cached_tokens=3 * per_module + 5)
+    assert torch.allclose(patch_pairs(tiny_model, pairs[:2], site="head_z", cfg=small, progress=False)[0],
+                          patch_pairs(tiny_model, pairs[:2], site="head_z", progress=False)[0], atol=1e-6)
 
 
 def test_model_in_training_mode_is_refused(tiny_model, pairs):
