@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def bank_arg(p):
         p.add_argument("--bank-dtype", default="float32", choices=tuple(DTYPES), help="how the bank stores activations")
-        p.add_argument("--chunk-size", type=_positive_int, default=256,
+        p.add_argument("--chunk-size", type=_positive_int, default=64,
                        help="examples per cached chunk; under torchrun each rank collects whole chunks")
 
     p = command("hooks", help="every hook point with its shape on a short prompt, grouped by layer")
