@@ -3,7 +3,8 @@
 Sources, all small and committed under results/:
 - ``results/truthfulqa/``: the main job's results.csv, summary.json and scores (copied from
   ``runs/truthfulqa`` by ``--from-run runs/truthfulqa``) → ``truthfulqa_heatmaps_fold*.png``,
-  ``truthfulqa_mc2_vs_k.png``;
+  ``truthfulqa_mc2_vs_k.png`` (when val chose K) and ``truthfulqa_mc2_vs_kl.png`` (the frontier, when
+  the run compared methods at KL targets);
 - ``results/<analysis>/data.json`` of each analysis → ``figures/<analysis>.png``.
 A missing source is reported and the script exits with code 1 (the other figures are still made);
 a ``--from-run`` folder that is not a finished run is one line on stderr and exit code 2.
@@ -20,6 +21,7 @@ from pathlib import Path
 from analyses import compare_selection, overlap, score_vs_effect, transfer
 from analyses.common import FIGURES, RESULTS, load, run_main
 from real_lens.errors import RealLensError
+from real_lens.experiment import draw_frontier
 from real_lens.io import read_json
 from real_lens.plotting import plot_metric_vs_k, plot_score_heatmaps
 from real_lens.scoring import ModuleScores
@@ -49,9 +51,13 @@ def main_job_figures(src: Path, figures: Path, name: str) -> list[Path]:
     methods = read_json(src / "config.json")["config"]["methods"]
     made = []
     for fold_dir in sorted((src / "scores").glob("fold*")):
-        scores = [ModuleScores.load(fold_dir / m) for m in methods]
+        scores = [ModuleScores.load(fold_dir / m) for m in methods if (fold_dir / m).is_dir()]  # random: a null
         made.append(plot_score_heatmaps(scores, figures / f"{name}_heatmaps_{fold_dir.name}.png"))
-    made.append(plot_metric_vs_k(rows, figures / f"{name}_{metric}_vs_k.png", metric=metric, split="val", task=name))
+    if any(r["split"] == "val" and r["method"] != "unsteered" for r in rows):
+        made.append(plot_metric_vs_k(rows, figures / f"{name}_{metric}_vs_k.png", metric=metric, split="val",
+                                     task=name))
+    if summary.get("frontier"):
+        made.append(draw_frontier(summary["frontier"], figures / f"{name}_{metric}_vs_kl.png"))
     return made
 
 

@@ -35,12 +35,14 @@ logger = logging.getLogger(__name__)
 RUN_HELP = {
     "model": "embedded name, local dir/.gguf, or Hub name",
     "task": "a task from `real-lens tasks`",
-    "methods": "comma-separated subset of real,iti,patching,attribution,random",
-    "k_grid": "numbers of modules (heads) to keep, comma-separated",
-    "alpha_grid": "steering strengths alpha, comma-separated",
+    "methods": "comma-separated subset of real,real-release,iti,patching,attribution,random (random = the null)",
+    "k_grid": "numbers of modules (heads) to keep, comma-separated; several = K chosen on val",
+    "kl_grid": "target KL(unsteered||steered) per token, comma-separated: every method steered at each; "
+               "'none' = the alpha grid (the paper's protocol)",
+    "alpha_grid": "fixed steering strengths alpha, comma-separated (used when --kl-grid none)",
     "site": f"where modules are read and steered: {', '.join(hooks.SITES)}",
     "readout": "which token's activation is read: last or mean_answer",
-    "patching_pairs": "contrast pairs per fold for activation/attribution patching",
+    "patching_pairs": "contrast pairs per fold for activation patching",
     "real_epochs": "REAL VQ-AE epochs",
     "real_prior_epochs": "REAL GRU prior epochs",
     "side_effect_tokens": "tokens per WikiText-2 paragraph for CE/KL",
@@ -222,11 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(run=_cmd_export)
 
-    p = command("run", help="the main job: folds x scorers x K x alpha on a task (default TruthfulQA)")
+    p = command("run", help="the main job: folds x scorers x K x dose on a task (default TruthfulQA)")
     p.add_argument("--config", default=None,
                    help="rerun a saved configuration: a run's config.json or its directory; options given too override it")
     preset = p.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="a few questions and grid points (tests, CI)")
+    preset.add_argument("--larger", action="store_true",
+                        help="the default fitting, every sampled test question and a 10-draw null (~2 h on 2 CPU cores)")
     preset.add_argument("--full", action="store_true", help="the paper's protocol at full size (for a GPU)")
     # One option per ExperimentConfig field (real_lens.configs): --k-grid 8,24, --questions-per-part none, ...
     add_config_options(p, ExperimentConfig, aliases={"n_val_questions": ["--val-questions"],
@@ -558,7 +562,7 @@ def _cmd_run(args) -> None:
     from .experiment import PRESETS, ExperimentConfig, run_experiment, task_slug
 
     _check_device(args)
-    preset = "quick" if args.quick else "full" if args.full else None
+    preset = "quick" if args.quick else "larger" if args.larger else "full" if args.full else None
     if args.config and preset:
         raise RealLensError(f"--config and --{preset} both set the whole configuration; give one (options may "
                             "follow --config to change single fields)")

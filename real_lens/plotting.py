@@ -120,14 +120,15 @@ def _step(n: int) -> int:
 
 
 def plot_metric_vs_k(rows: Sequence[dict], path, *, metric: str = "mc2", split: str = "val", task: str | None = None) -> Path:
-    """A results table's ``metric`` against K, one line per method (mean over folds, best α per K),
-    with the unsteered model as a dashed line. ``rows`` are ``results.csv`` rows."""
+    """A results table's ``metric`` against K, one line per method (mean over folds, best dose per K),
+    with the unsteered model as a dashed line. ``rows`` are ``results.csv`` rows; a dose is the row's
+    ``dose`` label (a KL target's α differs per fold) or, in tables without one, its α."""
     from collections import defaultdict
 
-    cells: dict[tuple[str, int, float], list[float]] = defaultdict(list)
+    cells: dict[tuple[str, int, str], list[float]] = defaultdict(list)
     for r in rows:
         if r["split"] == split:
-            cells[(r["method"], int(r["k"]), float(r["alpha"]))].append(float(r[metric]))
+            cells[(r["method"], int(r["k"]), str(r.get("dose") or r["alpha"]))].append(float(r[metric]))
     if not cells:
         raise ValueError(f"no {split!r} rows to plot; expected results.csv rows with split={split!r}")
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
@@ -142,7 +143,7 @@ def plot_metric_vs_k(rows: Sequence[dict], path, *, metric: str = "mc2", split: 
     if base:
         ax.axhline(base[0], color="black", linestyle="--", linewidth=1, label="unsteered")
     ax.set_xlabel("steered heads K", fontsize=FONT_SIZE)
-    ax.set_ylabel(f"{split} {metric_label(metric)} (mean over folds, best α)", fontsize=FONT_SIZE)
+    ax.set_ylabel(f"{split} {metric_label(metric)} (mean over folds, best dose)", fontsize=FONT_SIZE)
     ax.set_title((f"{task}: " if task else "") + f"{metric_label(metric)} vs K on {split} questions", fontsize=FONT_SIZE + 1)
     ax.tick_params(labelsize=FONT_SIZE - 1)
     ax.grid(alpha=0.3)

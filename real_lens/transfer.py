@@ -1,8 +1,10 @@
 """Cross-domain transfer: heads *and* directions selected on a source run, evaluated on another task.
 
 Nothing is re-selected on the target: each method's modules come from the source run's saved
-scores, its steering directions (and σ) from the source task's train+val activations, and its K
-and α are the ones the source run chose on its own val questions. The target task contributes
+scores, its steering directions (and σ) from the source task's activations of the questions the
+source fitted on, and its K and α are the ones the source run chose (for a KL target: the α its
+calibration found; each KL target is transferred as its own condition). ``random`` transfers the
+source's first null draw. The target task contributes
 only its test questions (the same seeded sample its own `real-lens run` evaluates, so the
 numbers sit next to "selected on the target itself"), and CE/KL are measured as in every run.
 
@@ -23,8 +25,8 @@ from pathlib import Path
 from .activations import collect_activations
 from .errors import ArtifactError, RealLensError
 from .experiment import (
-    METHODS, ExperimentConfig, _Timer, cached_cell, eval_items, evaluate_cell, pool, prepare, result_row,
-    select_top, start_run_dir, summarise, summary_table, timing_lines, write_rows,
+    METHODS, ExperimentConfig, _Arm, _Timer, arm_name, cached_cell, eval_items, evaluate_cell, fit_parts, prepare,
+    result_row, select_top, start_run_dir, summarise, summary_table, timing_lines, write_rows,
 )
 from .io import atomic_write, read_sealed_json, write_json
 from .locks import output_lock
@@ -80,13 +82,18 @@ def run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pat
 def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Path:
     source_dir = Path(tcfg.source_run)
     src_cfg, src_rows = load_source_run(source_dir)
-    chosen = {(int(r["fold"]), r["method"]): (int(r["k"]), float(r["alpha"]))
-              for r in src_rows if r["split"] == "test" and r["method"] != "unsteered"}
-    src_folds = sorted({f for f, _ in chosen})
-    methods = tcfg.methods or tuple(m for m in METHODS if m in {mm for _, mm in chosen})
-    missing = [m for m in methods if (src_folds[0], m) not in chosen]
+    chosen = {}  # (source fold, method, dose group) -> (K, α)
+    for r in src_rows:
+        if r["split"] == "test" and r["method"] not in ("unsteered", "length-only") and r.get("draw", "") in ("", "0"):
+            group = f"KL {float(r['target_kl']):g}" if r.get("target_kl") else ""
+            chosen[(int(r["fold"]), r["method"], group)] = (int(r["k"]), float(r["alpha"]))
+    src_folds = sorted({f for f, _, _ in chosen})
+    groups = sorted({g for _, _, g in chosen})
+    methods = tcfg.methods or tuple(m for m in METHODS if m in {mm for _, mm, _ in chosen})
+    missing = [m for m in methods if (src_folds[0], m, groups[0]) not in chosen]
     if missing:
-        raise RealLensError(f"the source run {source_dir} has no chosen K/α for {missing}; it ran {sorted({m for _, m in chosen})}")
+        raise RealLensError(f"the source run {source_dir} has no chosen K/α for {missing}; "
+                            f"it ran {sorted({m for _, m, _ in chosen})}")
 
     out = start_run_dir(out_dir, tcfg)
     timer, started = _Timer(), time.perf_counter()
@@ -101,7 +108,7 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
                                    batch_size=src_cfg.batch_size, progress=progress)
     timer.add("collect source activations", t)
 
-    rows, pooled = [], {}
+    rows, arms = [], {}
     evaluation = target.evaluation
     for t_fold in target.folds:
         s_fold = src_folds[min(t_fold, len(src_folds) - 1)]
@@ -112,26 +119,28 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
         base = cell(method="unsteered", split="test", k=0, alpha=0.0)(
             lambda: evaluate_cell(target, items, None, tgt_cfg, side_effects=True))
         timer.add("evaluate (unsteered)", t)
-        rows.append(result_row(evaluation, t_fold, "unsteered", "test", 0, 0.0, base, source_fold=""))
-        pool(pooled, "unsteered", base)
+        rows.append(result_row(evaluation, t_fold, "unsteered", "test", 0, 0.0, base, dose="", source_fold=""))
+        arms.setdefault("unsteered", _Arm("unsteered")).add(t_fold, base)
         src_fold = source.task.folds[s_fold]
-        bank = src_bank.select(src_fold.train | src_fold.val)
+        bank = src_bank.select(set().union(*(getattr(src_fold, part) for part in fit_parts(src_cfg))))
         for method in methods:
-            k, alpha = chosen[(s_fold, method)]
-            scores = ModuleScores.load(source_dir / "scores" / f"fold{s_fold}" / method)
+            scores = source_scores(source_dir, src_cfg, s_fold, method, bank)
             check_same_model(scores.meta.get("model"), target.model, what=f"the {method} scores of {source_dir}",
                              fix="transfer with the model the source run used (its config.json), or run the source again")
-            t = time.perf_counter()
-            steering = build_steering(bank, select_top(scores, k), alpha=alpha)
-            result = cell(method=method, split="test", k=k, alpha=alpha, source=src_cfg.task, source_fold=s_fold)(
-                lambda: evaluate_cell(target, items, steering, tgt_cfg, side_effects=True))
-            timer.add("evaluate (transferred)", t)
-            rows.append(result_row(evaluation, t_fold, method, "test", k, alpha, result, source_fold=s_fold))
-            pool(pooled, method, result)
+            for group in groups:
+                k, alpha = chosen[(s_fold, method, group)]
+                t = time.perf_counter()
+                steering = build_steering(bank, select_top(scores, k), alpha=alpha)
+                result = cell(method=method, split="test", k=k, alpha=alpha, source=src_cfg.task, source_fold=s_fold)(
+                    lambda: evaluate_cell(target, items, steering, tgt_cfg, side_effects=True))
+                timer.add("evaluate (transferred)", t)
+                rows.append(result_row(evaluation, t_fold, method, "test", k, alpha, result, dose=group,
+                                       source_fold=s_fold))
+                arms.setdefault(arm_name(method, group), _Arm(method, group)).add(t_fold, result, k=k, alpha=alpha)
 
     timer.seconds["total"] = time.perf_counter() - started
     write_rows(out / "results.csv", rows)
-    summary = summarise(rows, pooled, evaluation.metrics, n_boot=tgt_cfg.n_boot, seed=tgt_cfg.seed)
+    summary = summarise(arms, evaluation.metrics, n_boot=tgt_cfg.n_boot, seed=tgt_cfg.seed)
     write_json(out / "summary.json", {"source": src_cfg.task, "source_run": str(source_dir), "target": target.task.name,
                                       "metrics": list(evaluation.metrics), "select_metric": target.select_metric,
                                       "methods": summary})
@@ -149,3 +158,16 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
     ])
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
     return out
+
+
+def source_scores(source_dir: Path, src_cfg: ExperimentConfig, fold: int, method: str, bank) -> ModuleScores:
+    """A method's scores as the source run saved them; ``random`` (a null, not saved) is its draw 0, rebuilt
+    from the source's seed exactly as the source drew it."""
+    folder = source_dir / "scores" / f"fold{fold}" / method
+    if method == "random" and not folder.exists():
+        from .null import random_null_scores
+
+        scores = random_null_scores(bank.module_shape, n_draws=1, fold=fold, seed=src_cfg.seed)[0]
+        scores.meta["model"] = bank.meta.get("model")
+        return scores
+    return ModuleScores.load(folder)

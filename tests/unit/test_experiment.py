@@ -13,10 +13,24 @@ from real_lens.tasks.data import resolve_data_dir
 pytestmark = pytest.mark.skipif(resolve_data_dir() is None, reason="../shared/data is not present")
 
 
+# The tiny random model's KL per token stays ~0.02 even at α 100 with 3 heads: targets it can reach.
+TINY_KL = (0.001, 0.004)
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, tiny_model):
-    cfg = config_for("quick", model="tiny-llama", k_grid=(1, 3), alpha_grid=(2.0, 8.0))
+    cfg = config_for("quick", model="tiny-llama", k_grid=(1, 3), kl_grid=TINY_KL)
     out = tmp_path_factory.mktemp("run")
+    run_experiment(cfg, out, progress=False)
+    return cfg, out
+
+
+@pytest.fixture(scope="module")
+def alpha_run(tmp_path_factory, tiny_model):
+    """The paper's protocol: a fixed α grid, K and α chosen together on val."""
+    cfg = config_for("quick", model="tiny-llama", k_grid=(1, 3), kl_grid=None, alpha_grid=(2.0, 8.0),
+                     methods=("real", "iti", "random"))
+    out = tmp_path_factory.mktemp("alpha-run")
     run_experiment(cfg, out, progress=False)
     return cfg, out
 
@@ -26,46 +40,99 @@ def _rows(out):
         return list(csv.DictReader(f))
 
 
+def _groups(cfg):
+    return [f"KL {t:g}" for t in cfg.kl_grid]
+
+
+def _steered(cfg):
+    return [m for m in cfg.methods if m != "random"]
+
+
 def test_quick_run_writes_every_output(quick_run):
     cfg, out = quick_run
-    for name in ("results.csv", "summary.md", "summary.json", "config.json", "mc2_vs_k.png",
+    for name in ("results.csv", "summary.md", "summary.json", "config.json", "mc2_vs_k.png", "mc2_vs_kl.png",
                  "heatmaps_fold0.png", "heatmaps_fold1.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"] == ["mc2", "mc1"] and summary["select_metric"] == "mc2"
-    assert set(summary["methods"]) == {"unsteered", "length-only", *cfg.methods}
+    assert summary["doses"] == _groups(cfg) and summary["fitted_on"] == "train"
+    assert set(summary["methods"]) == {"unsteered", "length-only",
+                                       *(f"{m} @ {g}" for m in cfg.methods for g in _groups(cfg))}
     for entry in summary["methods"].values():
         low, high = entry["mc2_ci"]
         assert 0.0 <= low <= high <= 1.0 and entry["folds"] == 2
-    assert "| real |" in (out / "summary.md").read_text()
+    text = (out / "summary.md").read_text()
+    assert "| real | KL 0.001 |" in text and "α calibrations:" in text and "held out" in text
 
 
-def test_summary_has_paired_tests_against_unsteered_length_only_and_real(quick_run):
-    """Each method vs unsteered and vs the length-only reference, and real vs every other method, on the
-    same pooled test items; the paired rows agree with evaluation.paired on the per-item values."""
+def test_every_test_cell_records_its_alpha_and_held_out_kl(quick_run):
+    """A KL dose's α is calibrated per method, fold and K on paragraphs other than the ones that report
+    KL; every test cell records the α it used and the held-out KL it reached."""
+    cfg, out = quick_run
+    for row in _rows(out):
+        if row["split"] == "test" and row["method"] not in ("unsteered", "length-only"):
+            assert float(row["alpha"]) > 0 and float(row["target_kl"]) in cfg.kl_grid
+            assert float(row["kl"]) > 0 and float(row["calibration_kl"]) > 0
+    calibration = json.loads((out / "summary.json").read_text())["calibration"]
+    assert calibration["n"] > 0 and calibration["reached"] == calibration["n"]  # tiny-model targets are reachable
+    setup = experiment.prepare(cfg, model=object())
+    assert setup.calibration and setup.texts and not set(setup.calibration) & set(setup.texts)
+
+
+def test_summary_has_paired_tests_against_unsteered_length_only_null_and_real(quick_run):
+    """Per dose, each method vs unsteered, the length-only reference and its matched random null, and real
+    vs every other method, on the same pooled test items; the rows agree with evaluation.paired."""
     from real_lens.evaluation.paired import paired_difference
 
     cfg, out = quick_run
     summary = json.loads((out / "summary.json").read_text())
-    pairs = {(r["a"], r["b"]): r for r in summary["paired"]}
-    expected = {(m, ref) for ref in ("unsteered", "length-only") for m in cfg.methods}
-    expected |= {("real", m) for m in cfg.methods if m != "real"}
+    pairs = {(r["a"], r["b"], r["dose"]): r for r in summary["paired"]}
+    steered = _steered(cfg)
+    expected = {(m, ref, g) for g in _groups(cfg) for m in steered for ref in ("unsteered", "length-only", "random null")}
+    expected |= {("real", m, g) for g in _groups(cfg) for m in steered if m != "real"}
     assert set(pairs) == expected
     rows = _rows(out)
     per_item = {}
     for cell in (out / "cells").glob("fold*-test-*.json"):
-        fold, method = re.match(r"fold(\d+)-(.+?)-test-k", cell.name).groups()
-        per_item.setdefault(f"fold{fold}", {})[method] = json.loads(cell.read_text())["per_item"]["mc2"]
-    row = pairs[("iti", "unsteered")]
-    a = per_item["fold0"]["iti"] + per_item["fold1"]["iti"]
-    b = per_item["fold0"]["unsteered"] + per_item["fold1"]["unsteered"]
+        fold, method, dose = re.match(r"fold(\d+)-(.+?)-test-k\d+-(kl[\d.e-]+|a[\d.]+)", cell.name).groups()
+        per_item.setdefault((method, dose), {})[fold] = json.loads(cell.read_text())["per_item"]["mc2"]
+    chosen = {(r["fold"], r["method"]): r for r in rows if r["split"] == "test" and r["dose"] == "kl0.001"}
+    a = [x for f in "01" for x in json.loads(next((out / "cells").glob(
+        f"fold{f}-iti-test-k{chosen[(f, 'iti')]['k']}-kl0.001-*.json")).read_text())["per_item"]["mc2"]]
+    b = per_item[("unsteered", "a0")]["0"] + per_item[("unsteered", "a0")]["1"]
     reference = paired_difference(a, b, n_boot=cfg.n_boot, seed=cfg.seed)
+    row = pairs[("iti", "unsteered", "KL 0.001")]
     assert row["difference"] == pytest.approx(reference.difference) and row["p"] == pytest.approx(reference.p_value)
     assert all(r["p"] <= r["p_holm"] <= 1 for r in summary["paired"])
     length_rows = [r for r in rows if r["method"] == "length-only"]
     assert len(length_rows) == 2 and all(r["split"] == "test" for r in length_rows)
     text = (out / "summary.md").read_text()
-    assert "## Paired tests (mc2" in text and "| iti | unsteered |" in text
+    assert "## Paired tests (mc2" in text and "| iti | unsteered | KL 0.001 |" in text
+
+
+def test_the_random_null_is_many_draws_at_each_methods_k_and_dose(quick_run):
+    """null_draws random head sets per fold, at every (K, dose) a method chose; the summary gives each
+    method's matched null band and percentile, computed from those draws."""
+    from real_lens.null import null_band, percentile_in_null
+
+    cfg, out = quick_run
+    rows = _rows(out)
+    draws = [r for r in rows if r["method"] == "random"]
+    assert draws and {r["split"] for r in draws} == {"test"}
+    for fold in "01":
+        chosen = {(r["k"], r["dose"]) for r in rows
+                  if r["fold"] == fold and r["split"] == "test" and r["method"] in _steered(cfg)}
+        for k, dose in chosen:
+            here = [r for r in draws if r["fold"] == fold and (r["k"], r["dose"]) == (k, dose)]
+            assert sorted(int(r["draw"]) for r in here) == list(range(cfg.null_draws))
+    bands = json.loads((out / "summary.json").read_text())["null"]
+    assert {(b["method"], b["dose"]) for b in bands} == {(m, g) for m in _steered(cfg) for g in _groups(cfg)}
+    for b in bands:
+        assert len(b["draws"]) == cfg.null_draws
+        band = null_band(b["draws"])
+        assert (b["null_mean"], b["null_low"], b["null_high"]) == pytest.approx((band.mean, band.low, band.high))
+        assert b["percentile"] == pytest.approx(percentile_in_null(b["value"], b["draws"]))
+    assert "## Against the random null (2 random head sets per fold)" in (out / "summary.md").read_text()
 
 
 def test_summary_reports_fold_to_fold_rank_stability(quick_run):
@@ -84,26 +151,77 @@ def test_summary_reports_fold_to_fold_rank_stability(quick_run):
     assert "## Rank stability across folds" in (out / "summary.md").read_text()
 
 
-def test_every_grid_cell_is_in_the_results(quick_run):
+def test_k_is_chosen_on_val_per_method_fold_and_kl_target(quick_run):
     cfg, out = quick_run
     rows = _rows(out)
+    for fold in "01":
+        for method in _steered(cfg):
+            for target in cfg.kl_grid:
+                mine = [r for r in rows if r["fold"] == fold and r["method"] == method and r["target_kl"]
+                        and float(r["target_kl"]) == target]
+                val = [r for r in mine if r["split"] == "val"]
+                (test,) = [r for r in mine if r["split"] == "test"]
+                assert sorted(int(r["k"]) for r in val) == sorted(cfg.k_grid)
+                best = max(val, key=lambda r: (float(r["mc2"]), -int(r["k"])))
+                assert test["k"] == best["k"]
+                # val and test steer the same heads at the same calibrated α
+                assert test["alpha"] == next(r["alpha"] for r in val if r["k"] == test["k"])
+
+
+def test_every_grid_cell_is_in_the_results(alpha_run):
+    cfg, out = alpha_run
+    rows = _rows(out)
     for fold in (0, 1):
-        for method in cfg.methods:
+        for method in _steered(cfg):
             val = [(int(r["k"]), float(r["alpha"])) for r in rows
                    if r["fold"] == str(fold) and r["method"] == method and r["split"] == "val"]
             assert sorted(val) == sorted((k, a) for k in cfg.k_grid for a in cfg.alpha_grid)
 
 
-def test_k_and_alpha_are_chosen_on_val_only(quick_run):
-    cfg, out = quick_run
+def test_k_and_alpha_are_chosen_on_val_only(alpha_run):
+    cfg, out = alpha_run
     rows = _rows(out)
     for fold in (0, 1):
-        for method in cfg.methods:
+        for method in _steered(cfg):
             mine = [r for r in rows if r["fold"] == str(fold) and r["method"] == method]
             val = [r for r in mine if r["split"] == "val"]
             (test,) = [r for r in mine if r["split"] == "test"]
             best = max(val, key=lambda r: (float(r["mc2"]), -int(r["k"]), -float(r["alpha"])))
             assert (test["k"], test["alpha"]) == (best["k"], best["alpha"])
+        null = [r for r in rows if r["fold"] == str(fold) and r["method"] == "random"]
+        assert len(null) == cfg.null_draws * len({(r["k"], r["alpha"]) for r in rows if r["fold"] == str(fold)
+                                                   and r["split"] == "test" and r["method"] in _steered(cfg)})
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"unsteered", "length-only", *cfg.methods}
+    assert not (out / "mc2_vs_kl.png").exists() and (out / "mc2_vs_k.png").is_file()
+
+
+def test_fitting_never_sees_val_or_test_questions(tmp_path, tiny_model, monkeypatch):
+    """When val chooses anything, scores, directions and σ come from the fold's train questions only
+    (asserted on the question sets every scorer and every steering is fitted on)."""
+    seen = []
+    real_score, real_build = experiment.score_modules, experiment.build_steering
+    monkeypatch.setattr(experiment, "score_modules",
+                        lambda bank, *a, **k: seen.append({e.group for e in bank.examples}) or real_score(bank, *a, **k))
+    monkeypatch.setattr(experiment, "build_steering",
+                        lambda bank, *a, **k: seen.append({e.group for e in bank.examples}) or real_build(bank, *a, **k))
+    cfg = config_for("quick", model="tiny-llama", methods=("iti", "random"), k_grid=(1, 3), kl_grid=(0.002,))
+    run_experiment(cfg, tmp_path, progress=False)
+    task = load_task("truthfulqa").sample_per_part(cfg.questions_per_part)
+    assert len(seen) >= 4
+    fold_of = {frozenset(f.train): f for f in task.folds}
+    for groups in seen:
+        assert frozenset(groups) in fold_of  # exactly one fold's train questions
+        fold = fold_of[frozenset(groups)]
+        assert not groups & fold.val and not groups & fold.test
+
+
+def test_with_nothing_to_choose_val_is_not_evaluated_and_fitting_uses_train_and_val():
+    """One K and one dose per report: the paper's fixed-K protocol keeps train+val for fitting."""
+    assert experiment.fit_parts(config_for("quick", k_grid=(4,), kl_grid=(0.1, 0.3))) == ("train", "val")
+    assert experiment.fit_parts(config_for("quick", k_grid=(4,), kl_grid=None, alpha_grid=(5.0,))) == ("train", "val")
+    assert experiment.fit_parts(config_for("quick", k_grid=(4,), kl_grid=None, alpha_grid=(5.0, 15.0))) == ("train",)
+    assert experiment.fit_parts(config_for("quick", k_grid=(4, 8))) == ("train",)
 
 
 def test_no_test_question_in_the_fold_training_data(quick_run):
@@ -112,6 +230,7 @@ def test_no_test_question_in_the_fold_training_data(quick_run):
     for fold_index in (0, 1):
         fold = task.folds[fold_index]
         assert not fold.test & (fold.train | fold.val)
+        assert not fold.val & fold.train
         cells = [json.loads(p.read_text()) for p in (out / "cells").glob(f"fold{fold_index}-*-test-*.json")]
         tested = {q for c in cells for q in c["per_item"]["group"]}
         assert tested and tested <= fold.test
@@ -137,9 +256,10 @@ def test_the_main_job_logs_what_it_is_doing(quick_run, caplog):
     text = caplog.text
     for fold in (0, 1):
         assert f"fold {fold}: " in text and f"fold {fold} real: scoring" in text
-        for method in cfg.methods:
-            assert f"fold {fold} {method}: chose K" in text
-            assert sum(f"fold {fold} {method}: val K" in r.message for r in caplog.records) == 4  # 2 K x 2 alpha
+        for method in _steered(cfg):
+            assert f"fold {fold} {method} (KL 0.001): chose K" in text
+            assert sum(f"fold {fold} {method}: val K" in r.message for r in caplog.records) == 4  # 2 K x 2 targets
+        assert f"fold {fold}: the random null, 2 draws" in text
     assert f"wrote {out}" in text
 
 
@@ -156,12 +276,16 @@ def test_config_validation():
         config_for("huge")
     with pytest.raises(RealLensError, match="k_grid"):
         config_for(k_grid=(0,))
+    with pytest.raises(RealLensError, match="kl_grid must hold KL targets > 0"):
+        config_for(kl_grid=(0.1, -1.0))
+    with pytest.raises(RealLensError, match="null_draws must be an integer >= 1"):
+        config_for(null_draws=0)
 
 
 # --------------------------------------------------------------------------- other tasks, transfer
 def _quick(task, **kw):
     # The tiny random model's clean-corrupted logit gaps are ~1e-4; patching would skip every pair at 1e-3.
-    return config_for("quick", model="tiny-llama", task=task, k_grid=(1, 3), alpha_grid=(4.0,),
+    return config_for("quick", model="tiny-llama", task=task, k_grid=(1, 3), kl_grid=(0.002,),
                       pair_min_gap=0.0, **kw)
 
 
@@ -181,6 +305,8 @@ def test_caa_run_has_one_fold_and_its_own_metrics(caa_run):
     assert all(0.0 <= float(r["p_aligned"]) <= 1.0 for r in tests)
     # The test cells are the A/B test set; val cells are generate items (chosen on, never tested).
     for path in (caa_run / "cells").glob("*.json"):
+        if "-calibration-" in path.name:  # an α calibration on WikiText-2, no task items
+            continue
         groups = json.loads(path.read_text())["per_item"]["group"]
         prefix = "test:" if "-test-" in path.name else "generate:"
         assert groups and all(g.startswith(prefix) for g in groups)
@@ -193,7 +319,7 @@ def test_nq_swap_run_chooses_by_contains_and_reports_em(tmp_path, tiny_model):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["select_metric"] == "contains_aligned"
     assert summary["metrics"][:2] == ["em_aligned", "contains_aligned"]
-    assert set(summary["methods"]) == {"unsteered", "real", "random"}
+    assert set(summary["methods"]) == {"unsteered", "real @ KL 0.002", "random @ KL 0.002"}
 
 
 def test_generic_file_task_runs_with_the_pairs_evaluation(tmp_path, tiny_model):
@@ -220,12 +346,14 @@ def test_transfer_reuses_the_source_selection(quick_run, tmp_path, monkeypatch):
     out = run_transfer(TransferConfig(str(source), "caa:refusal", methods=("real", "iti", "random")), tmp_path,
                        progress=False)
     rows = _rows(out)
-    chosen = {(r["fold"], r["method"]): (r["k"], r["alpha"]) for r in _rows(source) if r["split"] == "test"}
+    chosen = {(r["fold"], r["method"], f"KL {float(r['target_kl']):g}"): (r["k"], r["alpha"]) for r in _rows(source)
+              if r["split"] == "test" and r["target_kl"] and r["draw"] in ("", "0")}
     transferred = [r for r in rows if r["method"] != "unsteered"]
-    assert {r["method"] for r in transferred} == {"real", "iti", "random"}
+    assert {(r["method"], r["dose"]) for r in transferred} == {(m, g) for m in ("real", "iti", "random")
+                                                               for g in _groups(cfg)}
     for r in transferred:
         assert r["fold"] == "0" and r["source_fold"] == "0"  # CAA's single fold takes TruthfulQA fold 0
-        assert (r["k"], r["alpha"]) == chosen[("0", r["method"])]
+        assert (r["k"], r["alpha"]) == chosen[("0", r["method"], r["dose"])]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["source"] == "truthfulqa" and summary["target"] == "caa:refusal"
     assert "nothing was re-selected" in (out / "summary.md").read_text()
