@@ -104,7 +104,8 @@ def quick_run(out: Path) -> Path:
     from real_lens.experiment import config_for, run_experiment
 
     # The tiny random model's clean-corrupted logit gaps are ~1e-4: patching needs a smaller min_gap.
-    cfg = config_for("quick", model="tiny-llama", k_grid=(1, 3), pair_min_gap=0.0)
+    # The analyses read α-grid runs (kl_grid=None): one K/α cell per method and fold.
+    cfg = config_for("quick", model="tiny-llama", k_grid=(1, 3), kl_grid=None, pair_min_gap=0.0)
     return run_experiment(cfg, out / "run", progress=False)
 
 

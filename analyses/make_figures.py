@@ -28,7 +28,7 @@ from real_lens.scoring import ModuleScores
 
 ANALYSES = {"compare_selection": compare_selection, "score_vs_effect": score_vs_effect,
             "overlap": overlap, "transfer": transfer}
-RUN_FILES = ("results.csv", "summary.json", "summary.md", "config.json")
+RUN_FILES = ("results.csv", "summary.json", "summary.md", "config.json", "timing.json")
 
 
 def publish_run(run: Path, dest: Path) -> None:
@@ -37,7 +37,8 @@ def publish_run(run: Path, dest: Path) -> None:
         raise RealLensError(f"{run} is not a finished real-lens run (no results.csv); pass the folder `make run` wrote")
     dest.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
-        shutil.copy2(run / name, dest / name)
+        if (run / name).is_file():  # timing.json: runs from before it existed have none
+            shutil.copy2(run / name, dest / name)
     if (dest / "scores").exists():
         shutil.rmtree(dest / "scores")
     shutil.copytree(run / "scores", dest / "scores")

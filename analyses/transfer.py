@@ -45,8 +45,9 @@ class Config:
 
 
 CONFIG = Config()
+# K is chosen on val, so the scorers fit on train alone: REAL's held-out split needs >= 5 questions there.
 QUICK = Config(model="tiny-llama", tasks=("truthfulqa", "caa:refusal"), k_grid=(1, 3), alpha_grid=(8.0,),
-               questions_per_part=4, n_val_questions=None, n_test_questions=4, real_epochs=2, real_prior_epochs=2,
+               questions_per_part=5, n_val_questions=None, n_test_questions=4, real_epochs=2, real_prior_epochs=2,
                side_effect_texts=2, pair_min_gap=0.0)
 
 
@@ -59,7 +60,7 @@ def _folds(cfg: Config, task: str) -> tuple[int, ...] | None:
 
 def experiment_config(cfg: Config, task: str) -> ExperimentConfig:
     return ExperimentConfig(model=cfg.model, task=task, methods=cfg.methods, folds=_folds(cfg, task), k_grid=cfg.k_grid,
-                            alpha_grid=cfg.alpha_grid, questions_per_part=cfg.questions_per_part,
+                            kl_grid=None, alpha_grid=cfg.alpha_grid, questions_per_part=cfg.questions_per_part,
                             n_val_questions=cfg.n_val_questions, n_test_questions=cfg.n_test_questions,
                             real_epochs=cfg.real_epochs, real_prior_epochs=cfg.real_prior_epochs,
                             side_effect_texts=cfg.side_effect_texts, pair_min_gap=cfg.pair_min_gap)

@@ -128,9 +128,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                   real_prior_epochs=2, side_effect_texts=4, side_effect_tokens=32, n_boot=100,
                   methods=METHODS),
     # The paper's protocol at full size (for a GPU): K 48 among the grid, α 15, every test question.
-    # The default fitting and scoring (its scores are reused when copied into the run), with every sampled test
-    # question and a 10-draw null: about two hours on the 2-core CPU.
-    "larger": dict(n_test_questions=None, null_draws=10),
+    # The default fitting and scoring (its scores are reused when copied into the run), 96 test questions per
+    # fold and a 5-draw null: ~65 min on the 2-core CPU (every test question and 10 draws: ~2.4 h).
+    "larger": dict(n_test_questions=96, null_draws=5),
     "full": dict(k_grid=(16, 32, 48, 64), kl_grid=(0.03, 0.1, 0.3), alpha_grid=(5.0, 10.0, 15.0, 20.0),
                  null_draws=20, patching_pairs=128, attribution_pairs=256, calibration_texts=32,
                  questions_per_part=None, n_val_questions=None, n_test_questions=None, side_effect_texts=100),
@@ -448,7 +448,8 @@ class _Run:
 
         self.scores[fold_index] = []
         for method in cfg.methods:
-            if method == "random":  # the random null, below
+            if method == "random":  # the random null, below; its draw 0 is saved with the scores
+                self.scores[fold_index].append(cached_scores(self.out, cfg, fold_index, method, bank, setup.model))
                 continue
             t = time.perf_counter()
             logger.info("fold %d %s: scoring %d modules", fold_index, method, bank.flat().shape[1])
@@ -460,8 +461,8 @@ class _Run:
                 best = self.choose(fold_index, method, group, doses, units, val_items)
                 k, dose = best
                 result = self.steered(fold_index, method, "test", k, dose, units[k], test_items)
-                logger.info("fold %d %s%s: chose K %d at α %.3g on val; test %s", fold_index, method,
-                            f" ({group})" if group else "", k, result["alpha"],
+                logger.info("fold %d %s%s: %s K %d at α %.3g; test %s", fold_index, method,
+                            f" ({group})" if group else "", "chose" if selects else "fixed", k, result["alpha"],
                             ", ".join(f"{m} {result[m]:.4f}" for m in (*evaluation.metrics, "ce", "kl") if m in result))
                 self.chosen[(fold_index, method, group)] = best
                 self.arm(method, group).add(fold_index, result, k=k, alpha=result["alpha"])
@@ -615,10 +616,13 @@ def cached_cell(out: Path, cfg, fold: int, key: dict):
 
 def cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank, model, *,
                   progress: bool = False) -> ModuleScores:
-    """The fold's scores by ``method``, computed once; cached scores that fail verification are recomputed."""
+    """The fold's scores by ``method``, computed once; cached scores that fail verification are recomputed.
+
+    ``random`` is the random null's draw 0 of this fold (:func:`real_lens.null.random_null_scores`), saved
+    like any method's scores so heatmaps, transfer and the analyses can read one random ranking per fold."""
     folder = out / "scores" / f"fold{fold}" / method
     key = {"bank": bank.meta.get("cache_key"), "n": len(bank.examples), "seed": cfg.seed,
-           "options": _jsonable(_scorer_options(cfg, method))}
+           "options": _jsonable(_scorer_options(cfg, method)), **({"null_draw": 0} if method == "random" else {})}
     if folder.exists():
         try:
             scores = ModuleScores.load(folder, allow_unverified=False)
@@ -626,8 +630,13 @@ def cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank
                 return scores
         except (ScoringError, OSError, ValueError) as exc:
             notice(f"recomputing the cached {method} scores of fold {fold}: {exc}")
-    scores = score_modules(bank, method, model=model, seed=cfg.seed, device=cfg.device, progress=progress,
-                           **_scorer_options(cfg, method))
+    if method == "random":
+        from .null import random_null_scores
+
+        scores = random_null_scores(bank.module_shape, n_draws=1, fold=fold, seed=cfg.seed)[0]
+    else:
+        scores = score_modules(bank, method, model=model, seed=cfg.seed, device=cfg.device, progress=progress,
+                               **_scorer_options(cfg, method))
     scores = with_source(scores, bank)
     scores.save(folder, extra_json={"key.json": key})
     return scores
@@ -704,8 +713,9 @@ def _write_outputs(run: _Run) -> None:
                                       "doses": [g for g, _ in dose_groups(cfg)], "methods": summary,
                                       "fold_stability": stability, "paired": paired, "null": bands,
                                       "frontier": frontier})
+    sessions = record_timing(out, run.timer)
     text = render_summary(cfg, setup, summary, run.rows, run.timer, run.bank_sizes, stability, paired, bands,
-                          calibration)
+                          calibration, sessions)
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
 
 
@@ -970,7 +980,8 @@ def protocol_lines(cfg: ExperimentConfig, setup: Setup) -> list[str]:
 
 def render_summary(cfg: ExperimentConfig, setup: Setup, summary: dict, rows, timer: _Timer, bank_sizes: dict[int, int],
                    stability: dict[str, dict] | None = None, paired: list[dict] | None = None,
-                   bands: list[dict] | None = None, calibration: dict | None = None) -> str:
+                   bands: list[dict] | None = None, calibration: dict | None = None,
+                   sessions: list[dict[str, float]] | None = None) -> str:
     lines = [
         f"# real-lens run: {cfg.task} on {cfg.model}",
         "",
@@ -1025,7 +1036,8 @@ def render_summary(cfg: ExperimentConfig, setup: Setup, summary: dict, rows, tim
                            f"and only those")
         + f"; examples scored and used for steering directions ({'+'.join(fit_parts(cfg))}) per fold: "
         + ", ".join(f"fold {f}: {n}" for f, n in bank_sizes.items()),
-        f"- val questions per fold {n_val}" + (" (all)" if cfg.n_val_questions is None else " (a seeded sample)")
+        (f"- val questions per fold {n_val}" + (" (all)" if cfg.n_val_questions is None else " (a seeded sample)")
+         if n_val else "- val questions: none evaluated (one K and one dose per report: nothing to choose)")
         + f"; test questions per fold {n_test}" + (" (all)" if cfg.n_test_questions is None else " (a seeded sample)"),
         f"- activation patching on {cfg.patching_pairs}, attribution patching on {cfg.attribution_pairs} contrast pairs "
         f"per fold ({cfg.pair_demos} aligned vs violating demonstrations, pairs with |gap| < {cfg.pair_min_gap:g} nats "
@@ -1035,7 +1047,7 @@ def render_summary(cfg: ExperimentConfig, setup: Setup, summary: dict, rows, tim
         "(§3a; differences below)",
         f"- side effects: {len(setup.texts)} WikiText-2 paragraphs, ≤{cfg.side_effect_tokens} tokens each"
         + (f" (the {len(setup.calibration)} that calibrate α are others)" if setup.calibration else ""),
-        *timing_lines(timer),
+        *timing_lines(timer, sessions),
     ]
     if "real-release" in cfg.methods:
         lines += release_difference_lines()
@@ -1053,8 +1065,32 @@ def release_difference_lines() -> list[str]:
     return lines + [""]
 
 
-def timing_lines(timer: _Timer) -> list[str]:
+def record_timing(out: Path, timer: _Timer) -> list[dict[str, float]]:
+    """Append this session's step times to the run's ``timing.json`` and return every session's, so a
+    resumed run still reports what the computation cost (a resumed session reuses cached steps in ~0 s)."""
+    path = out / "timing.json"
+    sessions = []
+    if path.is_file():
+        try:
+            sessions = list(read_sealed_json(path, allow_unsealed=True)["sessions"])
+        except (ArtifactError, KeyError, TypeError) as exc:
+            notice(f"{path} is damaged ({exc}); the time of earlier sessions is not counted")
+    sessions.append(dict(timer.seconds))
+    write_sealed_json(path, {"sessions": sessions})
+    return sessions
+
+
+def timing_lines(timer: _Timer, sessions: list[dict[str, float]] | None = None) -> list[str]:
+    """Seconds per step: summed over every session of the run (``sessions``), or this one's."""
+    sessions = sessions or [timer.seconds]
+    total: dict[str, float] = {}
+    for session in sessions:
+        for step, seconds in session.items():
+            total[step] = total.get(step, 0.0) + seconds
     lines = ["", "## Where the time went", "", "| step | seconds |", "|---|---|"]
-    for step, seconds in sorted(timer.seconds.items(), key=lambda kv: -kv[1]):
+    for step, seconds in sorted(total.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {step} | {seconds:.0f} |")
+    if len(sessions) > 1:
+        return lines + ["", f"(summed over the {len(sessions)} sessions of this run; this session took "
+                        f"{sessions[-1].get('total', 0):.0f} s, steps reused from the cache take ~0 s)", ""]
     return lines + ["", "(steps that were reused from the cache take ~0 s on a resumed run)", ""]

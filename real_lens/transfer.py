@@ -4,7 +4,7 @@ Nothing is re-selected on the target: each method's modules come from the source
 scores, its steering directions (and σ) from the source task's activations of the questions the
 source fitted on, and its K and α are the ones the source run chose (for a KL target: the α its
 calibration found; each KL target is transferred as its own condition). ``random`` transfers the
-source's first null draw. The target task contributes
+source's null draw 0 (the random ranking saved with its scores). The target task contributes
 only its test questions (the same seeded sample its own `real-lens run` evaluates, so the
 numbers sit next to "selected on the target itself"), and CE/KL are measured as in every run.
 
@@ -124,7 +124,7 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
         src_fold = source.task.folds[s_fold]
         bank = src_bank.select(set().union(*(getattr(src_fold, part) for part in fit_parts(src_cfg))))
         for method in methods:
-            scores = source_scores(source_dir, src_cfg, s_fold, method, bank)
+            scores = ModuleScores.load(source_dir / "scores" / f"fold{s_fold}" / method)
             check_same_model(scores.meta.get("model"), target.model, what=f"the {method} scores of {source_dir}",
                              fix="transfer with the model the source run used (its config.json), or run the source again")
             for group in groups:
@@ -159,15 +159,3 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
     return out
 
-
-def source_scores(source_dir: Path, src_cfg: ExperimentConfig, fold: int, method: str, bank) -> ModuleScores:
-    """A method's scores as the source run saved them; ``random`` (a null, not saved) is its draw 0, rebuilt
-    from the source's seed exactly as the source drew it."""
-    folder = source_dir / "scores" / f"fold{fold}" / method
-    if method == "random" and not folder.exists():
-        from .null import random_null_scores
-
-        scores = random_null_scores(bank.module_shape, n_draws=1, fold=fold, seed=src_cfg.seed)[0]
-        scores.meta["model"] = bank.meta.get("model")
-        return scores
-    return ModuleScores.load(folder)

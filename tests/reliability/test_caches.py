@@ -200,7 +200,7 @@ def test_a_damaged_run_config_is_rewritten_and_a_legacy_one_accepted(tmp_path, c
 def test_a_run_heals_a_damaged_cell_scores_and_config_and_gives_the_same_results(tmp_path, tiny_model, capsys):
     task = write_task(tmp_path / "beh.csv", n_groups=8)
     cfg = config_for("quick", model="tiny-llama", task=f"file:{task}", methods=("random",), k_grid=(1,),
-                     alpha_grid=(5.0,), side_effect_texts=2, n_boot=20)
+                     kl_grid=None, alpha_grid=(5.0,), side_effect_texts=2, n_boot=20)
     run_experiment(cfg, tmp_path / "run", progress=False)
     before = list(csv.DictReader(open(tmp_path / "run" / "results.csv")))
     run = tmp_path / "run"

@@ -216,6 +216,20 @@ def test_fitting_never_sees_val_or_test_questions(tmp_path, tiny_model, monkeypa
         assert not groups & fold.val and not groups & fold.test
 
 
+def test_an_unreachable_kl_target_is_reported_not_hidden(tmp_path, tiny_model, capsys):
+    """KL 5 nats per token is beyond the tiny model's reach at α ≤ 100: the cells are still evaluated
+    (at the closest α), and the run says so on stderr and in summary.md / summary.json."""
+    cfg = config_for("quick", model="tiny-llama", methods=("iti",), folds=(0,), k_grid=(1,), kl_grid=(5.0,))
+    run_experiment(cfg, tmp_path, progress=False)
+    assert "1 of 1 α calibrations did not reach their KL target" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["calibration"]["reached"] == 0 and summary["calibration"]["reasons"] == {"above_alpha_max": 1}
+    assert "not reached: 1 above_alpha_max" in (tmp_path / "summary.md").read_text()
+    (row,) = [r for r in _rows(tmp_path) if r["method"] == "iti"]
+    assert float(row["alpha"]) == 100.0 and float(row["kl"]) < 5.0
+    assert not [r for r in _rows(tmp_path) if r["split"] == "val"]  # one K, one dose: val chooses nothing
+
+
 def test_with_nothing_to_choose_val_is_not_evaluated_and_fitting_uses_train_and_val():
     """One K and one dose per report: the paper's fixed-K protocol keeps train+val for fitting."""
     assert experiment.fit_parts(config_for("quick", k_grid=(4,), kl_grid=(0.1, 0.3))) == ("train", "val")
