@@ -48,6 +48,8 @@ OPTION_MISTAKES = [
     (["run", "--seed", "-1", "--out", "{root}/r"], "seed from 0"),
     (["run", "--alpha-grid", "5,nan", "--out", "{root}/r"], "finite"),
     (["run", "--k-grid", "0", "--out", "{root}/r"], "positive"),
+    (["run", "--kl-grid", "0.1,-1", "--out", "{root}/r"], "KL targets > 0"),
+    (["run", "--null-draws", "0", "--out", "{root}/r"], "null_draws must be an integer >= 1"),
     (["collect", "--task", "file:{task}", "--device", NO_CUDA_DEVICE, "--out", "{root}/b"], "cuda"),
     (["generate", "--prompt", "x", "--device", "gpu7"], "not a torch device"),
     (["generate", "--prompt", "x", "--device", "meta"], "no meta device"),
