@@ -1,10 +1,10 @@
 """Regenerate every PNG in figures/ from saved results only (no model is loaded, nothing is recomputed).
 
 Sources, all small and committed under results/:
-- ``results/truthfulqa/``: the main job's results.csv, summary.json and scores (copied from
-  ``runs/truthfulqa`` by ``--from-run runs/truthfulqa``) → ``truthfulqa_heatmaps_fold*.png``,
-  ``truthfulqa_mc2_vs_k.png`` (when val chose K) and ``truthfulqa_mc2_vs_kl.png`` (the frontier, when
-  the run compared methods at KL targets);
+- ``results/truthfulqa/`` and ``results/truthfulqa-larger/``: the main job's results.csv, summary.json and
+  scores (copied from ``runs/truthfulqa`` by ``--from-run runs/truthfulqa``, and from a ``--larger`` run by
+  ``--from-larger-run``) → ``<name>_heatmaps_fold*.png``, ``<name>_mc2_vs_k.png`` (when val chose K) and
+  ``<name>_mc2_vs_kl.png`` (the frontier, when the run compared methods at KL targets);
 - ``results/<analysis>/data.json`` of each analysis → ``figures/<analysis>.png``.
 A missing source is reported and the script exits with code 1 (the other figures are still made);
 a ``--from-run`` folder that is not a finished run is one line on stderr and exit code 2.
@@ -65,17 +65,20 @@ def main_job_figures(src: Path, figures: Path, name: str) -> list[Path]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from-run", default=None, help="first copy this finished main-job run into results/truthfulqa")
+    parser.add_argument("--from-larger-run", default=None,
+                        help="first copy this finished `real-lens run --larger` into results/truthfulqa-larger")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--figures", default=str(FIGURES))
     args = parser.parse_args(argv)
     results, figures = Path(args.results), Path(args.figures)
-    if args.from_run:
-        publish_run(Path(args.from_run), results / "truthfulqa")
+    for run, name in ((args.from_run, "truthfulqa"), (args.from_larger_run, "truthfulqa-larger")):
+        if run:
+            publish_run(Path(run), results / name)
     made, missing = [], []
-    if (results / "truthfulqa" / "results.csv").is_file():
-        made += main_job_figures(results / "truthfulqa", figures, "truthfulqa")
-    else:
+    if not (results / "truthfulqa" / "results.csv").is_file():
         missing.append(str(results / "truthfulqa"))
+    for run in sorted(d for d in results.iterdir() if (d / "results.csv").is_file()) if results.is_dir() else []:
+        made += main_job_figures(run, figures, run.name.replace("-", "_"))
     for name, module in ANALYSES.items():
         if (results / name / "data.json").is_file():
             made.append(module.plot(load(results / name), figures / f"{name}.png"))

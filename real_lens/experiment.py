@@ -121,12 +121,13 @@ class ExperimentConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CI / tests: a handful of questions, one small grid point, short training.
+    # CI / tests / a smoke run (≤ 3 min per task on the embedded model): a handful of questions, one K and
+    # one KL target, two null draws, short training, one demonstration per contrast pair.
     "quick": dict(questions_per_part=5, n_val_questions=None, n_test_questions=None, k_grid=(2,),
-                  kl_grid=(0.3,), alpha_grid=(5.0,), null_draws=2, calibration_texts=4, patching_pairs=2, attribution_pairs=4, real_epochs=2,
+                  kl_grid=(0.3,), alpha_grid=(5.0,), null_draws=2, calibration_texts=4, patching_pairs=1,
+                  attribution_pairs=2, pair_demos=1, real_epochs=2, real_prior_epochs=2,
                   pair_min_gap=0.0,  # keeps every pair: the tiny random model's gaps are ~0.05 nats
-                  real_prior_epochs=2, side_effect_texts=4, side_effect_tokens=32, n_boot=100,
-                  methods=METHODS),
+                  side_effect_texts=4, side_effect_tokens=32, n_boot=100, methods=METHODS),
     # The paper's protocol at full size (for a GPU): K 48 among the grid, α 15, every test question.
     # The default fitting and scoring (its scores are reused when copied into the run), 96 test questions per
     # fold and a 5-draw null: ~65 min on the 2-core CPU (every test question and 10 draws: ~2.4 h).
@@ -359,7 +360,7 @@ class _Run:
     bank_sizes: dict[int, int] = field(default_factory=dict)
     chosen: dict[tuple[int, str, str], tuple[int, Dose]] = field(default_factory=dict)  # (fold, method, group)
     null: dict[tuple[int, int, str], list[dict]] = field(default_factory=dict)  # (fold, K, dose label) -> per draw
-    calibrations: list[dict] = field(default_factory=list)  # every α calibration this run used
+    calibrations: dict[tuple, dict] = field(default_factory=dict)  # every α calibration this run used
     alphas: dict[tuple, tuple[float, float]] = field(default_factory=dict)  # (fold, method, K, draw) -> (KL, α)
 
     def cell(self, fold: int, **key):
@@ -391,7 +392,7 @@ class _Run:
         self.timer.add("calibrate α", t)
         if calibration["reached"]:
             self.alphas[(fold, method, k, draw)] = (dose.value, calibration["alpha"])
-        self.calibrations.append(calibration)
+        self.calibrations[(fold, method, k, dose.label, draw)] = calibration  # val and test share it
         if not calibration["reached"]:
             logger.info("fold %d %s K %d%s: KL target %g not reached (%s); steered at the closest point, α %.3g "
                         "(calibration KL %.3g)", fold, method, k, "" if draw is None else f" draw {draw}", dose.value,
@@ -524,7 +525,7 @@ def _run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) ->
         run.run_fold(fold_index, full_bank)
 
     timer.seconds["total"] = time.perf_counter() - started
-    missed = [c for c in run.calibrations if not c["reached"]]
+    missed = [c for c in run.calibrations.values() if not c["reached"]]
     if missed:
         notice(f"{len(missed)} of {len(run.calibrations)} α calibrations did not reach their KL target (the largest "
                f"miss: KL {max(missed, key=lambda c: abs(c['kl'] / c['target_kl'] - 1))['kl']:.3g}); those cells are "
@@ -707,7 +708,7 @@ def _write_outputs(run: _Run) -> None:
     frontier = frontier_data(run, summary, metric) if cfg.kl_grid and setup.texts else None
     if frontier and (frontier["points"] or frontier["null"]):
         draw_frontier(frontier, out / f"{metric}_vs_kl.png")
-    calibration = calibration_summary(run.calibrations)
+    calibration = calibration_summary(list(run.calibrations.values()))
     write_json(out / "summary.json", {"task": setup.task.name, "select_metric": metric, "calibration": calibration,
                                       "metrics": list(setup.evaluation.metrics), "fitted_on": "+".join(fit_parts(cfg)),
                                       "doses": [g for g, _ in dose_groups(cfg)], "methods": summary,
@@ -953,7 +954,8 @@ def summary_table(summary: dict, metrics: Sequence[str]) -> list[str]:
     for name, e in summary.items():
         cells = [e.get("method", name), *([e.get("dose") or "-"] if with_dose else []),
                  *[f"{e[m]:.3f} [{e[m + '_ci'][0]:.3f}, {e[m + '_ci'][1]:.3f}]" for m in metrics],
-                 f"{e['ce']:.3f}", f"{e['kl']:.4f}", ", ".join(map(str, e["k"])) if any(e["k"]) else "-",
+                 *(f"{e[side]:{spec}}" if math.isfinite(e[side]) else "-" for side, spec in (("ce", ".3f"), ("kl", ".4f"))),
+                 ", ".join(map(str, e["k"])) if any(e["k"]) else "-",
                  ", ".join(f"{a:.3g}" for a in e["alpha"]) if any(e["alpha"]) else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
