@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     preset = p.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="a few questions and grid points (tests, CI)")
     preset.add_argument("--larger", action="store_true",
-                        help="the default fitting, 96 test questions per fold and a 5-draw null (~65 min on 2 CPU cores)")
+                        help="the default fitting, every test question (160 per fold) and a 5-draw null (~100 min on 2 CPU cores)")
     preset.add_argument("--full", action="store_true", help="the paper's protocol at full size (for a GPU)")
     # One option per ExperimentConfig field (real_lens.configs): --k-grid 8,24, --questions-per-part none, ...
     add_config_options(p, ExperimentConfig, aliases={"n_val_questions": ["--val-questions"],

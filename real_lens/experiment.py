@@ -76,7 +76,7 @@ class ExperimentConfig:
     n_val_questions: int | None = 25  # per fold; None = all val questions (a seeded sample otherwise)
     n_test_questions: int | None = 40  # per fold; None = all test questions (a seeded sample otherwise)
     patching_pairs: int = 8  # contrast pairs per fold for activation patching (one forward per pair and head chunk)
-    attribution_pairs: int = 32  # contrast pairs per fold for attribution patching (2 forwards + 1 backward per batch)
+    attribution_pairs: int = 64  # contrast pairs per fold for attribution patching (2 forwards + 1 backward per batch)
     pair_demos: int = 3  # demonstrations per contrast pair (scoring.pairs)
     pair_min_gap: float = 0.5  # nats: pairs whose clean-corrupted gap is smaller are dropped (and counted)
     real_epochs: int = 20
@@ -129,9 +129,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                   pair_min_gap=0.0,  # keeps every pair: the tiny random model's gaps are ~0.05 nats
                   side_effect_texts=4, side_effect_tokens=32, n_boot=100, methods=METHODS),
     # The paper's protocol at full size (for a GPU): K 48 among the grid, α 15, every test question.
-    # The default fitting and scoring (its scores are reused when copied into the run), 96 test questions per
-    # fold and a 5-draw null: ~65 min on the 2-core CPU (every test question and 10 draws: ~2.4 h).
-    "larger": dict(n_test_questions=96, null_draws=5),
+    # The default fitting and scoring (its scores are reused when copied into the run), every test question
+    # of the default sample (160 per fold) and a 5-draw null: ~100 min on the 2-core CPU.
+    "larger": dict(n_test_questions=None, null_draws=5),
     "full": dict(k_grid=(16, 32, 48, 64), kl_grid=(0.03, 0.1, 0.3), alpha_grid=(5.0, 10.0, 15.0, 20.0),
                  null_draws=20, patching_pairs=128, attribution_pairs=256, calibration_texts=32,
                  questions_per_part=None, n_val_questions=None, n_test_questions=None, side_effect_texts=100),
@@ -591,11 +591,14 @@ def cached_cell(out: Path, cfg, fold: int, key: dict):
     """``cell(key)(compute)`` → the cached result for this cell, computing it once.
 
     ``key`` names the cell (method, split, K, and its ``alpha`` or ``dose``, a null ``draw``, ...);
-    the file name also carries a digest of every setting that changes a cell's value."""
-    ignored = ("methods", "k_grid", "alpha_grid", "kl_grid", "null_draws", "folds", "n_boot")
+    the file name also carries a digest of every setting that changes a cell's value. A scorer's own
+    settings (pairs, demonstrations, epochs) enter only its own cells' digests, so changing one scorer
+    recomputes that method's cells and keeps everyone else's."""
+    ignored = ("methods", "k_grid", "alpha_grid", "kl_grid", "null_draws", "folds", "n_boot", *SCORER_SETTINGS)
     relevant = {k: v for k, v in _jsonable(cfg).items() if k not in ignored}
     relevant["dose_protocol"] = "kl" if getattr(cfg, "kl_grid", None) else "alpha"  # it changes the CE/KL texts
-    digest = hashlib.sha256(json.dumps([relevant, fold, key], sort_keys=True).encode()).hexdigest()[:16]
+    scorer = _jsonable(_scorer_options(cfg, key["method"]))
+    digest = hashlib.sha256(json.dumps([relevant, fold, key, scorer], sort_keys=True).encode()).hexdigest()[:16]
     named = ("method", "split", "k", "alpha", "dose")
     name = "-".join(f"{v}".replace(":", "_") for k, v in key.items() if k not in named)
     dose = key["dose"] if "dose" in key else f"a{key['alpha']:g}"
@@ -641,6 +644,11 @@ def cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank
     scores = with_source(scores, bank)
     scores.save(folder, extra_json={"key.json": key})
     return scores
+
+
+# The ExperimentConfig fields that only a scorer reads (each scorer's share: _scorer_options).
+SCORER_SETTINGS = ("patching_pairs", "attribution_pairs", "pair_demos", "pair_min_gap", "real_epochs",
+                   "real_prior_epochs")
 
 
 def _scorer_options(cfg: ExperimentConfig, method: str) -> dict:

@@ -1,6 +1,7 @@
 """Caches heal: anything unreadable or failing verification is rebuilt, said so in one line, never a traceback."""
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -163,6 +164,27 @@ def test_a_damaged_cell_is_recomputed(tmp_path, capsys):
     path.write_text(path.read_text()[:20])  # truncated
     assert cell(compute)["mc2"] == 0.416 and len(computed) == 3
     assert read_sealed_json(path)["mc2"] == 0.416
+
+
+def test_a_scorer_setting_recomputes_only_that_scorers_cells(tmp_path):
+    """Changing attribution's pair count redoes attribution's cells and nobody else's; a setting
+    every cell reads (the test sample) redoes them all."""
+    cfg = config_for("quick")
+    keys = [{"method": m, "split": "test", "k": 2, "dose": "KL 0.3"} for m in ("unsteered", "random", "iti", "real",
+                                                                                 "patching", "attribution")]
+
+    def recomputed(changed):
+        computed = []
+        for key in keys:
+            cached_cell(tmp_path, changed, 0, key)(lambda key=key: computed.append(key["method"]) or {"mc2": 0.5})
+        return computed
+
+    assert len(recomputed(cfg)) == len(keys)
+    assert recomputed(cfg) == []
+    assert recomputed(dataclasses.replace(cfg, attribution_pairs=cfg.attribution_pairs + 1)) == ["attribution"]
+    assert recomputed(dataclasses.replace(cfg, real_epochs=cfg.real_epochs + 1)) == ["real"]
+    assert recomputed(dataclasses.replace(cfg, pair_demos=cfg.pair_demos + 1)) == ["patching", "attribution"]
+    assert len(recomputed(dataclasses.replace(cfg, n_test_questions=3))) == len(keys)
 
 
 def test_damaged_cached_scores_are_recomputed(tmp_path, tiny_model, capsys):
