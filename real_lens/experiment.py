@@ -121,11 +121,12 @@ class ExperimentConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CI / tests / a smoke run (≤ 3 min per task on the embedded model): a handful of questions, one K and
-    # one KL target, two null draws, short training, one demonstration per contrast pair.
-    "quick": dict(questions_per_part=5, n_val_questions=None, n_test_questions=None, k_grid=(2,),
+    # CI / tests / a smoke run (≤ 3 min per task on the embedded model): a handful of questions (2 test
+    # questions per fold: NQ-Swap's long prompts make every generated cell cost ~0.5 s per item on 2 cores),
+    # one K and one KL target, two null draws, short training, one pair and one demonstration per pair scorer.
+    "quick": dict(questions_per_part=5, n_val_questions=None, n_test_questions=2, k_grid=(2,),
                   kl_grid=(0.3,), alpha_grid=(5.0,), null_draws=2, calibration_texts=4, patching_pairs=1,
-                  attribution_pairs=2, pair_demos=1, real_epochs=2, real_prior_epochs=2,
+                  attribution_pairs=1, pair_demos=1, real_epochs=2, real_prior_epochs=2,
                   pair_min_gap=0.0,  # keeps every pair: the tiny random model's gaps are ~0.05 nats
                   side_effect_texts=4, side_effect_tokens=32, n_boot=100, methods=METHODS),
     # The paper's protocol at full size (for a GPU): K 48 among the grid, α 15, every test question.

