@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     # One option per ExperimentConfig field (real_lens.configs): --k-grid 8,24, --questions-per-part none, ...
     add_config_options(p, ExperimentConfig, aliases={"n_val_questions": ["--val-questions"],
                                                      "n_test_questions": ["--test-questions"]}, help=RUN_HELP)
-    p.add_argument("--out", default=None, help="run directory, reused to resume (default runs/<task>)")
+    p.add_argument("--out", default=None, help="run directory, reused to resume (default runs/<task>, runs/<task>-<preset> with a preset)")
     p.set_defaults(run=_cmd_run)
 
     p = command("transfer", help="evaluate a finished run's selected heads on another task, without re-selection")
@@ -568,8 +568,8 @@ def _cmd_run(args) -> None:
                             "follow --config to change single fields)")
     base = _field_values(load_config(args.config)) if args.config else dict(PRESETS.get(preset, {}))
     cfg = ExperimentConfig(**{**base, **read_overrides(args, ExperimentConfig)})
-    out = run_experiment(cfg, _check_run_out(args.out if args.out is not None else f"runs/{task_slug(cfg.task)}"),
-                         progress=not args.quiet)
+    default_out = f"runs/{task_slug(cfg.task)}" + (f"-{preset}" if preset else "")  # a preset never meets the default run
+    out = run_experiment(cfg, _check_run_out(args.out if args.out is not None else default_out), progress=not args.quiet)
     print((out / "summary.md").read_text())
     print(f"outputs in {out}")
 

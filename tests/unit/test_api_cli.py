@@ -158,6 +158,8 @@ def test_run_config_reruns_a_saved_configuration(tmp_path, monkeypatch, capsys):
     assert cli.main(["run", "--config", str(tmp_path / "saved"), "--seed", "3", "--questions-per-part", "none"]) == 0
     assert ran[-1][0] == dataclasses.replace(cfg, seed=3, questions_per_part=None)
     assert ran[-1][1] == "runs/caa-refusal" and ran[-1][2] is True
+    assert cli.main(["--quiet", "run", "--larger"]) == 0  # a preset's run has its own default directory
+    assert ran[-1][0] == config_for("larger") and ran[-1][1] == "runs/truthfulqa-larger"
     capsys.readouterr()
     err = _one_line_error(capsys, ["run", "--config", str(tmp_path / "saved"), "--quick"])
     assert "--config and --quick" in err
