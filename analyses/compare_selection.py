@@ -55,7 +55,8 @@ QUICK = Config(model="tiny-llama", methods=("real", "iti", "random"), k_grid=(1,
 def experiment_config(cfg: Config, seed: int) -> ExperimentConfig:
     return ExperimentConfig(model=cfg.model, task=cfg.task, methods=cfg.methods, folds=(cfg.fold,),
                             k_grid=cfg.k_grid, kl_grid=None, alpha_grid=cfg.alpha_grid,
-                            questions_per_part=cfg.questions_per_part, n_test_questions=cfg.n_test_questions, patching_pairs=cfg.patching_pairs,
+                            questions_per_part=cfg.questions_per_part, n_test_questions=cfg.n_test_questions,
+                            patching_pairs=cfg.patching_pairs,
                             pair_min_gap=cfg.pair_min_gap, real_epochs=cfg.real_epochs,
                             real_prior_epochs=cfg.real_prior_epochs, side_effect_texts=0, seed=seed)
 
