@@ -21,9 +21,9 @@ import numpy as np
 from analyses.common import new_figure, run_analysis, run_main, style
 from real_lens.activations import collect_activations
 from real_lens.evaluation import bootstrap_ci
-from real_lens.experiment import (
-    ExperimentConfig, cached_cell, cached_scores, eval_items, evaluate_cell, prepare, select_top,
-)
+from real_lens.evaluation.suite import eval_items
+from real_lens.experiment import ExperimentConfig, cached_cell, cached_scores, prepare
+from real_lens.experiment.setup import evaluate_cell
 from real_lens.plotting import metric_label, save_figure
 from real_lens.steering import build_steering
 
@@ -78,7 +78,7 @@ def analyse(cfg: Config, out: Path, progress: bool = True) -> dict:
         for method in cfg.methods:
             scores = cached_scores(out / f"seed{seed}", ecfg, cfg.fold, method, bank, setup.model)
             for k in cfg.k_grid:
-                steering = build_steering(bank, select_top(scores, k), alpha=1.0)
+                steering = build_steering(bank, scores.select(min(k, scores.n_modules)), alpha=1.0)
                 for alpha in cfg.alpha_grid:
                     key = {"method": method, "split": "test", "k": k, "alpha": alpha, "seed": seed}
                     result = cached_cell(out, ecfg, cfg.fold, key)(

@@ -269,7 +269,7 @@ def check_same_inputs(model, questions, harness: list[dict], *, prompt, prepend_
     Tokens: real-lens's prompt tokens vs the harness's context tokens, and real-lens's answer tokens
     (those of prompt + answer from where the two tokenisations differ) vs the harness's continuation tokens.
     """
-    from real_lens.evaluation.forward import tokenize
+    from real_lens.tokens import tokenize
     from real_lens.evaluation.truthfulqa import answer_start
     from real_lens.tasks.truthfulqa import ANSWER_FORMAT
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from analyses import compare_selection, overlap, score_vs_effect, transfer
 from analyses.common import FIGURES, RESULTS, load, run_main
 from real_lens.errors import RealLensError
-from real_lens.experiment import draw_frontier
+from real_lens.experiment.report import draw_frontier
 from real_lens.io import read_json
 from real_lens.plotting import plot_metric_vs_k, plot_score_heatmaps
 from real_lens.scoring import ModuleScores

@@ -24,11 +24,12 @@ from scipy.stats import spearmanr
 
 from analyses.common import new_figure, run_analysis, run_dir, run_main, style
 from real_lens.activations import collect_activations
-from real_lens.experiment import METHODS, eval_items, evaluate_cell, prepare
+from real_lens.evaluation.suite import eval_items
+from real_lens.experiment import METHODS, load_source_run, prepare
+from real_lens.experiment.setup import evaluate_cell
 from real_lens.plotting import SCORE_UNITS, metric_label, save_figure
 from real_lens.scoring import ModuleScores, Selection
 from real_lens.steering import build_steering
-from real_lens.transfer import load_source_run
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from analyses.common import new_figure, run_analysis, run_main
-from real_lens.experiment import ExperimentConfig, run_experiment, task_slug
+from real_lens.experiment import ExperimentConfig, TransferConfig, run_experiment, run_transfer, task_slug
 from real_lens.io import read_json
 from real_lens.plotting import metric_label, save_figure
-from real_lens.transfer import TransferConfig, run_transfer
 
 
 @dataclass(frozen=True)

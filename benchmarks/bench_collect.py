@@ -14,7 +14,8 @@ import time
 import torch
 
 from real_lens.activations import _tokenize, collect_activations
-from real_lens.models import DEFAULT_MODEL, _load_hf, load_model
+from real_lens.models import DEFAULT_MODEL, load_model
+from real_lens.models.loading import load_hf
 from real_lens.tasks import load_task
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     ]
     # A separately loaded HF model: the bridge wraps its own HF modules in place, so
     # model.original_model would not be a plain forward.
-    hf_model, _, _ = _load_hf(args.model, dtype=torch.float32)
+    hf_model, _, _ = load_hf(args.model, dtype=torch.float32)
 
     def plain_hf() -> None:
         with torch.inference_mode():

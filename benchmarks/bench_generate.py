@@ -32,10 +32,11 @@ import time
 
 import torch
 
-from real_lens.evaluation.forward import tokenize
+from real_lens.tokens import tokenize
 from real_lens.evaluation.nq_swap import evaluate_nq_swap, first_line
 from real_lens.generation import generate_greedy, generate_text
-from real_lens.models import DEFAULT_MODEL, _load_hf, load_model
+from real_lens.models import DEFAULT_MODEL, load_model
+from real_lens.models.loading import load_hf
 from real_lens.steering import Steering
 from real_lens.tasks import load_task
 
@@ -110,7 +111,7 @@ def main() -> None:
     model = load_model(args.model)
     # A separately loaded HF model: the bridge wraps its own HF modules in place, so
     # model.original_model would not be a plain forward.
-    hf_model, _, _ = _load_hf(args.model, dtype=torch.float32)
+    hf_model, _, _ = load_hf(args.model, dtype=torch.float32)
     task = load_task("nq-swap")
     items = [q for g in task.groups for q in task.eval_data["qa"][g]]
 

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from real_lens.evaluation.forward import tokenize
+from real_lens.tokens import tokenize
 from real_lens.evaluation.truthfulqa import SharedPrefix, score_answer_tokens, select_mc_questions
 from real_lens.models import DEFAULT_MODEL, load_model
 from real_lens.tasks.truthfulqa import ANSWER_FORMAT, DEFAULT_MC_PROMPT, MC_PROMPT_STYLES, load_truthfulqa

@@ -26,7 +26,8 @@ from dataclasses import replace
 
 import torch
 
-from real_lens.scoring.real import RealConfig, score_real_tensors, split_heldout
+from real_lens.scoring.real import score_real_tensors, split_heldout
+from real_lens.scoring.real_config import RealConfig
 
 SHAPES = {  # examples, layers, heads, d_head
     "smollm2": (3000, 30, 9, 64),

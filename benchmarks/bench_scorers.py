@@ -39,9 +39,11 @@ from real_lens.compare import compare_scores  # noqa: E402
 from real_lens.models import DEFAULT_MODEL, load_model  # noqa: E402
 from real_lens.scoring import ModuleScores  # noqa: E402
 from real_lens.scoring.attribution import AttributionConfig, attribute_pairs  # noqa: E402
-from real_lens.scoring.pairs import build_contrast_pairs, full_rows, pad_token  # noqa: E402
+from real_lens.scoring.pair_rows import full_rows  # noqa: E402
+from real_lens.scoring.pairs import build_contrast_pairs  # noqa: E402
+from real_lens.tokens import pad_id  # noqa: E402
 from real_lens.scoring.patching import PatchingConfig, patch_pairs, patch_pairs_looped  # noqa: E402
-from real_lens.scoring.probe import probe_scorer  # noqa: E402
+from real_lens.scoring.iti import probe_scorer  # noqa: E402
 from real_lens.scoring.random import random_scorer  # noqa: E402
 from real_lens.tasks.base import Example  # noqa: E402
 
@@ -131,7 +133,7 @@ def count_flops(fn) -> int:
 def looped_flops(model, pairs, cfg) -> int:
     """What the per-module loop computes: per batch of pairs, the clean and the unpatched corrupted
     forward plus one whole-input forward per module (all positions' logits, as TransformerLens runs them)."""
-    pad, total = pad_token(model), 0
+    pad, total = pad_id(model), 0
     n_modules = model.cfg.n_layers * model.cfg.n_heads
     for batch in pairs.batches(cfg.batch_tokens):
         clean = full_rows(batch.pairs, "clean", positions=cfg.positions, pad=pad)

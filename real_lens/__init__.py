@@ -8,7 +8,7 @@ One import for a whole script::
     task = rl.load_task("truthfulqa")
     bank = rl.collect(model, task)                    # activations [example, layer, head, d_head]
     scores = rl.score(bank, "real")                   # or "iti", "patching", "attribution", "random"
-    steering = rl.build_steering(bank, scores.select(16), alpha=15)
+    steering = rl.build_steering(bank, scores.select(16), kl=0.1, model=model)  # α at KL 0.1 nats/token
     with steering.applied(model):
         print(rl.generate(model, "What happens if you crack your knuckles a lot?"))
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> (module, attribute)
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -30,8 +30,12 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "collect": (".activations", "collect_activations"),
     "score": (".scoring", "score_modules"),
     "build_steering": (".steering", "build_steering"),
+    "calibrate": (".evaluation.dose", "calibrate"),
     "generate": (".api", "generate"),
     "evaluate": (".api", "evaluate"),
+    # comparing and drawing scores
+    "compare_scores": (".compare", "compare_scores"),
+    "plot_scores": (".plotting", "plot_score_heatmap"),
     # hook-level inspection
     "list_hooks": (".inspection", "list_hooks"),
     "compare_logits": (".inspection", "compare_logits"),
@@ -43,7 +47,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # the main job
     "ExperimentConfig": (".experiment", "ExperimentConfig"),
     "run_experiment": (".experiment", "run_experiment"),
-    "load_config": (".configs", "load_config"),
+    "load_config": (".experiment", "load_config"),
     # the objects those functions return or take
     "ActivationBank": (".bank", "ActivationBank"),
     "Task": (".tasks", "Task"),
@@ -51,9 +55,14 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ModuleScores": (".scoring", "ModuleScores"),
     "Selection": (".scoring", "Selection"),
     "strength_rule": (".scoring", "strength_rule"),
-    "RealConfig": (".scoring.real", "RealConfig"),
-    "ProbeConfig": (".scoring.probe", "ProbeConfig"),
+    "RealConfig": (".scoring.real_config", "RealConfig"),
+    "ProbeConfig": (".scoring.iti", "ProbeConfig"),
     "PairConfig": (".scoring.pairs", "PairConfig"),
+    "PatchingConfig": (".scoring.patching", "PatchingConfig"),
+    "AttributionConfig": (".scoring.attribution", "AttributionConfig"),
+    # adding a scoring method (docs/library.md)
+    "register_scorer": (".scoring", "register_scorer"),
+    "ScorerSpec": (".scoring", "ScorerSpec"),
     "Steering": (".steering", "Steering"),
     "EvaluationResult": (".api", "EvaluationResult"),
     # errors
@@ -80,16 +89,20 @@ if TYPE_CHECKING:  # for editors and type checkers; never executed
     from .activations import collect_activations as collect
     from .api import EvaluationResult, evaluate, generate
     from .bank import ActivationBank
-    from .configs import load_config
+    from .compare import compare_scores
     from .errors import RealLensError
-    from .experiment import ExperimentConfig, run_experiment
+    from .evaluation.dose import calibrate
+    from .experiment import ExperimentConfig, load_config, run_experiment
     from .export import save_lm_eval_steering, to_layer_steering, to_layer_vectors, to_steering_vector
     from .inspection import compare_logits, list_hooks
     from .models import load_model
-    from .scoring import ModuleScores, Selection, strength_rule
+    from .plotting import plot_score_heatmap as plot_scores
+    from .scoring import ModuleScores, ScorerSpec, Selection, register_scorer, strength_rule
     from .scoring import score_modules as score
+    from .scoring.attribution import AttributionConfig
+    from .scoring.iti import ProbeConfig
     from .scoring.pairs import PairConfig
-    from .scoring.probe import ProbeConfig
-    from .scoring.real import RealConfig
+    from .scoring.patching import PatchingConfig
+    from .scoring.real_config import RealConfig
     from .steering import Steering, SteeringMismatchError, build_steering
     from .tasks import Example, Task, load_task

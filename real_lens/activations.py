@@ -36,9 +36,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import __version__, hooks
+from . import hooks
+from ._version import __version__
 from .bank import ActivationBank
-from .evaluation.forward import tokenize
+from .tokens import right_pad, tokenize
 from .distributed import Ranks, broadcast_tensor, current_ranks, shard_bounds
 from .errors import ArtifactError, BankError, RealLensError, unknown_name_error
 from .io import notice, read_sealed_tensors, write_sealed_tensors
@@ -182,12 +183,11 @@ def _collect(model, examples, site, readout, batch_size, progress) -> Tensor:
     n_layers = model.cfg.n_layers
     order = sorted(range(len(examples)), key=lambda i: len(tokenized.tokens[i]))
     out: Tensor | None = None
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=f"collect {site}", unit="batch", disable=not progress):
         seqs = [tokenized.tokens[i] for i in batch]
         lengths = torch.tensor([len(s) for s in seqs])
-        tokens = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad_id)
+        tokens = right_pad(model, seqs)
         tokens = tokens.to(model.cfg.device)
         weights = _readout_weights(readout, lengths, [tokenized.answer_start[i] for i in batch], tokens.shape[1])
         weights = weights.to(tokens.device)

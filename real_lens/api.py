@@ -49,8 +49,7 @@ def evaluate(model, task, steering: SteeringLike | None = None, *, fold: int = 0
 
     The same items and metrics the main job reports for that fold part (``real-lens run``).
     """
-    from .experiment import eval_items
-    from .evaluation.suite import evaluation_for
+    from .evaluation.suite import eval_items, evaluation_for
 
     if split not in SPLITS:
         raise RealLensError(f"split must be one of {SPLITS}; got {split!r}")

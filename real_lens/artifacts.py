@@ -125,7 +125,7 @@ def check_output_path(out, *, kind: str | None, replaces: Collection[str] = ()) 
 
 
 def _write_manifest(staging: Path, kind: str) -> dict:
-    from . import __version__
+    from ._version import __version__
 
     files = {}
     for path in sorted(p for p in staging.rglob("*") if p.is_file()):
@@ -296,3 +296,22 @@ def _manifest_id(directory: Path) -> str | None:
         return read_json(Path(directory) / MANIFEST).get("id")
     except Exception:  # absent or damaged: no id
         return None
+
+
+def load_verified(directory, *, kind: str, read: Callable[[Path], T], files: Collection[str], allow_unverified: bool,
+                  what: str, error: type[Exception], create: str, redo: str) -> T:
+    """:func:`load_artifact` with the one-line errors every artifact type gives, raised as ``error``.
+
+    ``what`` names the artifact ("an activation bank"), ``create`` how to make one, ``redo`` what to
+    do when it is damaged; ``files`` are its data files (also the files an older, manifest-less
+    version holds)."""
+    directory = Path(directory)
+    try:
+        return load_artifact(directory, kind=kind, read=read, legacy_files=tuple(files),
+                             allow_unverified=allow_unverified, what=what)
+    except ArtifactMissingError as exc:
+        raise error(f"{directory} holds no {what.removeprefix('an ').removeprefix('a ')}"
+                    f"{f' ({exc})' if str(exc) else ''}: expected {' and '.join(files)}; {create}") from None
+    except ArtifactError as exc:
+        raise error(f"{what.removeprefix('an ').removeprefix('a ')} {directory} is unreadable: {exc}; {redo}") from exc
+

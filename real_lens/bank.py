@@ -19,8 +19,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from . import hooks
-from .errors import ArtifactError, ArtifactMissingError, BankError
-from .artifacts import artifact_writer, load_artifact
+from .errors import BankError
+from .artifacts import artifact_writer, load_verified
 from .io import read_json, read_tensors, write_json, write_tensors
 from .tasks.base import Example
 
@@ -120,17 +120,9 @@ class ActivationBank:
         """The bank saved at ``directory``, after checking its manifest (BankError if anything is off).
 
         A bank written before manifests existed is read with a notice when ``allow_unverified``."""
-        directory = Path(directory)
-        try:
-            return load_artifact(directory, kind=KIND, read=cls._read, legacy_files=(TENSORS_FILE, META_FILE),
-                                 allow_unverified=allow_unverified, what="the bank")
-        except ArtifactMissingError as exc:
-            raise BankError(
-                f"{directory} is not an activation bank{f' ({exc})' if str(exc) else ''}: expected {TENSORS_FILE} and {META_FILE}; "
-                "create one with `real-lens collect --out DIR`"
-            ) from None
-        except ArtifactError as exc:
-            raise BankError(f"activation bank {directory} is unreadable: {exc}; collect it again") from exc
+        return load_verified(directory, kind=KIND, read=cls._read, files=(TENSORS_FILE, META_FILE),
+                             allow_unverified=allow_unverified, what="an activation bank", error=BankError,
+                             create="create one with `real-lens collect --out DIR`", redo="collect it again")
 
     @classmethod
     def _read(cls, directory: Path) -> "ActivationBank":

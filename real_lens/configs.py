@@ -23,11 +23,9 @@ import logging
 import re
 import types
 import typing
-from pathlib import Path
 from typing import Any, Literal, Union
 
 from .errors import RealLensError
-from .io import read_json
 
 logger = logging.getLogger(__name__)
 NONE_WORD = "none"  # on the command line, sets an optional field to None
@@ -203,29 +201,3 @@ def _from_json(value, hint, name: str, source: str):
     if inner is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
-
-
-def load_config(path):
-    """The :class:`~real_lens.experiment.ExperimentConfig` saved in a run's ``config.json``.
-
-    ``path``: the file or the run directory holding it. The file is ``{"config": {...},
-    "real_lens_version": ...}`` as ``real-lens run`` writes it (a bare ``{...}`` of settings is
-    read too).
-    """
-    from . import __version__
-    from .experiment import ExperimentConfig
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise RealLensError(f"no configuration at {path}; pass a run's config.json or its directory (e.g. runs/truthfulqa)")
-    try:
-        stored = read_json(path)
-    except ValueError as exc:
-        raise RealLensError(f"{path} is not valid JSON ({exc}); pass a config.json written by `real-lens run`") from None
-    version = stored.get("real_lens_version") if isinstance(stored, dict) else None
-    if version is not None and version != __version__:
-        logger.warning("%s was written by real-lens %s; this is %s", path, version, __version__)
-    values = stored["config"] if isinstance(stored, dict) and "config" in stored else stored
-    return build_config(ExperimentConfig, values, source=str(path))

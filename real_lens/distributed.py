@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-import inspect
 import json
 import os
 from dataclasses import dataclass, replace
@@ -46,7 +45,6 @@ from .errors import RealLensError, ScoringError
 # recomputes chunks that other ranks found cached; torch's default (10-30 min) is too short.
 TIMEOUT = datetime.timedelta(hours=12)
 # Model-free scorers cheap enough to compute whole on every rank.
-EVERY_RANK_METHODS = frozenset({"random"})
 
 
 @dataclass(frozen=True)
@@ -235,12 +233,12 @@ def score_distributed(method: str, bank, *, model=None, seed: int = 0, device=No
 def is_sharded(method: str, ranks: Ranks) -> bool:
     """Whether ``method`` splits its modules over ``ranks``; ``False`` when every rank computes it
     whole (one process, or a cheap model-free scorer). Raises for a scorer that can do neither."""
-    from .scoring import get_scorer
+    from .scoring import scorer_spec
 
-    scorer = get_scorer(method)
-    if not ranks.is_distributed or method in EVERY_RANK_METHODS:
+    spec = scorer_spec(method)
+    if not ranks.is_distributed or spec.every_rank:
         return False
-    if "modules" not in inspect.signature(scorer).parameters:
+    if not spec.shardable:
         raise ScoringError(
             f"{method} is not split across processes (it runs the model and takes no module slice); "
             f"run `real-lens score --method {method}` in one process, without torchrun"

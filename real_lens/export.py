@@ -21,6 +21,8 @@ every position (``positions="all"``, the paper's), up to float rounding. Layer-s
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,21 @@ from torch import Tensor
 from . import hooks
 from .errors import RealLensError
 from .steering import Steering
+
+
+def _model_first(fn):
+    """Every export takes ``(model, steering, ...)``, model first as everywhere in real-lens; the old
+    ``(steering, model, ...)`` order still works for one release, with a DeprecationWarning."""
+
+    @functools.wraps(fn)
+    def export(model, steering, *args, **kwargs):
+        if isinstance(model, Steering) and not isinstance(steering, Steering):
+            warnings.warn(f"{fn.__name__}(steering, model) is deprecated; call {fn.__name__}(model, steering)",
+                          DeprecationWarning, stacklevel=2)
+            model, steering = steering, model
+        return fn(model, steering, *args, **kwargs)
+
+    return export
 
 # Where each site's per-layer vector is added, in the Hugging Face model's own terms:
 # the module whose output it is, and steering-vectors' name for that kind of module.
@@ -51,7 +68,8 @@ class LayerVectors:
     vectors: dict[int, Float[Tensor, " d_model"]]
 
 
-def to_layer_vectors(steering: Steering, model) -> LayerVectors:
+@_model_first
+def to_layer_vectors(model, steering: Steering) -> LayerVectors:
     """The steering as one ``[d_model]`` vector per layer (head steerings through W_O, at ``attn_out``)."""
     steering.check_model(model)
     if not hooks.is_head_site(steering.site):
@@ -63,13 +81,14 @@ def to_layer_vectors(steering: Steering, model) -> LayerVectors:
     return LayerVectors("attn_out", vectors)
 
 
-def to_layer_steering(steering: Steering, model) -> Steering:
+@_model_first
+def to_layer_steering(model, steering: Steering) -> Steering:
     """The same intervention as a layer-site :class:`Steering` (one module per layer, strength 1).
 
     It keeps ``alpha``: its σ is ‖v_l‖ at α = 1, so ``with_alpha`` scales it as it scales the
     original.
     """
-    unit = to_layer_vectors(steering.with_alpha(1.0), model)
+    unit = to_layer_vectors(model, steering.with_alpha(1.0))
     layers = sorted(unit.vectors)
     stacked = torch.stack([unit.vectors[layer] for layer in layers])  # [layer, d_model]
     norms = stacked.norm(dim=-1)
@@ -84,7 +103,8 @@ def to_layer_steering(steering: Steering, model) -> Steering:
 
 
 # --------------------------------------------------------------------------- lm-evaluation-harness
-def to_lm_eval_config(steering: Steering, model) -> dict[str, dict]:
+@_model_first
+def to_lm_eval_config(model, steering: Steering) -> dict[str, dict]:
     """lm-evaluation-harness's steer config: ``{hookpoint: {steering_vector, steering_coefficient, action,
     bias, head_index}}``.
 
@@ -93,7 +113,7 @@ def to_lm_eval_config(steering: Steering, model) -> dict[str, dict]:
     steering_vector`` to that module's output at every position. The vector is this steering's
     per-layer vector at α = 1 and the coefficient is α, so the coefficient plays α's role.
     """
-    unit = to_layer_vectors(steering.with_alpha(1.0), model)
+    unit = to_layer_vectors(model, steering.with_alpha(1.0))
     return {
         find_hf_module(model, layer, unit.site): {
             "steering_vector": vector.contiguous(), "steering_coefficient": float(steering.alpha),
@@ -103,7 +123,8 @@ def to_lm_eval_config(steering: Steering, model) -> dict[str, dict]:
     }
 
 
-def save_lm_eval_steering(steering: Steering, model, path) -> Path:
+@_model_first
+def save_lm_eval_steering(model, steering: Steering, path) -> Path:
     """Write :func:`to_lm_eval_config` where ``lm_eval --model steered ... steer_path=<path>`` reads it.
 
     The harness reads only ``.pt``/``.pth`` files through ``torch.load(weights_only=True)``, so
@@ -115,32 +136,34 @@ def save_lm_eval_steering(steering: Steering, model, path) -> Path:
     path = Path(path)
     if path.suffix not in (".pt", ".pth"):
         raise RealLensError(f"lm-evaluation-harness reads steering files ending in .pt or .pth; got {path.name!r}")
-    config = to_lm_eval_config(steering, model)
+    config = to_lm_eval_config(model, steering)
     atomic_write(path, lambda tmp: torch.save(config, tmp))
     return path
 
 
 # --------------------------------------------------------------------------- steering-vectors
-def to_steering_vector_fields(steering: Steering, model) -> tuple[dict[int, Tensor], str]:
+@_model_first
+def to_steering_vector_fields(model, steering: Steering) -> tuple[dict[int, Tensor], str]:
     """``(layer_activations, layer_type)``: the fields of a steering-vectors ``SteeringVector``.
 
     ``SteeringVector(layer_activations, layer_type).apply(hf_model)`` adds each vector to the
     output of that layer's module of ``layer_type`` at every position.
     """
-    vectors = to_layer_vectors(steering, model)
+    vectors = to_layer_vectors(model, steering)
     return dict(vectors.vectors), _HF_SITE[vectors.site][1]
 
 
-def to_steering_vector(steering: Steering, model):
+@_model_first
+def to_steering_vector(model, steering: Steering):
     """A ``steering_vectors.SteeringVector`` (needs the steering-vectors package; not a dependency)."""
     try:
         from steering_vectors import SteeringVector
     except ModuleNotFoundError:
         raise RealLensError(
             "to_steering_vector needs the steering-vectors package (pip install steering-vectors); "
-            "to_steering_vector_fields(steering, model) gives its fields without it"
+            "to_steering_vector_fields(model, steering) gives its fields without it"
         ) from None
-    layer_activations, layer_type = to_steering_vector_fields(steering, model)
+    layer_activations, layer_type = to_steering_vector_fields(model, steering)
     return SteeringVector(layer_activations=layer_activations, layer_type=layer_type)
 
 

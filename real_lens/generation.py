@@ -37,7 +37,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .evaluation.forward import pad_id
+from .tokens import pad_id
 
 StopRule = Callable[[str], bool]
 

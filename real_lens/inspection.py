@@ -177,16 +177,20 @@ class LogitComparison:
         return "\n".join(lines)
 
 
-def compare_logits(model, prompt: str, steering, *, top_k: int = 10, positions: str = "all",
-                   prompt_length: int | None = None) -> LogitComparison:
+def compare_logits(model, prompt: str, steering, *, n_tokens: int = 10, positions: str = "all",
+                   prompt_length: int | None = None, top_k: int | None = None) -> LogitComparison:
     """One unsteered and one steered forward pass on ``prompt``; which hooks fired is counted.
 
     Each of the steering's hook functions is wrapped in a counter, so ``hooks_fired`` records
     what ran, not what was meant to run. The steered pass uses exactly the hooks
     ``steering.applied(model, positions=..., prompt_length=...)`` attaches.
     """
-    if top_k < 1:
-        raise RealLensError(f"top_k must be at least 1; got {top_k}")
+    if top_k is not None:  # top_k counts heads everywhere else in real-lens
+        warnings.warn("compare_logits(top_k=) is deprecated: it counts next-token candidates, so it is now "
+                      "n_tokens=; top_k means modules (heads) everywhere in real-lens", DeprecationWarning, stacklevel=2)
+        n_tokens = top_k
+    if n_tokens < 1:
+        raise RealLensError(f"n_tokens must be at least 1; got {n_tokens}")
     tokens = model.to_tokens(prompt)
     fired: dict[str, int] = {}
 
@@ -207,7 +211,7 @@ def compare_logits(model, prompt: str, steering, *, top_k: int = 10, positions: 
             steered = model(tokens)[0].float()
     logp_clean, logp_steered = clean.log_softmax(-1), steered.log_softmax(-1)
     kl = (logp_clean.exp() * (logp_clean - logp_steered)).sum(-1).clamp(min=0.0)
-    k = min(top_k, clean.shape[-1])
+    k = min(n_tokens, clean.shape[-1])
 
     def top(logp: Tensor) -> tuple[tuple[str, float], ...]:
         values, ids = logp[-1].exp().topk(k)

@@ -60,7 +60,24 @@ def plot_frontier(
     title: str | None = None,
 ) -> Path:
     """Write the frontier figure of ``points`` (the methods) and ``null_points`` (random draws, each
-    with its ``kl_target``) to ``path`` as a PNG. The x axis is logarithmic when every KL is > 0."""
+    with its ``kl_target``) to ``path`` as a PNG (:func:`frontier_figure` draws it)."""
+    fig = frontier_figure(points, null_points, metric=metric, unsteered=unsteered, length_only=length_only,
+                          percentiles=percentiles, title=title)
+    return save_figure(fig, path)
+
+
+def frontier_figure(
+    points: Sequence[FrontierPoint],
+    null_points: Sequence[FrontierPoint],
+    *,
+    metric: str = "mc2",
+    unsteered: float | None = None,
+    length_only: float | None = None,
+    percentiles: tuple[float | int, float | int] = (5, 95),
+    title: str | None = None,
+) -> Figure:
+    """The frontier figure: each method's metric against held-out KL, the null's band per KL target, the
+    unsteered and length-only lines. The x axis is logarithmic when every KL is > 0, linear otherwise."""
     points, null_points = list(points), list(null_points)
     if not points and not null_points:
         raise ValueError("plot_frontier needs at least one method point or null draw; got none")
@@ -102,7 +119,7 @@ def plot_frontier(
     ax.tick_params(labelsize=FONT_SIZE - 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=FONT_SIZE - 2, loc="best")
-    return save_figure(fig, path)
+    return fig
 
 
 def _draw_null(ax, null_points: list[FrontierPoint], percentiles: tuple[float | int, float | int]) -> None:

@@ -31,10 +31,10 @@ from torch import Tensor
 
 from . import hooks
 from .bank import ActivationBank
-from .errors import ArtifactError, ArtifactMissingError, ProvenanceError, RealLensError, unknown_name_error
-from .artifacts import artifact_writer, load_artifact
+from .errors import ProvenanceError, RealLensError, unknown_name_error
+from .artifacts import artifact_writer, load_verified
 from .io import read_json, read_tensors, write_json, write_tensors
-from .models import model_identity, same_model
+from .models import model_identity, names_match
 from .provenance import check_same_model
 from .scoring import Selection
 
@@ -147,7 +147,7 @@ class Steering:
                              fix="apply it to the model its bank was collected from, or build it from a bank of this model")
         except ProvenanceError as exc:
             problems.append(str(exc))
-        if not problems and recorded and not same_model(recorded, model):
+        if not problems and recorded and not names_match(recorded, model):
             shown = recorded.get("name", recorded) if isinstance(recorded, dict) else recorded
             problems.append(
                 f"this steering was built from activations of model {shown!r}, but it is applied to "
@@ -203,18 +203,9 @@ class Steering:
     @classmethod
     def load(cls, directory, *, allow_unverified: bool = True) -> "Steering":
         """The steering saved at ``directory``, after checking its manifest (RealLensError if anything is off)."""
-        directory = Path(directory)
-        try:
-            return load_artifact(directory, kind=STEERING_KIND, read=cls._read,
-                                 legacy_files=(STEERING_FILE, STEERING_META_FILE),
-                                 allow_unverified=allow_unverified, what="the steering")
-        except ArtifactMissingError as exc:
-            raise RealLensError(
-                f"{directory} holds no steering{f' ({exc})' if str(exc) else ''}: {STEERING_FILE} and {STEERING_META_FILE} expected; "
-                "save one with Steering.save"
-            ) from None
-        except ArtifactError as exc:
-            raise RealLensError(f"steering {directory} is unreadable: {exc}; save it again") from exc
+        return load_verified(directory, kind=STEERING_KIND, read=cls._read, files=(STEERING_FILE, STEERING_META_FILE),
+                             allow_unverified=allow_unverified, what="a steering", error=RealLensError,
+                             create="save one with Steering.save", redo="save it again")
 
     @classmethod
     def _read(cls, directory: Path) -> "Steering":
@@ -249,8 +240,24 @@ def _make_hook(offset: Tensor, positions: str, prompt_length: int | None):
     return hook
 
 
-def build_steering(bank: ActivationBank, selection: Selection, *, alpha: float) -> Steering:
-    """Center-of-mass directions and σ from ``bank`` for the modules in ``selection``."""
+def build_steering(bank: ActivationBank, selection: Selection, *, alpha: float | None = None, kl: float | None = None,
+                   model=None, texts=None) -> Steering:
+    """Center-of-mass directions and σ from ``bank`` for the modules in ``selection``, at a dose.
+
+    The dose is either ``alpha`` (the steering strength α) or ``kl``: the target KL(unsteered ‖
+    steered) in nats per token that α is calibrated to on ``model``, exactly as the main job does
+    (:func:`real_lens.evaluation.dose.calibrate`; ``texts``: the paragraphs that choose α, default the
+    job's held-apart WikiText-2 ones). Give one of the two.
+    """
+    if (alpha is None) == (kl is None):
+        raise RealLensError("build_steering needs one dose: alpha=α (a fixed strength) or kl=target with model= "
+                            "(α calibrated to that KL, as `real-lens run` does)")
+    if kl is not None:
+        if model is None:
+            raise RealLensError("build_steering(kl=...) calibrates α on a model: pass model= as well")
+        from .evaluation.dose import calibrate
+
+        return calibrate(model, build_steering(bank, selection, alpha=1.0), kl=kl, texts=texts)
     labels = bank.labels
     if labels.unique().numel() < 2:
         raise RealLensError("steering directions need both aligned (1) and violating (0) examples in the bank")

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from ..tasks.base import Task
 from ..tasks.caa import ANSWER_FORMAT, ABQuestion
-from .forward import SteeringLike, right_pad, steering_context, tokenize
+from .forward import SteeringLike, steering_context
+from ..tokens import right_pad, tokenize
 
 LETTER_PREFIX = ANSWER_FORMAT.split("{letter}")[0]  # " (": the answer up to its letter
 

@@ -51,11 +51,16 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .forward import masked_sum, right_pad, steering_context, target_logprobs, tokenize
-from .side_effects import SideEffects
+from .forward import masked_sum, steering_context, target_logprobs
+from ..tokens import right_pad, tokenize
+from .side_effects import SideEffects, load_wikitext_sample
 
 REASONS = ("reached", "above_alpha_max", "below_alpha_min", "max_steps")
 DEFAULT_ALPHA_START = 1.0
+# The main job's calibration settings (and :func:`calibrate`'s): the KL within 5 % of its target, α in (0.01, 100].
+CALIBRATION = dict(tol=0.05, alpha_min=0.01, alpha_max=100.0)
+# The main job's WikiText-2 draw: paragraphs that report CE/KL, others held apart that calibrate α, their length.
+N_REPORT_TEXTS, N_CALIBRATION_TEXTS, TEXT_TOKENS = 20, 8, 128
 
 
 @dataclass(frozen=True)
@@ -334,3 +339,46 @@ def _check_search(target_kl, tol, alpha_min, alpha_max, alpha_start, growth, max
         raise ValueError(f"growth sets the bracket's step factors and must be > 1 (e.g. 2); got {growth}")
     if max_steps < 1:
         raise ValueError(f"max_steps counts evaluations and must be at least 1; got {max_steps}")
+
+
+def held_apart_texts(data_dir=None, *, n_report: int = N_REPORT_TEXTS, n_calibration: int = N_CALIBRATION_TEXTS,
+                     max_tokens: int = TEXT_TOKENS, seed: int = 0) -> tuple[list[str], list[str]]:
+    """``(report, calibration)`` WikiText-2 paragraphs as the main job draws them: ``n_report`` that report
+    CE/KL and ``n_calibration`` others that choose α, drawn together and split by :func:`split_texts`, so no
+    paragraph is on both sides and a reported KL is held out from the one α was calibrated on."""
+    n = n_report + n_calibration
+    if not n:
+        return [], []
+    texts = load_wikitext_sample(data_dir, n=n, max_tokens=max_tokens, seed=seed)
+    if not n_calibration:
+        return texts, []
+    if not n_report:
+        return [], texts
+    calibration, report = split_texts(texts, n_calibration, seed=seed)
+    return report, calibration
+
+
+def calibrate(model, steering, *, kl: float, texts: Sequence[str] | None = None, data_dir=None,
+              max_tokens: int = TEXT_TOKENS, seed: int = 0):
+    """``steering`` at the α where KL(unsteered ‖ steered) per token reaches ``kl`` nats — the main job's dose.
+
+    ``texts``: the paragraphs that choose α; default: the main job's 8 held-apart WikiText-2 paragraphs
+    (:func:`held_apart_texts`, from ``data_dir``), so a steering calibrated here gets the α the job would
+    give it. The search is :func:`calibrate_alpha` with the job's settings (:data:`CALIBRATION`). The
+    calibration is recorded in the returned steering's ``meta["calibration"]``; a target it could not
+    reach is said on stderr, and the steering is then at the closest point evaluated."""
+    from dataclasses import asdict, replace
+
+    from ..io import notice
+
+    if callable(getattr(steering, "check_model", None)):
+        steering.check_model(model)  # before any forward pass
+    if texts is None:
+        _, texts = held_apart_texts(data_dir, max_tokens=max_tokens, seed=seed)
+    result = calibrate_alpha(model, steering, texts, kl, max_tokens=max_tokens, **CALIBRATION)
+    if not result.reached:
+        notice(f"the KL target {kl:g} was not reached ({result.reason}); steering at the closest point, "
+               f"α {result.alpha:.3g} with KL {result.kl:.3g}")
+    record = {k: v for k, v in asdict(result).items() if k != "trace"}
+    return replace(steering.with_alpha(result.alpha), meta={**steering.meta, "calibration": record})
+

@@ -1,4 +1,4 @@
-"""What every evaluation forward pass shares: the steering context, tokenisation, log-probs.
+"""What every evaluation forward pass shares: the steering context and log-probs (tokens: :mod:`real_lens.tokens`).
 
 Steered and unsteered evaluation run the same code: every forward pass happens inside
 ``steering_context(model, steering)``, which is ``steering.applied(model)`` when a steering
@@ -8,7 +8,7 @@ is given and a no-op otherwise.
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Protocol, Sequence, runtime_checkable
+from typing import ContextManager, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -31,31 +31,6 @@ def steering_context(model, steering: SteeringLike | None) -> ContextManager:
             f"found {type(steering).__name__}"
         )
     return steering.applied(model)
-
-
-def tokenize(model, text: str) -> Int[Tensor, " pos"]:
-    """Token ids of ``text`` as the model reads it (BOS prepended as the model does), on CPU.
-
-    Never truncated: a text longer than the model's context raises ``DataError`` (to_tokens would
-    otherwise cut it silently and every later position would read the wrong tokens)."""
-    from ..errors import DataError
-
-    tokens = model.to_tokens(text, padding_side="right", truncate=False)[0].cpu()
-    if len(tokens) > model.cfg.n_ctx:
-        raise DataError(
-            f"a text of {len(tokens)} tokens exceeds the model's context of {model.cfg.n_ctx} tokens "
-            f"(it starts {text[:60]!r}); shorten the task's prompts or use a model with a longer context"
-        )
-    return tokens
-
-
-def pad_id(model) -> int:
-    pad = getattr(model.tokenizer, "pad_token_id", None)
-    return 0 if pad is None else int(pad)
-
-
-def right_pad(model, seqs: Sequence[Tensor]) -> Int[Tensor, "batch pos"]:
-    return torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True, padding_value=pad_id(model))
 
 
 def target_logprobs(

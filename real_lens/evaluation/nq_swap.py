@@ -36,7 +36,8 @@ from jaxtyping import Float
 from ..generation import first_line_complete, generate_greedy
 from ..tasks.base import Task
 from ..tasks.nq_swap import ConflictQuestion, normalize_answer
-from .forward import SteeringLike, steering_context, tokenize
+from .forward import SteeringLike, steering_context
+from ..tokens import tokenize
 
 
 @dataclass(frozen=True)

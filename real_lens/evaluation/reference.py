@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..tasks.truthfulqa import ANSWER_FORMAT, DEFAULT_MC_PROMPT, MCPrompt, MCQuestion
-from .forward import tokenize
+from ..tokens import tokenize
 from .truthfulqa import TruthfulQAResult, answer_start, resolve_mc_prompt, score_question
 
 # The c of the grid: 0.5–4 nats per answer token, confident to flat next-token predictions;

@@ -23,7 +23,8 @@ import torch
 
 from ..errors import DataError
 from ..tasks.data import load_hub_dataset, require_file, resolve_data_dir
-from .forward import SteeringLike, masked_sum, right_pad, steering_context, target_logprobs, tokenize
+from .forward import SteeringLike, masked_sum, steering_context, target_logprobs
+from ..tokens import right_pad, tokenize
 
 WIKITEXT_FILE = "wikitext2/wikitext2_raw_test.jsonl"
 

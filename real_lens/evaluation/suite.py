@@ -30,7 +30,8 @@ from ..errors import RealLensError
 from ..tasks.base import ALIGNED, Task
 from ..tasks.truthfulqa import DEFAULT_MC_PROMPT, check_mc_prompt_style
 from .caa import evaluate_caa, select_ab_questions
-from .forward import SteeringLike, steering_context, tokenize
+from .forward import SteeringLike, steering_context
+from ..tokens import tokenize
 from .nq_swap import evaluate_nq_swap, select_conflict_questions
 from .truthfulqa import evaluate_truthfulqa, score_answer_tokens, score_mc2, select_mc_questions
 
@@ -148,3 +149,12 @@ def evaluation_for(task: Task, *, mc_prompt: str = DEFAULT_MC_PROMPT) -> TaskEva
                 evaluation = replace(evaluation, score=partial(_score_mc, mc_prompt=prompt))
             return evaluation
     return EVALUATIONS["pairs"]
+
+
+def eval_items(evaluation: TaskEvaluation, task: Task, groups, limit: int | None, seed: int) -> list:
+    """The items of a fold part's groups (task order); a seeded sample of ``limit`` groups."""
+    groups = [g for g in task.groups if g in frozenset(groups)]
+    if limit is not None and limit < len(groups):
+        keep = np.random.default_rng(seed).choice(len(groups), size=limit, replace=False)
+        groups = [groups[i] for i in sorted(keep)]
+    return evaluation.select(task, groups)

@@ -60,7 +60,8 @@ from ..tasks.truthfulqa import (
     build_mc_prompts,
     check_mc_prompt_style,
 )
-from .forward import SteeringLike, masked_sum, pad_id, right_pad, steering_context, target_logprobs, tokenize
+from .forward import SteeringLike, masked_sum, steering_context, target_logprobs
+from ..tokens import pad_id, right_pad, tokenize
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ gradient of the summed metric w.r.t. one row's activation is that row's own grad
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -35,8 +37,11 @@ from transformer_lens.tools.analysis.attribution_patching import Node
 
 from .. import hooks
 from ..errors import ScoringError
-from . import ModuleScores, register_scorer
-from .pairs import ContrastPairs, PairConfig, full_rows, pad_token, run_and_capture, score_with_pairs
+from .registry import register_scorer
+from .scores import ModuleScores
+from ..tokens import pad_id
+from .pair_rows import full_rows, run_and_capture
+from .pairs import ContrastPairs, PairConfig, score_with_pairs
 
 METHOD = "attribution"
 SCORE_UNIT = "estimated fraction of the summed clean-corrupted log-prob-difference gap restored (AtP)"
@@ -53,12 +58,21 @@ SCORE_UNIT = "estimated fraction of the summed clean-corrupted log-prob-differen
 _UPSTREAM_HOOK = Node(kind="embed", position=0).hook_name
 
 
-AttributionConfig = PairConfig
+@dataclass(frozen=True)
+class AttributionConfig(PairConfig):
+    """:class:`~real_lens.scoring.pairs.PairConfig` as attribution patching uses it (its defaults: 64 pairs)."""
 
 
-@register_scorer(METHOD)
+def _experiment_options(experiment) -> dict:
+    return {"cfg": AttributionConfig(n_pairs=experiment.attribution_pairs, n_demos=experiment.pair_demos,
+                                     min_gap=experiment.pair_min_gap)}
+
+
+@register_scorer(METHOD, config=AttributionConfig, accepts=PairConfig, needs_model=True,
+                 experiment_settings=("attribution_pairs", "pair_demos", "pair_min_gap"),
+                 experiment_options=_experiment_options)
 def attribution_scorer(
-    bank, *, model=None, seed: int = 0, device=None, cfg: AttributionConfig | None = None
+    bank, *, model=None, seed: int = 0, device=None, cfg: PairConfig | None = None
 ) -> ModuleScores:
     """Attribution patching at the bank's site, on contrast pairs built from its examples.
 
@@ -81,7 +95,7 @@ def attribute_pairs(
     if model.training:
         raise ScoringError("attribution patching needs the model in evaluation mode; call model.eval() first")
     names = [hooks.hook_name(site, layer) for layer in range(model.cfg.n_layers)]
-    pad, device = pad_token(model), model.cfg.device
+    pad, device = pad_id(model), model.cfg.device
     effects, gaps = [], []
     bar = tqdm(total=len(pairs), desc=f"attribution {len(pairs)} pairs", unit="pair", disable=not progress)
     with bar:

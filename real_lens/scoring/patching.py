@@ -42,10 +42,11 @@ from transformer_lens.patching import generic_activation_patch
 
 from .. import hooks
 from ..errors import ScoringError
-from . import ModuleScores, register_scorer
-from .pairs import (
-    ContrastPair, ContrastPairs, PairConfig, Rows, fed_rows, full_rows, pad_token, prefix_tokens, run_and_capture, score_with_pairs,
-)
+from .registry import register_scorer
+from .scores import ModuleScores
+from ..tokens import pad_id
+from .pair_rows import Rows, fed_rows, full_rows, prefix_tokens, run_and_capture
+from .pairs import ContrastPair, ContrastPairs, PairConfig, score_with_pairs
 
 METHOD = "patching"
 SCORE_UNIT = "fraction of the summed clean-corrupted log-prob-difference gap restored"
@@ -85,7 +86,16 @@ class PatchingConfig(PairConfig):
         return max(1, min(self.modules_per_batch, self.max_cached_tokens // tokens_per_module))
 
 
-@register_scorer(METHOD)
+def _experiment_options(experiment) -> dict:
+    # The shared pair fields only (a PairConfig, made a PatchingConfig by the scorer): the run's cell digests
+    # carry exactly these settings.
+    return {"cfg": PairConfig(n_pairs=experiment.patching_pairs, n_demos=experiment.pair_demos,
+                              min_gap=experiment.pair_min_gap)}
+
+
+@register_scorer(METHOD, config=PatchingConfig, accepts=PairConfig, needs_model=True,
+                 experiment_settings=("patching_pairs", "pair_demos", "pair_min_gap"),
+                 experiment_options=_experiment_options)
 def patching_scorer(
     bank, *, model=None, seed: int = 0, device=None, cfg: PairConfig | None = None
 ) -> ModuleScores:
@@ -122,7 +132,7 @@ def patch_pairs(
     modules = _modules(model, site)
     sizes = [cfg.modules_per_forward(pair) for pair in pairs.pairs]
     names = [hooks.hook_name(site, layer) for layer in range(model.cfg.n_layers)]
-    pad, device = pad_token(model), model.cfg.device
+    pad, device = pad_id(model), model.cfg.device
     effects, gaps = [], []
     bar = tqdm(total=sum(-(-len(modules) // size) for size in sizes), desc=f"patching {len(pairs)} pairs x {len(modules)} modules",
                unit="forward", disable=not progress)
@@ -230,7 +240,7 @@ def patch_pairs_looped(
     act_name = _tl_act_name(site, model.cfg.n_layers)
     axes = ("layer", "head") if hooks.is_head_site(site) else ("layer",)
     names = [hooks.hook_name(site, layer) for layer in range(model.cfg.n_layers)]
-    pad, device = pad_token(model), model.cfg.device
+    pad, device = pad_id(model), model.cfg.device
     effects, gaps = [], []
     with torch.inference_mode():
         for batch in pairs.batches(cfg.batch_tokens):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from . import ModuleScores, register_scorer
+from .registry import register_scorer
+from .scores import ModuleScores
 
 METHOD = "random"
 SCORE_UNIT = "random rank / n_modules"
@@ -24,7 +25,7 @@ def score_random(module_shape: tuple[int, ...], *, seed: int = 0) -> torch.Tenso
     return (ranks.float() / n).reshape(module_shape)
 
 
-@register_scorer(METHOD)
+@register_scorer(METHOD, every_rank=True)
 def random_scorer(bank, *, model=None, seed: int = 0, device=None) -> ModuleScores:
     """Registry entry: ignores the activations, the model and the device."""
     meta = {

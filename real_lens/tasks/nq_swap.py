@@ -47,7 +47,6 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from real_lens.evaluation.forward import tokenize
+from real_lens.tokens import tokenize
 from real_lens.evaluation.nq_swap import evaluate_nq_swap, first_line
 from real_lens.generation import generate_greedy
-from real_lens.models import DEFAULT_MODEL, _load_hf
+from real_lens.models import DEFAULT_MODEL
+from real_lens.models.loading import load_hf
 from real_lens.steering import Steering
 from real_lens.tasks import load_task
 from real_lens.tasks.data import resolve_data_dir
@@ -52,7 +53,7 @@ def test_batched_steered_generation_equals_transformer_lens_one_at_a_time(smollm
 
 def test_steered_bridge_equals_plain_hf_with_an_o_proj_pre_hook(smollm, items, steering):
     """hook_z is o_proj's input with the heads concatenated: the benchmark's baseline is the same model."""
-    hf_model, _, _ = _load_hf(DEFAULT_MODEL, dtype=torch.float32)
+    hf_model, _, _ = load_hf(DEFAULT_MODEL, dtype=torch.float32)
     for layer, offset in steering.layer_offsets(smollm.cfg.n_heads).items():
         delta = offset.flatten()
         hf_model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(

@@ -111,7 +111,7 @@ def fake_gguf(tmp_path, monkeypatch):
         hf_model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
 
-    monkeypatch.setattr(models, "_dequantise_to", dequantise)
+    monkeypatch.setattr(models.embedded, "dequantise_to", dequantise)
     return path, builds
 
 

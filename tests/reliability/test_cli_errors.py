@@ -8,6 +8,7 @@ import pickle
 import pytest
 import torch
 
+from real_lens.cli import commands as cli_commands
 from real_lens import cli as cli_module
 from real_lens import models
 from real_lens.experiment import config_for, start_run_dir
@@ -29,7 +30,7 @@ def made(tmp_path_factory, tiny_model):
 @pytest.fixture
 def no_model_loads(monkeypatch):
     """These mistakes must be refused before any model is loaded."""
-    monkeypatch.setattr(models, "_load_hf", lambda *a, **k: pytest.fail("a model was loaded before the options were checked"))
+    monkeypatch.setattr(models.loading, "load_hf", lambda *a, **k: pytest.fail("a model was loaded before the options were checked"))
 
 
 NO_CUDA_DEVICE = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
@@ -66,7 +67,7 @@ OPTION_MISTAKES = [
     (["collect", "--task", "file:{root}", "--out", "{root}/b"], "is a directory"),
     (["tasks", "--data-dir", "{root}/missing"], "is not a directory"),
     (["steer", "--scores", "{bank}", "--prompt", "x"], "holds no module scores (it holds an activation bank)"),
-    (["score", "--bank", "{scores}", "--method", "random", "--out", "{root}/s"], "not an activation bank"),
+    (["score", "--bank", "{scores}", "--method", "random", "--out", "{root}/s"], "holds no activation bank"),
 ]
 
 
@@ -208,7 +209,7 @@ def test_expected_failures_from_anywhere_are_one_line(capsys, monkeypatch, exc, 
     def fail(args):
         raise exc
 
-    monkeypatch.setattr(cli_module, "_cmd_tasks", fail)
+    monkeypatch.setattr(cli_commands, "cmd_tasks", fail)
     code, _, err = cli(capsys, "tasks")
     assert_one_line(code, err, contains=expected)
 
@@ -217,7 +218,7 @@ def test_a_bug_keeps_its_traceback_and_asks_for_a_report(capsys, monkeypatch):
     def bug(args):
         return 1 / 0
 
-    monkeypatch.setattr(cli_module, "_cmd_tasks", bug)
+    monkeypatch.setattr(cli_commands, "cmd_tasks", bug)
     code, _, err = cli(capsys, "tasks")
     assert code == 1
     assert "Traceback" in err and "ZeroDivisionError" in err and "please report it" in err.splitlines()[-1]

@@ -62,7 +62,7 @@ def test_corrupt_bank_file_is_reported(tmp_path, tiny_model):
     (tmp_path / "acts.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(BankError, match="unreadable"):
         ActivationBank.load(tmp_path)
-    with pytest.raises(BankError, match="not an activation bank"):
+    with pytest.raises(BankError, match="holds no activation bank"):
         ActivationBank.load(tmp_path / "missing")
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import real_lens as rl
-from real_lens import experiment, hooks
+from real_lens import hooks
 from real_lens.errors import RealLensError, ScoringError
 from real_lens.inspection import LargeSteeringWarning
 from real_lens.scoring import ModuleScores, score_modules, strength_rule
@@ -66,7 +66,11 @@ def test_the_readme_snippet_runs_end_to_end(tmp_path, tiny_model, capsys):
     assert scores.method == "real" and len(selection.modules) == 4
     kept = sorted(scores.scores.flatten().tolist(), reverse=True)[:4]
     assert selection.strengths == pytest.approx([s / kept[0] for s in kept])  # REAL: score / max
-    assert steering.meta["model"]["name"] == "tiny-llama" and steering.alpha == 15
+    assert steering.meta["model"]["name"] == "tiny-llama"
+    # Steered at a KL target: α is the calibrated one, and the calibration says whether it got there.
+    calibration = steering.meta["calibration"]
+    assert calibration["target_kl"] == 0.1 and steering.alpha == calibration["alpha"] > 0
+    assert calibration["reached"] == (abs(calibration["kl"] / 0.1 - 1) <= calibration["tol"])
     assert "hooks fired" in out and hooks.head_z(0).split(".")[0] in out
     metrics = re.search(r"fold 0 test \((\d+) questions.*p_aligned ([0-9.]+), top_aligned ([0-9.]+)", out)
     assert metrics and int(metrics.group(1)) > 0 and 0 <= float(metrics.group(2)) <= 1
@@ -95,9 +99,9 @@ def test_select_applies_the_method_s_own_strength_rule(method, rule):
     assert chosen.modules == ((0, 0), (1, 2), (0, 2))
     expected = [0.9 / 0.9, 0.8 / 0.9, 0.6 / 0.9] if rule == "score" else [1.0, 1.0, 1.0]
     assert chosen.strengths == pytest.approx(expected)
-    # The main job selects with exactly the same rule.
-    assert experiment.select_top(scores, 3) == chosen
-    assert experiment.select_top(scores, 100).modules == tuple(scores.ranking())  # K above the module count: all
+    # top_k, the old second spelling, still answers (one release) but says it is deprecated.
+    with pytest.warns(DeprecationWarning, match="select"):
+        assert scores.top_k(3, uniform=rule == "uniform") == chosen
     # Overrides, and top_k keeps its explicit meaning.
     assert scores.select(3, strengths="uniform").strengths == (1.0, 1.0, 1.0)
     assert scores.select(3, strengths="score").strengths == pytest.approx([1.0, 0.8 / 0.9, 0.6 / 0.9])
@@ -254,15 +258,16 @@ def test_generate_with_a_steering_equals_generating_inside_applied(bank, tiny_mo
     with steering.applied(tiny_model):
         inside = rl.generate(tiny_model, "Q: Is 5 even? A:", max_new_tokens=6)
     assert rl.generate(tiny_model, "Q: Is 5 even? A:", steering=steering, max_new_tokens=6) == inside
+    assert rl.generate(tiny_model, "Q: Is 5 even? A:", max_new_tokens=6) != inside  # the steering did something
 
 
 def test_evaluate_matches_the_main_job_s_cells(bank, tiny_model, task):
-    from real_lens.evaluation.suite import evaluation_for
+    from real_lens.evaluation.suite import eval_items, evaluation_for
 
     steering = _steering(bank, alpha=30.0)
     result = rl.evaluate(tiny_model, task, steering, fold=0, split="val", progress=False)
     evaluation = evaluation_for(task)
-    items = experiment.eval_items(evaluation, task, task.folds[0].val, None, 0)
+    items = eval_items(evaluation, task, task.folds[0].val, None, 0)
     direct = evaluation.evaluate(tiny_model, items, steering)
     assert result.metrics == {m: pytest.approx(float(v.mean())) for m, v in direct.items()}
     assert set(result.groups) == set(task.folds[0].val)

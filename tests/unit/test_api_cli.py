@@ -10,10 +10,11 @@ import re
 import pytest
 import torch
 
+from real_lens.cli import commands as cli_commands
 from real_lens import cli, experiment
-from real_lens.configs import add_config_options, build_config, read_overrides, load_config
+from real_lens.configs import add_config_options, build_config, read_overrides
 from real_lens.errors import RealLensError
-from real_lens.experiment import ExperimentConfig, config_for, start_run_dir
+from real_lens.experiment import ExperimentConfig, config_for, load_config, start_run_dir
 from real_lens.steering import Steering
 
 from .test_api import _other_tiny_bridge, write_even_task
@@ -54,7 +55,7 @@ def test_steer_with_another_model_is_one_line_before_any_generation(scored, caps
     import real_lens.generation
 
     other = _other_tiny_bridge(n_heads=2, n_kv_heads=1, d_head=32)
-    monkeypatch.setattr(cli, "_load", lambda args: other)
+    monkeypatch.setattr(cli_commands, "load_model_for", lambda args: other)
     monkeypatch.setattr(real_lens.generation, "generate_text", lambda *a, **k: pytest.fail("generated before the check"))
     err = _one_line_error(capsys, ["steer", "--scores", str(scored / "real"), "--prompt", "Q: Is 4 even? A:"])
     assert "does not fit the model" in err and "d_head is 32" in err

@@ -12,7 +12,7 @@ from real_lens.compare import compare_scores
 from real_lens.errors import ScoringError
 from real_lens.plotting import plot_score_heatmap, plot_score_heatmaps
 from real_lens.scoring import SCORERS, ModuleScores, get_scorer
-from real_lens.scoring.probe import ProbeConfig, score_probe, split_groups
+from real_lens.scoring.iti import ProbeConfig, score_probe, split_groups
 from real_lens.scoring.random import score_random
 from real_lens.tasks.base import Example
 

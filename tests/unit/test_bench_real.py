@@ -5,7 +5,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.bench_real import main, make_bank, matmul_flops, prior_split_sizes
-from real_lens.scoring.real import RealConfig, score_real_tensors
+from real_lens.scoring.real import score_real_tensors
+from real_lens.scoring.real_config import RealConfig
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,9 @@ from real_lens.cli import main
 from real_lens.distributed import Ranks, is_sharded, rank_device, score_distributed, shard_bounds
 from real_lens.errors import ScoringError
 from real_lens.scoring import ModuleScores
-from real_lens.scoring.probe import score_probe
-from real_lens.scoring.real import RealConfig, score_real
+from real_lens.scoring.iti import score_probe
+from real_lens.scoring.real import score_real
+from real_lens.scoring.real_config import RealConfig
 from real_lens.tasks import Example
 
 from . import torchrun_worker

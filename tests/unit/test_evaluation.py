@@ -359,7 +359,7 @@ def test_pairs_evaluation_refuses_a_group_with_two_prompts():
 
 def test_texts_longer_than_the_context_are_refused_not_cut(tiny_model):
     from real_lens.errors import DataError
-    from real_lens.evaluation.forward import tokenize
+    from real_lens.tokens import tokenize
 
     with pytest.raises(DataError, match="exceeds the model's context"):
         tokenize(tiny_model, "x" * (tiny_model.cfg.n_ctx + 5))

@@ -202,10 +202,10 @@ def test_fitting_never_sees_val_or_test_questions(tmp_path, tiny_model, monkeypa
     """When val chooses anything, scores, directions and σ come from the fold's train questions only
     (asserted on the question sets every scorer and every steering is fitted on)."""
     seen = []
-    real_score, real_build = experiment.score_modules, experiment.build_steering
-    monkeypatch.setattr(experiment, "score_modules",
+    real_score, real_build = experiment.store.score_modules, experiment.loop.build_steering
+    monkeypatch.setattr(experiment.store, "score_modules",
                         lambda bank, *a, **k: seen.append({e.group for e in bank.examples}) or real_score(bank, *a, **k))
-    monkeypatch.setattr(experiment, "build_steering",
+    monkeypatch.setattr(experiment.loop, "build_steering",
                         lambda bank, *a, **k: seen.append({e.group for e in bank.examples}) or real_build(bank, *a, **k))
     cfg = config_for("quick", model="tiny-llama", methods=("iti", "random"), k_grid=(1, 3), kl_grid=(0.002,))
     run_experiment(cfg, tmp_path, progress=False)
@@ -257,8 +257,8 @@ def test_no_test_question_in_the_fold_training_data(quick_run):
 def test_rerun_reuses_every_cell(quick_run, monkeypatch):
     cfg, out = quick_run
     before = _rows(out)
-    monkeypatch.setattr(experiment, "evaluate_cell", lambda *a, **k: pytest.fail("a cached cell was recomputed"))
-    monkeypatch.setattr(experiment, "score_modules", lambda *a, **k: pytest.fail("cached scores were recomputed"))
+    monkeypatch.setattr(experiment.loop, "evaluate_cell", lambda *a, **k: pytest.fail("a cached cell was recomputed"))
+    monkeypatch.setattr(experiment.store, "score_modules", lambda *a, **k: pytest.fail("cached scores were recomputed"))
     run_experiment(cfg, out, progress=False)
     assert _rows(out) == before
 
@@ -355,10 +355,10 @@ def test_unknown_select_metric_and_fold_are_refused(tmp_path, tiny_model):
 
 
 def test_transfer_reuses_the_source_selection(quick_run, tmp_path, monkeypatch):
-    from real_lens.transfer import TransferConfig, run_transfer
+    from real_lens.experiment import TransferConfig, run_transfer
 
     cfg, source = quick_run
-    monkeypatch.setattr(experiment, "score_modules", lambda *a, **k: pytest.fail("transfer must not re-score"))
+    monkeypatch.setattr(experiment.store, "score_modules", lambda *a, **k: pytest.fail("transfer must not re-score"))
     out = run_transfer(TransferConfig(str(source), "caa:refusal", methods=("real", "iti", "random")), tmp_path,
                        progress=False)
     rows = _rows(out)
@@ -376,7 +376,7 @@ def test_transfer_reuses_the_source_selection(quick_run, tmp_path, monkeypatch):
 
 
 def test_transfer_from_a_directory_that_is_not_a_run(tmp_path):
-    from real_lens.transfer import TransferConfig, run_transfer
+    from real_lens.experiment import TransferConfig, run_transfer
 
     with pytest.raises(RealLensError, match="not a finished real-lens run"):
         run_transfer(TransferConfig(str(tmp_path), "truthfulqa"), tmp_path / "out")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from real_lens.evaluation.forward import tokenize
+from real_lens.tokens import tokenize
 from real_lens.evaluation.nq_swap import evaluate_nq_swap, first_line
 from real_lens.generation import first_line_complete, generate_greedy
 from real_lens.steering import Steering

@@ -23,13 +23,10 @@ from real_lens.scoring.pairs import (
     ContrastPairs,
     PairConfig,
     build_contrast_pairs,
-    fed_rows,
-    full_rows,
-    pad_token,
-    prefix_tokens,
-    run_and_capture,
     scores_from_pair_effects,
 )
+from real_lens.scoring.pair_rows import fed_rows, full_rows, prefix_tokens, run_and_capture
+from real_lens.tokens import pad_id
 from real_lens.scoring.patching import (
     PatchingConfig,
     _patch_hook,
@@ -149,7 +146,7 @@ def test_letter_answers_are_balanced_by_mirrored_demonstrations(tiny_model):
 # --------------------------------------------------------------------------- the metric
 def test_metric_is_the_evaluations_log_prob_difference(tiny_model, pairs):
     """Oracle: the evaluation's own answer scorer on the same text."""
-    rows = full_rows(pairs.pairs, "clean", positions="answer", pad=pad_token(tiny_model))
+    rows = full_rows(pairs.pairs, "clean", positions="answer", pad=pad_id(tiny_model))
     with torch.no_grad():
         metric = rows.metric(tiny_model(rows.tokens))
         kept = rows.metric(tiny_model(rows.tokens, logits_to_keep=rows.logits_to_keep))
@@ -162,7 +159,7 @@ def test_metric_is_the_evaluations_log_prob_difference(tiny_model, pairs):
 
 
 def test_fed_rows_after_the_prefix_cache_equal_the_whole_input(tiny_model, pairs):
-    pad = pad_token(tiny_model)
+    pad = pad_id(tiny_model)
     for positions in ("answer", "question"):
         whole = full_rows(pairs.pairs[:1], "corrupted", positions=positions, pad=pad)
         fed = fed_rows(pairs.pairs[0], positions=positions, pad=pad)
@@ -236,7 +233,7 @@ def test_patching_every_head_restores_clean_exactly(tiny_model, pairs):
     """Oracle: every position-wise computation at the patched positions depends only on the token
     there and the attention outputs; give every head its clean z there and the metric is clean,
     whatever the demonstrations before them. Leaving out one head breaks it."""
-    pad, names = pad_token(tiny_model), [hooks.head_z(layer) for layer in range(tiny_model.cfg.n_layers)]
+    pad, names = pad_id(tiny_model), [hooks.head_z(layer) for layer in range(tiny_model.cfg.n_layers)]
     for positions in ("answer", "question"):
         for pair in pairs.pairs[:3]:
             clean = run_and_capture(tiny_model, full_rows([pair], "clean", positions=positions, pad=pad), names)

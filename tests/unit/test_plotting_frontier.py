@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from real_lens.plotting_frontier import FrontierPoint, plot_frontier
+from real_lens.plotting_frontier import FrontierPoint, frontier_figure, plot_frontier
 
 TARGETS = (0.1, 0.3, 1.0)
 
@@ -43,10 +43,23 @@ def test_plot_frontier_one_target_and_no_null(tmp_path):
     one_target = [p for p in _null() if p.kl_target == 0.3]
     plot_frontier(_points(), one_target, tmp_path / "one.png")
     plot_frontier(_points(), [], tmp_path / "methods_only.png")
-    zero_kl = [FrontierPoint("unsteered-like", 0.0, 0.41), FrontierPoint("real", 0.2, 0.45)]
-    plot_frontier(zero_kl, [], tmp_path / "linear_x.png")  # a KL of 0 keeps the x axis linear
-    for name in ("one.png", "methods_only.png", "linear_x.png"):
+    for name in ("one.png", "methods_only.png"):
         _read_png(tmp_path / name)
+    (ax,) = frontier_figure(_points(), one_target).axes
+    labels = ax.get_legend_handles_labels()[1]
+    assert "random null (5–95 %, 10 draws per KL target)" in labels and {"real", "iti", "patching"} <= set(labels)
+
+
+def test_plot_frontier_x_axis_is_log_unless_a_kl_is_zero():
+    """KL spans decades (0.03–1 nats), so the x axis is logarithmic; a KL of 0 (an unsteered-like point)
+    has no place on a log axis, so the axis stays linear and still shows it."""
+    (log_ax,) = frontier_figure(_points(), _null()).axes
+    assert log_ax.get_xscale() == "log"
+    zero_kl = [FrontierPoint("unsteered-like", 0.0, 0.41), FrontierPoint("real", 0.2, 0.45)]
+    (linear_ax,) = frontier_figure(zero_kl, []).axes
+    assert linear_ax.get_xscale() == "linear"
+    lo, hi = linear_ax.get_xlim()
+    assert lo <= 0.0 < 0.2 <= hi  # both points are inside the drawn range
 
 
 def test_plot_frontier_bad_input(tmp_path):

@@ -13,8 +13,8 @@ from real_lens.errors import ScoringError
 from real_lens.scoring import SCORERS, ModuleScores
 from real_lens.scoring import real as real_module
 from real_lens.scoring.prior import ModuleGRULM, clip_grad_norm_per_module, roc_auc
+from real_lens.scoring.real_config import RealConfig
 from real_lens.scoring.real import (
-    RealConfig,
     check_inputs,
     module_generators,
     score_real,
@@ -109,7 +109,7 @@ def test_scores_shape_diagnostics_and_metadata(scores):
 
 
 def test_registered_under_real():
-    assert SCORERS["real"] is score_real
+    assert SCORERS["real"].score is score_real
 
 
 def test_layer_site_scores_have_layer_shape():

@@ -20,9 +20,6 @@ from real_lens.scoring import SCORERS, get_scorer
 from real_lens.scoring import real as real_module
 from real_lens.scoring.prior import ModuleGRULM, roc_auc, train_prior
 from real_lens.scoring.real import (
-    RELEASE_DIFFERENCES,
-    RELEASE_SETTINGS_NOT_FOLLOWED,
-    RealConfig,
     module_generators,
     score_real,
     score_real_release,
@@ -30,6 +27,7 @@ from real_lens.scoring.real import (
     split_heldout,
     split_release_heldout,
 )
+from real_lens.scoring.real_config import RELEASE_DIFFERENCES, RELEASE_SETTINGS_NOT_FOLLOWED, RealConfig
 from real_lens.scoring.vqae import ModuleVQAE, supcon_loss, supcon_loss_anchor_positive, train_vqae
 
 from .test_real import PLANTED, SMALL, make_examples, planted_acts
@@ -358,7 +356,7 @@ def test_batched_equals_one_module_at_a_time_release(small_inputs):
 
 # --- registration, config, metadata --------------------------------------------------------------
 def test_both_variants_are_registered_scorers_with_their_names(bank):
-    assert SCORERS["real"] is score_real and SCORERS["real-release"] is score_real_release
+    assert SCORERS["real"].score is score_real and SCORERS["real-release"].score is score_real_release
     quick = small("release", vq_epochs=1, prior_epochs=1)
     scores = get_scorer("real-release")(bank, cfg=quick, seed=2, model=None, device=None)
     assert scores.method == "real-release" and scores.meta["variant"] == "release"

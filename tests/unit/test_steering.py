@@ -84,6 +84,7 @@ def test_run_with_hooks_and_generate(tiny_model):
     tokens = tiny_model.to_tokens(PROMPT)
     with steering.applied(tiny_model):
         expected = tiny_model(tokens)
+    assert not torch.allclose(expected, tiny_model(tokens), atol=1e-3)  # the steering changes the logits
     assert torch.equal(tiny_model.run_with_hooks(tokens, fwd_hooks=steering.fwd_hooks(tiny_model)), expected)
     kwargs = dict(max_new_tokens=8, do_sample=False, verbose=False, stop_at_eos=False)
     with steering.applied(tiny_model):
@@ -91,6 +92,7 @@ def test_run_with_hooks_and_generate(tiny_model):
     with steering.applied(tiny_model):
         uncached = tiny_model.generate(tokens, use_past_kv_cache=False, **kwargs)
     assert torch.equal(cached, uncached)
+    assert not torch.equal(cached, tiny_model.generate(tokens, use_past_kv_cache=True, **kwargs))  # and the tokens
 
 
 @pytest.mark.parametrize("positions", ["prompt", "generated"])
@@ -117,6 +119,7 @@ def test_generated_mode_during_kv_cached_generation(tiny_model):
     with steering.applied(tiny_model, positions="generated", prompt_length=tokens.shape[1]):
         uncached = tiny_model.generate(tokens, use_past_kv_cache=False, **kwargs)
     assert torch.equal(cached, uncached)
+    assert not torch.equal(cached, tiny_model.generate(tokens, use_past_kv_cache=True, **kwargs))  # it steered
 
 
 def test_layer_site_steering(tiny_model):

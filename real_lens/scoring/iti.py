@@ -32,7 +32,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import ScoringError
-from . import ModuleScores, register_scorer
+from .registry import register_scorer
+from .scores import ModuleScores
 
 METHOD = "iti"
 SCORE_UNIT = "probe validation accuracy"
@@ -163,7 +164,7 @@ def score_probe(
     )
 
 
-@register_scorer(METHOD)
+@register_scorer(METHOD, config=ProbeConfig, shardable=True, progress=True)
 def probe_scorer(
     bank, *, model=None, seed: int = 0, device=None, cfg: ProbeConfig | None = None,
     modules: Collection[int] | None = None, progress: bool = True,

@@ -22,17 +22,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .activations import collect_activations
-from .errors import ArtifactError, RealLensError
-from .experiment import (
-    METHODS, ExperimentConfig, _Arm, _Timer, arm_name, cached_cell, eval_items, evaluate_cell, fit_parts, prepare,
-    result_row, select_top, start_run_dir, summarise, summary_table, timing_lines, write_rows,
-)
-from .io import atomic_write, read_sealed_json, write_json
-from .locks import output_lock
-from .provenance import check_same_model
-from .scoring import ModuleScores
-from .steering import build_steering
+from ..activations import collect_activations
+from ..errors import ArtifactError, RealLensError
+from ..evaluation.suite import eval_items
+from ..io import atomic_write, read_sealed_json, write_json
+from ..locks import output_lock
+from ..provenance import check_same_model
+from ..scoring import ModuleScores, method_names
+from ..steering import build_steering
+from .config import METHODS, ExperimentConfig, arm_name, fit_parts
+from .report import summary_table, timing_lines
+from .setup import evaluate_cell, prepare, result_row
+from .stats import Arm, summarise
+from .store import Timer, cached_cell, start_run_dir, write_rows
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,10 @@ class TransferConfig:
     folds: tuple[int, ...] | None = None  # target folds to evaluate; None = all of the target's folds
 
     def __post_init__(self):
-        unknown = [m for m in self.methods or () if m not in METHODS]
+        known = method_names()
+        unknown = [m for m in self.methods or () if m not in known]
         if unknown:
-            raise RealLensError(f"unknown method(s) {unknown}; expected some of {list(METHODS)}")
+            raise RealLensError(f"unknown method(s) {unknown}; expected some of {list(known)}")
 
 
 def load_source_run(source_dir) -> tuple[ExperimentConfig, list[dict]]:
@@ -89,14 +92,15 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
             chosen[(int(r["fold"]), r["method"], group)] = (int(r["k"]), float(r["alpha"]))
     src_folds = sorted({f for f, _, _ in chosen})
     groups = sorted({g for _, _, g in chosen})
-    methods = tcfg.methods or tuple(m for m in METHODS if m in {mm for _, mm, _ in chosen})
+    ran = {mm for _, mm, _ in chosen}
+    methods = tcfg.methods or tuple(m for m in dict.fromkeys((*METHODS, *method_names())) if m in ran)
     missing = [m for m in methods if (src_folds[0], m, groups[0]) not in chosen]
     if missing:
         raise RealLensError(f"the source run {source_dir} has no chosen K/α for {missing}; "
                             f"it ran {sorted({m for _, m, _ in chosen})}")
 
     out = start_run_dir(out_dir, tcfg)
-    timer, started = _Timer(), time.perf_counter()
+    timer, started = Timer(), time.perf_counter()
     t = time.perf_counter()
     tgt_cfg = dataclasses.replace(src_cfg, task=tcfg.target, folds=tcfg.folds, select_metric=None,
                                   n_test_questions=tcfg.n_test_questions or src_cfg.n_test_questions)
@@ -120,7 +124,7 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
             lambda: evaluate_cell(target, items, None, tgt_cfg, side_effects=True))
         timer.add("evaluate (unsteered)", t)
         rows.append(result_row(evaluation, t_fold, "unsteered", "test", 0, 0.0, base, dose="", source_fold=""))
-        arms.setdefault("unsteered", _Arm("unsteered")).add(t_fold, base)
+        arms.setdefault("unsteered", Arm("unsteered")).add(t_fold, base)
         src_fold = source.task.folds[s_fold]
         bank = src_bank.select(set().union(*(getattr(src_fold, part) for part in fit_parts(src_cfg))))
         for method in methods:
@@ -130,13 +134,13 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
             for group in groups:
                 k, alpha = chosen[(s_fold, method, group)]
                 t = time.perf_counter()
-                steering = build_steering(bank, select_top(scores, k), alpha=alpha)
+                steering = build_steering(bank, scores.select(min(k, scores.n_modules)), alpha=alpha)
                 result = cell(method=method, split="test", k=k, alpha=alpha, source=src_cfg.task, source_fold=s_fold)(
                     lambda: evaluate_cell(target, items, steering, tgt_cfg, side_effects=True))
                 timer.add("evaluate (transferred)", t)
                 rows.append(result_row(evaluation, t_fold, method, "test", k, alpha, result, dose=group,
                                        source_fold=s_fold))
-                arms.setdefault(arm_name(method, group), _Arm(method, group)).add(t_fold, result, k=k, alpha=alpha)
+                arms.setdefault(arm_name(method, group), Arm(method, group)).add(t_fold, result, k=k, alpha=alpha)
 
     timer.seconds["total"] = time.perf_counter() - started
     write_rows(out / "results.csv", rows)
@@ -154,7 +158,7 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
         + f"); 95% CIs bootstrap the pooled test items ({tgt_cfg.n_boot} resamples).",
         "",
         *summary_table(summary, evaluation.metrics),
-        *timing_lines(timer),
+        *timing_lines([timer.seconds]),
     ])
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
     return out

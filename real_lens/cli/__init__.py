@@ -1,0 +1,82 @@
+"""``real-lens``: a thin command line over the library.
+
+Every expected failure — a user mistake (unknown model, task, site; bad flags; missing or
+malformed data), an operating-system error (disk full, permission, a path that is a file), a
+missing device, a refused pickle checkpoint — prints one line on stderr naming what was
+expected, what was found and the fix, and exits with code 2, without a traceback
+(:func:`real_lens.errors.describe_expected_failure` is that boundary). Options are checked
+before any model is loaded. An unexpected error is a bug: its traceback is shown, with a line
+asking to report it (exit code 1). Progress bars and INFO logs go to stderr; ``--quiet``
+(before or after the command) turns both off.
+
+:mod:`.parser` builds the parser, :mod:`.commands` holds what each command does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+from ..errors import RealLensError, describe_expected_failure
+from .parser import EXIT_USAGE, build_parser
+
+EXIT_BUG = 1
+
+__all__ = ["EXIT_BUG", "EXIT_USAGE", "build_parser", "main"]
+
+
+# Commands that split their work over the processes torchrun starts (real_lens/distributed.py).
+DISTRIBUTED_COMMANDS = ("collect", "score")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from ..distributed import distributed_session, env_world_size
+
+    args = build_parser().parse_args(argv)
+    where = f" (rank {os.environ.get('RANK', '?')} of {env_world_size()})" if env_world_size() > 1 else ""
+    # The library logs under "real_lens"; the CLI shows INFO on stderr for the command's duration.
+    package_logger = logging.getLogger("real_lens")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("real-lens: %(message)s"))
+    previous_level = package_logger.level
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        if env_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            raise RealLensError(
+                f"only {' and '.join(DISTRIBUTED_COMMANDS)} run under torchrun; run `real-lens {args.command}` "
+                "as one process"
+            )
+        model_parallel = getattr(args, "device_map", None) is not None or (getattr(args, "n_devices", None) or 1) > 1
+        with distributed_session(getattr(args, "device", None), model_parallel=model_parallel) as (ranks, device), \
+                logging_redirect_tqdm(loggers=[package_logger]):  # log lines do not tear progress bars
+            if hasattr(args, "device"):
+                args.device = device
+            args.ranks = ranks
+            args.run(args)
+    except KeyboardInterrupt:
+        print("real-lens: interrupted; finished chunks are cached and a rerun resumes", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the one error boundary: expected failures are one line, bugs a traceback
+        message = describe_expected_failure(exc)
+        if message is None:
+            traceback.print_exc()
+            print(f"real-lens {args.command}{where}: this is a bug in real-lens ({type(exc).__name__}), not a mistake "
+                  "of yours; please report it with the command you ran and the traceback above", file=sys.stderr)
+            return EXIT_BUG
+        print(f"real-lens {args.command}{where}: error: {' '.join(message.split())}", file=sys.stderr)  # one line
+        return EXIT_USAGE
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
+    return 0
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""What each ``real-lens`` command does: thin glue from parsed options to the library, then a printout."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+
+from .. import hooks
+from ..configs import read_overrides
+from ..errors import RealLensError
+
+logger = logging.getLogger(__name__)
+
+
+def load_model_for(args):
+    """The model the command's flags name (default: the embedded one), placed as they say."""
+    from ..models import DEFAULT_MODEL, load_model
+
+    return load_model(args.model or DEFAULT_MODEL, **_model_options(args))
+
+
+def _model_options(args) -> dict:
+    """load_model's placement options from the flags, checked (so mistakes surface before any work)."""
+    from ..models import parse_device_map, resolve_placement
+
+    options = dict(device=args.device, dtype=args.dtype, device_map=parse_device_map(args.device_map),
+                   n_devices=args.n_devices)
+    resolve_placement(device=options["device"], device_map=options["device_map"], n_devices=options["n_devices"])
+    return options
+
+
+def _check_device(args) -> None:
+    from ..models import check_device
+
+    check_device(getattr(args, "device", None))
+
+
+def _check_out(out, *, kind: str | None):
+    """``--out`` checked before any work: not empty, not a file, writable, and (for an artifact)
+    either new, empty or a previous artifact of the same kind, which is then replaced whole."""
+    from ..bank import META_FILE, TENSORS_FILE
+    from ..artifacts import check_output_path
+    from ..scoring import SCORES_EXTRAS, SCORES_FILE, SCORES_META_FILE
+
+    files = {"bank": (TENSORS_FILE, META_FILE), "scores": (SCORES_FILE, SCORES_META_FILE, *SCORES_EXTRAS)}
+    return check_output_path(out, kind=kind, replaces=files.get(kind, ()))
+
+
+def _check_fits_context(model, prompt: str, max_new_tokens: int, *, chat: bool | None = None) -> None:
+    """The prompt (as the model reads it) plus the new tokens must fit the model's context, as in collect."""
+    from ..generation import format_prompt
+
+    n_prompt = model.to_tokens(format_prompt(model, prompt, chat=chat), truncate=False).shape[1]
+    if n_prompt + max_new_tokens > model.cfg.n_ctx:
+        raise RealLensError(
+            f"the prompt ({n_prompt} tokens) plus --max-new-tokens {max_new_tokens} exceeds the model's context of "
+            f"{model.cfg.n_ctx} tokens; shorten the prompt or lower --max-new-tokens to {max(model.cfg.n_ctx - n_prompt, 0)}"
+        )
+
+
+def _limited(task, limit):
+    """``task.limit(limit)``, refusing a limit below the first question's size (whole questions only)."""
+    if not limit:
+        return task
+    limited = task.limit(limit)
+    if len(limited.examples) > limit:
+        raise RealLensError(
+            f"--limit {limit} keeps no whole question: the first question has {len(limited.examples)} answers "
+            f"(examples), and --limit keeps whole questions only; use --limit {len(limited.examples)} or more"
+        )
+    return limited
+
+
+def cmd_hooks(args) -> None:
+    from ..inspection import list_hooks
+    from ..models import DEFAULT_MODEL, estimate_memory, load_model
+
+    _check_device(args)
+    options = _model_options(args)
+    print(estimate_memory(args.model or DEFAULT_MODEL).describe(load_dtype=args.dtype), flush=True)
+    if args.estimate_only:
+        return
+    print()
+    model = load_model(args.model or DEFAULT_MODEL, **options)
+    _check_fits_context(model, args.prompt, 0, chat=False)
+    print(list_hooks(model, prompt=args.prompt, contains=args.filter))
+
+
+def cmd_collect(args) -> None:
+    from ..activations import collect_activations
+    from ..locks import output_lock
+    from ..tasks import load_task
+
+    _check_device(args)
+    out = _check_out(args.out, kind="bank") if args.ranks.is_main else None
+    # A second command writing the same --out fails now, not after its work (rank 0 writes under torchrun).
+    with output_lock(out, wait=False) if out is not None else contextlib.nullcontext():
+        task = _limited(load_task(args.task, data_dir=args.data_dir), args.limit)
+        model = load_model_for(args)
+        bank = collect_activations(
+            model, task, site=args.site, readout=args.readout, batch_size=args.batch_size,
+            chunk_size=args.chunk_size, dtype=args.bank_dtype, shard=True, progress=args.ranks.is_main and not args.quiet,
+        )
+        if args.ranks.is_main:
+            bank.save(out)
+    if args.ranks.is_main:
+        print(f"wrote {args.out}: {len(bank.examples)} examples, {len(set(bank.groups))} questions, "
+              f"acts {list(bank.acts.shape)} {args.bank_dtype} at {bank.meta['hook']} (readout {args.readout})"
+              + _ranks_note(args.ranks))
+
+
+def cmd_generate(args) -> None:
+    from ..generation import generate_text
+
+    _check_device(args)
+    model = load_model_for(args)
+    chat = False if args.no_chat else None
+    _check_fits_context(model, args.prompt, args.max_new_tokens, chat=chat)
+    print(generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens, chat=chat))
+
+
+def _bank_for(args, model=None):
+    from ..activations import collect_activations
+    from ..bank import ActivationBank
+    from ..tasks import load_task
+
+    if args.bank:
+        return ActivationBank.load(args.bank)
+    if not getattr(args, "task", None):
+        raise RealLensError("give --bank DIR (from `real-lens collect`) or --task T to collect first")
+    task = _limited(load_task(args.task, data_dir=args.data_dir), args.limit)
+    return collect_activations(
+        model or load_model_for(args), task, chunk_size=args.chunk_size, dtype=args.bank_dtype, shard=True,
+        progress=args.ranks.is_main and not args.quiet,
+    )
+
+
+def _ranks_note(ranks) -> str:
+    return f" ({ranks.world_size} processes)" if ranks.is_distributed else ""
+
+
+def cmd_score(args) -> None:
+    from pathlib import Path
+
+    from ..distributed import is_sharded, score_distributed
+    from ..locks import output_lock
+    from ..plotting import plot_score_heatmap
+    from ..provenance import check_same_model, with_source
+    from ..scoring import scorer_spec
+
+    is_sharded(args.method, args.ranks)  # unknown or unshardable methods fail before any loading
+    _check_device(args)
+    out = _check_out(args.out, kind="scores") if args.ranks.is_main else None
+    spec = scorer_spec(args.method)
+    needs_model = spec.needs_model
+    with output_lock(out, wait=False) if out is not None else contextlib.nullcontext():
+        if args.bank:
+            bank = _bank_for(args)
+            if args.model is None:  # the bank's metadata names the model it came from
+                args.model = _recorded_model_name(bank.meta)
+            model = load_model_for(args) if needs_model else None
+            if model is not None:
+                check_same_model(bank.meta.get("model"), model, what=f"the bank {args.bank}",
+                                 fix="score it with that model (omit --model), or collect a bank with this one")
+        else:
+            model = load_model_for(args)
+            bank = _bank_for(args, model)
+        extra = {"progress": args.ranks.is_main and not args.quiet} if spec.progress else {}
+        scores = score_distributed(args.method, bank, model=model, seed=args.seed, device=args.device,
+                                   ranks=args.ranks, **extra, **_pair_options(args))
+        if not args.ranks.is_main:
+            return
+        scores = with_source(scores, bank)
+        if args.bank:
+            scores.meta["bank"] = str(Path(args.bank).resolve())
+        scores.save(out)
+        png = plot_score_heatmap(scores, out / "heatmap.png")
+    flat, n_heads = scores.scores.flatten(), scores.scores.shape[1] if scores.scores.ndim == 2 else 1
+    top = scores.ranking()[:10]
+    print(f"wrote {args.out} and {png}{_ranks_note(args.ranks)}; top modules by {args.method}: "
+          + ", ".join(f"{hooks.module_label(layer, head)} ({float(flat[layer * n_heads + (head or 0)]):.3f})"
+                      for layer, head in top))
+    if "pairs" in scores.meta:
+        info = scores.meta["pairs"]
+        print(f"contrast pairs: {info['n_built']} built, {info['n_kept']} kept (|gap| >= {info['min_gap_nats']:g} nats), "
+              f"mean gap {info['mean_gap_nats']:.3f} nats; skipped: {info['skipped'] or 'none'}")
+
+
+def _pair_options(args) -> dict:
+    """``{"cfg": ...}`` for the patching-style scorers from the pair flags; {} when none is given."""
+    given = {k: getattr(args, k) for k in ("n_pairs", "n_demos", "min_gap", "positions") if getattr(args, k) is not None}
+    if not given:
+        return {}
+    from ..scoring import scorer_spec
+    from ..scoring.pairs import PairConfig
+
+    spec = scorer_spec(args.method)
+    if spec.config is None or not issubclass(spec.config, PairConfig):
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise RealLensError(f"{flags} apply to the contrast-pair methods (patching, attribution), not {args.method!r}; "
+                            "drop them")
+    return {"cfg": spec.config(**given)}
+
+
+def _recorded_model_name(meta: dict) -> str | None:
+    """The name of the model a bank/scores/steering came from, from its metadata (None if unrecorded)."""
+    recorded = meta.get("model")
+    return recorded.get("name") if isinstance(recorded, dict) else recorded
+
+
+def _steering_for(args):
+    """``(steering, model)`` from --scores (+ bank) or --steering; the model is checked before any forward pass.
+
+    The model is --model, else the one the scores/steering came from (so a steering never meets
+    a model it was not built for by accident)."""
+    from ..bank import ActivationBank
+    from ..provenance import check_scores_bank
+    from ..scoring import ModuleScores
+    from ..steering import Steering, build_steering
+
+    _check_device(args)
+    if getattr(args, "steering", None):
+        steering = Steering.load(args.steering)
+        if args.alpha is not None:
+            steering = steering.with_alpha(args.alpha)
+        recorded = _recorded_model_name(steering.meta)
+    else:
+        scores = ModuleScores.load(args.scores)
+        bank_dir = args.bank or scores.meta.get("bank")
+        if not bank_dir:
+            raise RealLensError(f"{args.scores} does not record its bank; pass --bank DIR (the bank it was scored on)")
+        bank = ActivationBank.load(bank_dir)
+        check_scores_bank(scores, bank, scores_dir=args.scores, bank_dir=bank_dir)
+        steering = build_steering(bank, scores.select(min(args.top_k, scores.n_modules), strengths=args.strengths),
+                                  alpha=15.0 if args.alpha is None else args.alpha)
+        recorded = _recorded_model_name(scores.meta) or _recorded_model_name(bank.meta)
+    from_metadata = args.model is None and recorded
+    if from_metadata:
+        args.model = recorded
+    model = load_model_for(args)
+    steering.check_model(model)
+    if from_metadata:
+        logger.info("model %s (recorded in the %s; --model overrides)", recorded,
+                    "steering" if getattr(args, "steering", None) else "scores")
+    return steering, model
+
+
+def cmd_steer(args) -> None:
+    from ..generation import generate_text
+
+    steering, model = _steering_for(args)
+    _check_fits_context(model, args.prompt, args.max_new_tokens)
+    unsteered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens)
+    with steering.applied(model):
+        steered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens)
+    strengths = ", ".join(f"{s:.2f}" for s in steering.strengths.tolist()[:8])
+    print(f"prompt: {args.prompt}\n\n[unsteered]\n{unsteered}\n\n[steered: {steering.method}, top {len(steering.modules)}, "
+          f"alpha {steering.alpha:g}, strengths {args.strengths} ({strengths}{' ...' if len(steering.modules) > 8 else ''})]"
+          f"\n{steered}")
+
+
+def cmd_inspect(args) -> None:
+    import warnings
+
+    from ..inspection import LargeSteeringWarning, compare_logits
+
+    steering, model = _steering_for(args)
+    with warnings.catch_warnings():  # the description prints its own warning line
+        warnings.simplefilter("ignore", LargeSteeringWarning)
+        print(steering.describe(model, warn_ratio=args.warn_ratio))
+    print()
+    print(compare_logits(model, args.prompt, steering, n_tokens=args.n_tokens, positions=args.positions,
+                         prompt_length=args.prompt_length))
+
+
+def cmd_export(args) -> None:
+    from pathlib import Path
+
+    from ..export import save_lm_eval_steering, to_layer_vectors
+    from ..io import write_json, write_tensors
+
+    steering, model = _steering_for(args)
+    out = Path(args.out)
+    if args.format == "lm-eval":
+        save_lm_eval_steering(model, steering, out)
+        print(f"wrote {out}; evaluate any lm-evaluation-harness task under this steering with\n"
+              f"  lm_eval --model steered --model_args pretrained=<the Hugging Face model>,steer_path={out} --tasks <task>")
+    elif args.format == "vectors":
+        vectors = to_layer_vectors(model, steering)
+        write_tensors(out / "vectors.safetensors", {f"layer.{layer}": v for layer, v in vectors.vectors.items()})
+        write_json(out / "vectors.json", {"site": vectors.site, "hook": hooks.hook_template(vectors.site),
+                                          "layers": sorted(vectors.vectors), "alpha": steering.alpha,
+                                          "method": steering.method, "meta": steering.meta})
+        print(f"wrote {out}: {len(vectors.vectors)} per-layer vectors at {hooks.hook_template(vectors.site)}")
+    else:
+        steering.save(out)
+        print(f"wrote {out}: {len(steering.modules)} modules at {steering.site}, alpha {steering.alpha:g}")
+
+
+def _grid(text, cast):
+    if text is None:
+        return None
+    try:
+        values = tuple(cast(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise RealLensError(f"could not read the grid {text!r}; expected comma-separated numbers like 8,24") from None
+    if cast is float and not all(math.isfinite(v) for v in values):
+        raise RealLensError(f"the grid {text!r} holds a value that is not a finite number; expected e.g. 5,15")
+    return values
+
+
+def _check_run_out(out):
+    """A run directory: new, empty, or an earlier run's (it holds config.json) — never a folder of other files."""
+    path = _check_out(out, kind=None)
+    if path.is_dir() and any(path.iterdir()) and not (path / "config.json").exists():
+        raise RealLensError(
+            f"--out {path} already holds files and no real-lens config.json, so it is not a run directory; "
+            "pass a new or empty directory (or an earlier run's, to resume it)"
+        )
+    return path
+
+
+def cmd_run(args) -> None:
+    from ..experiment import PRESETS, ExperimentConfig, load_config, run_experiment, task_slug
+
+    _check_device(args)
+    preset = "quick" if args.quick else "larger" if args.larger else "full" if args.full else None
+    if args.config and preset:
+        raise RealLensError(f"--config and --{preset} both set the whole configuration; give one (options may "
+                            "follow --config to change single fields)")
+    base = _field_values(load_config(args.config)) if args.config else dict(PRESETS.get(preset, {}))
+    cfg = ExperimentConfig(**{**base, **read_overrides(args, ExperimentConfig)})
+    default_out = f"runs/{task_slug(cfg.task)}" + (f"-{preset}" if preset else "")  # a preset never meets the default run
+    out = run_experiment(cfg, _check_run_out(args.out if args.out is not None else default_out), progress=not args.quiet)
+    print((out / "summary.md").read_text())
+    print(f"outputs in {out}")
+
+
+def _field_values(cfg) -> dict:
+    """A dataclass's field values, not recursed into (``dataclasses.asdict`` would turn nested configs into dicts)."""
+    import dataclasses
+
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def cmd_transfer(args) -> None:
+    from ..experiment import TransferConfig, load_source_run, run_transfer, task_slug
+
+    source_cfg, _ = load_source_run(args.source_run)
+    tcfg = TransferConfig(args.source_run, args.task, methods=_grid(args.methods, str),
+                          n_test_questions=args.test_questions)
+    out = args.out if args.out is not None else f"runs/transfer-{task_slug(source_cfg.task)}-to-{task_slug(args.task)}"
+    out = run_transfer(tcfg, _check_run_out(out), progress=not args.quiet)
+    print((out / "summary.md").read_text())
+    print(f"outputs in {out}")
+
+
+def cmd_tasks(args) -> None:
+    from ..tasks import TASK_DESCRIPTIONS
+    from ..tasks.data import resolve_data_dir
+
+    root = resolve_data_dir(args.data_dir)
+    where = str(root) if root else "the Hugging Face Hub (no local data folder found)"
+    width = max(map(len, TASK_DESCRIPTIONS))
+    for name, description in TASK_DESCRIPTIONS.items():
+        print(f"{name:{width}s}  {description}")
+    print(f"\ndata from: {where}")
+
+

@@ -1,0 +1,238 @@
+"""The ``real-lens`` argument parser: every command, its options and their checks (no work is done here).
+
+Options are checked by argparse types before any model is loaded; ``run`` derives one option per
+:class:`~real_lens.experiment.ExperimentConfig` field (:mod:`real_lens.configs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from .. import hooks
+from ..configs import add_config_options
+from . import commands
+
+EXIT_USAGE = 2
+
+# Help for `run` options whose ExperimentConfig field has no comment of its own (real_lens.configs
+# derives one option per field; a field's trailing comment is its help unless named here).
+RUN_HELP = {
+    "model": "embedded name, local dir/.gguf, or Hub name",
+    "task": "a task from `real-lens tasks`",
+    "methods": "comma-separated subset of real,real-release,iti,patching,attribution,random (random = the null)",
+    "k_grid": "numbers of modules (heads) to keep, comma-separated; several = K chosen on val",
+    "kl_grid": "target KL(unsteered||steered) per token, comma-separated: every method steered at each; "
+               "'none' = the alpha grid (the paper's protocol)",
+    "alpha_grid": "fixed steering strengths alpha, comma-separated (used when --kl-grid none)",
+    "site": f"where modules are read and steered: {', '.join(hooks.SITES)}",
+    "readout": "which token's activation is read: last or mean_answer",
+    "patching_pairs": "contrast pairs per fold for activation patching",
+    "real_epochs": "REAL VQ-AE epochs",
+    "real_prior_epochs": "REAL GRU prior epochs",
+    "side_effect_tokens": "tokens per WikiText-2 paragraph for CE/KL",
+    "n_boot": "bootstrap resamples for the CIs",
+    "batch_size": "examples per forward pass when collecting",
+    "device": "torch device (default: the bridge's choice)",
+    "data_dir": "data folder (default $REAL_LENS_DATA or ../shared/data)",
+}
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeding both accept [0, 2**32)
+MAX_NEW_TOKENS = 1_000_000  # before the model is loaded; then prompt + new tokens must fit its context
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line like every other user mistake."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _token_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_NEW_TOKENS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_NEW_TOKENS:,} tokens, got {value:,}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed from 0 to {MAX_SEED}, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer seed from 0 to {MAX_SEED}, got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..activations import READOUTS
+    from ..experiment import ExperimentConfig
+    from ..inspection import DEFAULT_HOOKS_PROMPT
+    from ..models import DEFAULT_MODEL, DEVICE_MAP_STRATEGIES, DTYPES
+    from ..scoring import STRENGTHS
+
+    parser = _Parser(prog="real-lens", description="Find and steer the attention heads that govern a behaviour.")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars and no INFO logs (errors still print)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # --quiet is also accepted after the command; SUPPRESS keeps a sub-command from resetting one given before it.
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[quiet])
+
+    def model_arg(p, default_help=f"default {DEFAULT_MODEL}"):
+        p.add_argument("--model", default=None, help=f"embedded name, local dir/.gguf, or Hub name ({default_help})")
+        p.add_argument("--device", default=None,
+                       help="torch device (default: the bridge's choice; under torchrun 'cuda' means cuda:LOCAL_RANK)")
+        p.add_argument("--dtype", default="float32", choices=tuple(DTYPES),
+                       help="weights' dtype (the embedded GGUF is dequantised to float32 once and cast on load)")
+        p.add_argument("--device-map", default=None,
+                       help=f"spread the model over devices: {', '.join(DEVICE_MAP_STRATEGIES)}, or a JSON map "
+                            "such as '{\"model.layers.0\": 0, \"lm_head\": 1}' (exclusive with --device)")
+        p.add_argument("--n-devices", type=_positive_int, default=None,
+                       help="spread the model evenly over this many CUDA devices (a 'balanced' device map)")
+
+    def bank_arg(p):
+        p.add_argument("--bank-dtype", default="float32", choices=tuple(DTYPES), help="how the bank stores activations")
+        p.add_argument("--chunk-size", type=_positive_int, default=64,
+                       help="examples per cached chunk; under torchrun each rank collects whole chunks")
+
+    p = command("hooks", help="every hook point with its shape on a short prompt, grouped by layer")
+    model_arg(p)
+    p.add_argument("--prompt", default=DEFAULT_HOOKS_PROMPT)
+    p.add_argument("--filter", default=None, help="only hook names containing this text")
+    p.add_argument("--estimate-only", action="store_true",
+                   help="print the memory estimate (from the config, no weights read) and stop")
+    p.set_defaults(run=commands.cmd_hooks)
+
+    p = command("collect", help="collect an activation bank for a task")
+    model_arg(p)
+    p.add_argument("--task", required=True, help="truthfulqa, or file:<path>")
+    p.add_argument("--site", default="head_z", choices=hooks.SITES)
+    p.add_argument("--readout", default="last", choices=READOUTS)
+    p.add_argument("--limit", type=_positive_int, default=None, help="at most N examples, whole questions only")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    bank_arg(p)
+    p.add_argument("--data-dir", default=None, help="data folder (default $REAL_LENS_DATA or ../shared/data)")
+    p.add_argument("--out", required=True, help="directory to write the bank to")
+    p.set_defaults(run=commands.cmd_collect)
+
+    p = command("generate", help="greedy generation (chat template when the model has one)")
+    model_arg(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=_token_count, default=64)
+    p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    p.set_defaults(run=commands.cmd_generate)
+
+    p = command("score", help="score every module of a bank with one method (scores + heatmap PNG)")
+    model_arg(p)
+    p.add_argument("--bank", default=None, help="an activation bank made by `real-lens collect`")
+    p.add_argument("--task", default=None, help="collect first: truthfulqa, or file:<path>")
+    p.add_argument("--limit", type=_positive_int, default=None)
+    bank_arg(p)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--method", default="real", help="real, real-release, iti, patching, attribution or random")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--out", required=True)
+    pairs = p.add_argument_group("contrast pairs (patching, attribution; see real_lens/scoring/pairs.py)")
+    pairs.add_argument("--n-pairs", type=_positive_int, default=None,
+                       help="questions to pair (default: patching 8, attribution 64)")
+    pairs.add_argument("--n-demos", type=_positive_int, default=None,
+                       help="demonstrations before each question (default 3)")
+    pairs.add_argument("--min-gap", type=float, default=None,
+                       help="drop pairs whose |clean - corrupted| gap is below this many nats (default 0.5)")
+    pairs.add_argument("--positions", default=None, choices=("answer", "question"),
+                       help="patch at the answer's positions (default) or the whole question as well")
+    p.set_defaults(run=commands.cmd_score)
+
+    def steering_args(p, *, saved: bool):
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--scores", help="a scores directory made by `real-lens score`")
+        if saved:
+            source.add_argument("--steering", help="a steering saved with Steering.save (instead of --scores)")
+        p.add_argument("--bank", default=None, help="bank for the directions (default: the one the scores came from)")
+        p.add_argument("--top-k", type=_positive_int, default=16, help="number of modules (heads) to steer (default 16)")
+        p.add_argument("--alpha", type=_finite_float, default=None,
+                       help="steering strength (default 15" + ("; with --steering, the saved one)" if saved else ")"))
+        p.add_argument("--strengths", choices=STRENGTHS, default="method",
+                       help="per-module strengths: 'method' (default) = the method's own rule (REAL: score/max, "
+                            "ITI/patching/attribution/random: 1); 'score' = score/max; 'uniform' = 1"
+                            + ("; --top-k and --strengths apply to --scores only" if saved else ""))
+
+    p = command("steer", help="unsteered and steered answers side by side")
+    model_arg(p, "default: the model the scores came from")
+    steering_args(p, saved=False)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=_token_count, default=48)
+    p.set_defaults(run=commands.cmd_steer)
+
+    p = command("inspect", help="what a steering does at the hook level: hooks, norms, steered vs unsteered logits")
+    model_arg(p, "default: the model the scores or steering came from")
+    steering_args(p, saved=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--n-tokens", type=_positive_int, default=10, help="next-token candidates to show (default 10)")
+    p.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
+    p.add_argument("--prompt-length", type=_positive_int, default=None, help="for --positions prompt/generated")
+    p.add_argument("--warn-ratio", type=float, default=1.0,
+                   help="flag modules whose added vector is longer than this times their mean activation norm")
+    p.set_defaults(run=commands.cmd_inspect)
+
+    p = command("export", help="write a steering for another tool (lm-evaluation-harness, per-layer vectors)")
+    model_arg(p, "default: the model the scores or steering came from")
+    steering_args(p, saved=True)
+    p.add_argument("--format", choices=("lm-eval", "vectors", "steering"), required=True,
+                   help="lm-eval: a .pt file for `lm_eval --model steered ... steer_path=FILE`; vectors: per-layer "
+                        "attn_out vectors (safetensors + JSON); steering: real-lens's own Steering.save directory")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=commands.cmd_export)
+
+    p = command("run", help="the main job: folds x scorers x K x dose on a task (default TruthfulQA)")
+    p.add_argument("--config", default=None,
+                   help="rerun a saved configuration: a run's config.json or its directory; options given too override it")
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="a few questions and grid points (tests, CI)")
+    preset.add_argument("--larger", action="store_true",
+                        help="the default fitting, every test question (160 per fold) and a 5-draw null (~100 min on 2 CPU cores)")
+    preset.add_argument("--full", action="store_true", help="the paper's protocol at full size (for a GPU)")
+    # One option per ExperimentConfig field (real_lens.configs): --k-grid 8,24, --questions-per-part none, ...
+    add_config_options(p, ExperimentConfig, aliases={"n_val_questions": ["--val-questions"],
+                                                     "n_test_questions": ["--test-questions"]}, help=RUN_HELP)
+    p.add_argument("--out", default=None, help="run directory, reused to resume (default runs/<task>, runs/<task>-<preset> with a preset)")
+    p.set_defaults(run=commands.cmd_run)
+
+    p = command("transfer", help="evaluate a finished run's selected heads on another task, without re-selection")
+    p.add_argument("--source-run", required=True, help="a finished `real-lens run` directory (e.g. runs/truthfulqa)")
+    p.add_argument("--task", required=True, help="the target task (see `real-lens tasks`)")
+    p.add_argument("--methods", default=None, help="comma-separated subset of the source run's methods")
+    p.add_argument("--test-questions", type=_positive_int, default=None, help="per fold (default: as the source run)")
+    p.add_argument("--out", default=None, help="output directory (default runs/transfer-<source>-to-<task>)")
+    p.set_defaults(run=commands.cmd_transfer)
+
+    p = command("tasks", help="list the tasks and where their data comes from")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(run=commands.cmd_tasks)
+    return parser
+
+
