@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Collection, Iterator, TypeVar
 
 from .errors import ArtifactError, ArtifactMissingError, RealLensError
@@ -298,20 +299,32 @@ def _manifest_id(directory: Path) -> str | None:
         return None
 
 
-def load_verified(directory, *, kind: str, read: Callable[[Path], T], files: Collection[str], allow_unverified: bool,
-                  what: str, error: type[Exception], create: str, redo: str) -> T:
-    """:func:`load_artifact` with the one-line errors every artifact type gives, raised as ``error``.
+@dataclass(frozen=True)
+class ArtifactType:
+    """What :func:`load_verified` says about one kind of artifact: its ``kind`` (in the manifest), its
+    data ``files``, what it is called (``what``, with its article), the exception it raises, how to
+    make one (``create``) and what to do when one is damaged (``redo``)."""
 
-    ``what`` names the artifact ("an activation bank"), ``create`` how to make one, ``redo`` what to
-    do when it is damaged; ``files`` are its data files (also the files an older, manifest-less
-    version holds)."""
+    kind: str
+    files: tuple[str, ...]
+    what: str
+    error: type[Exception]
+    create: str
+    redo: str
+
+
+def load_verified(directory, artifact: ArtifactType, *, read: Callable[[Path], T], allow_unverified: bool) -> T:
+    """:func:`load_artifact` for ``artifact``'s type, with the one-line errors every artifact type gives.
+
+    An older artifact without a manifest (it holds ``artifact.files``) is read with a notice when
+    ``allow_unverified``, refused otherwise."""
     directory = Path(directory)
+    name = artifact.what.removeprefix("an ").removeprefix("a ")
     try:
-        return load_artifact(directory, kind=kind, read=read, legacy_files=tuple(files),
-                             allow_unverified=allow_unverified, what=what)
+        return load_artifact(directory, kind=artifact.kind, read=read, legacy_files=artifact.files,
+                             allow_unverified=allow_unverified, what=artifact.what)
     except ArtifactMissingError as exc:
-        raise error(f"{directory} holds no {what.removeprefix('an ').removeprefix('a ')}"
-                    f"{f' ({exc})' if str(exc) else ''}: expected {' and '.join(files)}; {create}") from None
+        raise artifact.error(f"{directory} holds no {name}{f' ({exc})' if str(exc) else ''}: expected "
+                             f"{' and '.join(artifact.files)}; {artifact.create}") from None
     except ArtifactError as exc:
-        raise error(f"{what.removeprefix('an ').removeprefix('a ')} {directory} is unreadable: {exc}; {redo}") from exc
-
+        raise artifact.error(f"{name} {directory} is unreadable: {exc}; {artifact.redo}") from exc

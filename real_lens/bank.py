@@ -20,12 +20,14 @@ from torch import Tensor
 
 from . import hooks
 from .errors import BankError
-from .artifacts import artifact_writer, load_verified
+from .artifacts import ArtifactType, artifact_writer, load_verified
 from .io import read_json, read_tensors, write_json, write_tensors
 from .tasks.base import Example
 
 TENSORS_FILE, META_FILE = "acts.safetensors", "bank.json"
 KIND = "bank"
+BANK_ARTIFACT = ArtifactType(KIND, (TENSORS_FILE, META_FILE), "an activation bank", BankError,
+                             "create one with `real-lens collect --out DIR`", "collect it again")
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,7 @@ class ActivationBank:
         """The bank saved at ``directory``, after checking its manifest (BankError if anything is off).
 
         A bank written before manifests existed is read with a notice when ``allow_unverified``."""
-        return load_verified(directory, kind=KIND, read=cls._read, files=(TENSORS_FILE, META_FILE),
-                             allow_unverified=allow_unverified, what="an activation bank", error=BankError,
-                             create="create one with `real-lens collect --out DIR`", redo="collect it again")
+        return load_verified(directory, BANK_ARTIFACT, read=cls._read, allow_unverified=allow_unverified)
 
     @classmethod
     def _read(cls, directory: Path) -> "ActivationBank":

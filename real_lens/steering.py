@@ -32,7 +32,7 @@ from torch import Tensor
 from . import hooks
 from .bank import ActivationBank
 from .errors import ProvenanceError, RealLensError, unknown_name_error
-from .artifacts import artifact_writer, load_verified
+from .artifacts import ArtifactType, artifact_writer, load_verified
 from .io import read_json, read_tensors, write_json, write_tensors
 from .models import model_identity, names_match
 from .provenance import check_same_model
@@ -41,6 +41,8 @@ from .scoring import Selection
 POSITIONS = ("all", "prompt", "generated")
 STEERING_FILE, STEERING_META_FILE = "steering.safetensors", "steering.json"
 STEERING_KIND = "steering"
+STEERING_ARTIFACT = ArtifactType(STEERING_KIND, (STEERING_FILE, STEERING_META_FILE), "a steering", RealLensError,
+                                 "save one with Steering.save", "save it again")
 
 
 class SteeringMismatchError(ProvenanceError):
@@ -203,9 +205,7 @@ class Steering:
     @classmethod
     def load(cls, directory, *, allow_unverified: bool = True) -> "Steering":
         """The steering saved at ``directory``, after checking its manifest (RealLensError if anything is off)."""
-        return load_verified(directory, kind=STEERING_KIND, read=cls._read, files=(STEERING_FILE, STEERING_META_FILE),
-                             allow_unverified=allow_unverified, what="a steering", error=RealLensError,
-                             create="save one with Steering.save", redo="save it again")
+        return load_verified(directory, STEERING_ARTIFACT, read=cls._read, allow_unverified=allow_unverified)
 
     @classmethod
     def _read(cls, directory: Path) -> "Steering":

@@ -1,4 +1,11 @@
+"""Fixtures the whole suite shares (helpers that are not fixtures: tests/helpers.py)."""
+
 import os
+
+import pytest
+
+from real_lens.models import load_model
+from tests.helpers import DATA
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -10,3 +17,41 @@ def pytest_sessionfinish(session, exitstatus):
         reporter.ensure_newline()
         reporter.write_line(f"CI: {skipped} test(s) were skipped; a skip does not count as a pass here", red=True)
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def isolated_cache(tmp_path_factory):
+    """Caches (dequantised models, activation banks) go to a per-session temp dir, never the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REAL_LENS_CACHE", str(tmp_path_factory.mktemp("real_lens_cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _caches_are_isolated(request):
+    """Every test but the integration tests (which reuse the embedded model's real cache) gets the isolated cache."""
+    if request.node.get_closest_marker("integration") is None:
+        request.getfixturevalue("isolated_cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(isolated_cache):
+    """A seeded random 2-layer Llama (4 heads, d_head 16, grouped KV) with a byte tokenizer."""
+    return load_model("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The embedded SmolLM2-135M-Instruct (first load dequantises the GGUF, ~40 s; then cached)."""
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def nq_tasks():
+    """NQ-Swap's first 60 questions, steered towards the context and towards memory."""
+    if DATA is None:
+        pytest.skip("../shared/data is not present")
+    from real_lens.tasks.nq_swap import load_nq_swap
+
+    return load_nq_swap(n_questions=60), load_nq_swap(n_questions=60, direction="memory")

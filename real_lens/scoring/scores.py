@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..artifacts import artifact_writer, load_verified
+from ..artifacts import ArtifactType, artifact_writer, load_verified
 from ..errors import ScoringError, unknown_name_error
 from ..hooks import module_label
 from .registry import strength_rule
@@ -27,6 +27,8 @@ STRENGTHS = ("method", "score", "uniform")
 
 
 SCORES_KIND = "scores"
+SCORES_ARTIFACT = ArtifactType(SCORES_KIND, (SCORES_FILE, SCORES_META_FILE), "module scores", ScoringError,
+                               "create them with `real-lens score --out DIR`", "score again")
 # Files a scores directory may also hold: the heatmap `real-lens score` draws, a run's cache key.
 SCORES_EXTRAS = ("heatmap.png", "key.json")
 
@@ -143,9 +145,7 @@ class ModuleScores:
         """The scores saved at ``directory``, after checking their manifest (ScoringError if anything is off).
 
         Scores written before manifests existed are read with a notice when ``allow_unverified``."""
-        return load_verified(directory, kind=SCORES_KIND, read=cls._read, files=(SCORES_FILE, SCORES_META_FILE),
-                             allow_unverified=allow_unverified, what="module scores", error=ScoringError,
-                             create="create them with `real-lens score --out DIR`", redo="score again")
+        return load_verified(directory, SCORES_ARTIFACT, read=cls._read, allow_unverified=allow_unverified)
 
     @classmethod
     def _read(cls, directory: Path) -> "ModuleScores":

@@ -6,29 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from real_lens.bank import ActivationBank
 from real_lens.cli import main
-from real_lens.models import load_model
 from real_lens.tasks import Example
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    """Caches go to a per-session temp dir (never the user's)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REAL_LENS_CACHE", str(tmp_path_factory.mktemp("real_lens_cache")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="session")
-def tiny_model(_isolated_cache):
-    return load_model("tiny-llama")
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:

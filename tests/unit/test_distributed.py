@@ -5,7 +5,6 @@ The oracle is the single-process result of the same command line; every comparis
 code on the same data with the same seeds, whichever process computes it.
 """
 
-import dataclasses
 import json
 import os
 import socket

@@ -1,3 +1,4 @@
+"""The main job's fold loop on the tiny random model: outputs, cells, the null, paired tests, K choice, caching."""
 import csv
 import json
 import re
@@ -35,12 +36,12 @@ def alpha_run(tmp_path_factory, tiny_model):
     return cfg, out
 
 
-def _rows(out):
+def result_rows(out):
     with open(out / "results.csv", newline="") as f:
         return list(csv.DictReader(f))
 
 
-def _groups(cfg):
+def dose_groups(cfg):
     return [f"KL {t:g}" for t in cfg.kl_grid]
 
 
@@ -55,9 +56,9 @@ def test_quick_run_writes_every_output(quick_run):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"] == ["mc2", "mc1"] and summary["select_metric"] == "mc2"
-    assert summary["doses"] == _groups(cfg) and summary["fitted_on"] == "train"
+    assert summary["doses"] == dose_groups(cfg) and summary["fitted_on"] == "train"
     assert set(summary["methods"]) == {"unsteered", "length-only",
-                                       *(f"{m} @ {g}" for m in cfg.methods for g in _groups(cfg))}
+                                       *(f"{m} @ {g}" for m in cfg.methods for g in dose_groups(cfg))}
     for entry in summary["methods"].values():
         low, high = entry["mc2_ci"]
         assert 0.0 <= low <= high <= 1.0 and entry["folds"] == 2
@@ -69,7 +70,7 @@ def test_every_test_cell_records_its_alpha_and_held_out_kl(quick_run):
     """A KL dose's α is calibrated per method, fold and K on paragraphs other than the ones that report
     KL; every test cell records the α it used and the held-out KL it reached."""
     cfg, out = quick_run
-    for row in _rows(out):
+    for row in result_rows(out):
         if row["split"] == "test" and row["method"] not in ("unsteered", "length-only"):
             assert float(row["alpha"]) > 0 and float(row["target_kl"]) in cfg.kl_grid
             assert float(row["kl"]) > 0 and float(row["calibration_kl"]) > 0
@@ -90,10 +91,10 @@ def test_summary_has_paired_tests_against_unsteered_length_only_null_and_real(qu
     summary = json.loads((out / "summary.json").read_text())
     pairs = {(r["a"], r["b"], r["dose"]): r for r in summary["paired"]}
     steered = _steered(cfg)
-    expected = {(m, ref, g) for g in _groups(cfg) for m in steered for ref in ("unsteered", "length-only", "random null")}
-    expected |= {("real", m, g) for g in _groups(cfg) for m in steered if m != "real"}
+    expected = {(m, ref, g) for g in dose_groups(cfg) for m in steered for ref in ("unsteered", "length-only", "random null")}
+    expected |= {("real", m, g) for g in dose_groups(cfg) for m in steered if m != "real"}
     assert set(pairs) == expected
-    rows = _rows(out)
+    rows = result_rows(out)
     per_item = {}
     for cell in (out / "cells").glob("fold*-test-*.json"):
         fold, method, dose = re.match(r"fold(\d+)-(.+?)-test-k\d+-(kl[\d.e-]+|a[\d.]+)", cell.name).groups()
@@ -118,7 +119,7 @@ def test_the_random_null_is_many_draws_at_each_methods_k_and_dose(quick_run):
     from real_lens.null import null_band, percentile_in_null
 
     cfg, out = quick_run
-    rows = _rows(out)
+    rows = result_rows(out)
     draws = [r for r in rows if r["method"] == "random"]
     assert draws and {r["split"] for r in draws} == {"test"}
     for fold in "01":
@@ -128,7 +129,7 @@ def test_the_random_null_is_many_draws_at_each_methods_k_and_dose(quick_run):
             here = [r for r in draws if r["fold"] == fold and (r["k"], r["dose"]) == (k, dose)]
             assert sorted(int(r["draw"]) for r in here) == list(range(cfg.null_draws))
     bands = json.loads((out / "summary.json").read_text())["null"]
-    assert {(b["method"], b["dose"]) for b in bands} == {(m, g) for m in _steered(cfg) for g in _groups(cfg)}
+    assert {(b["method"], b["dose"]) for b in bands} == {(m, g) for m in _steered(cfg) for g in dose_groups(cfg)}
     for b in bands:
         assert len(b["draws"]) == cfg.null_draws
         band = null_band(b["draws"])
@@ -155,7 +156,7 @@ def test_summary_reports_fold_to_fold_rank_stability(quick_run):
 
 def test_k_is_chosen_on_val_per_method_fold_and_kl_target(quick_run):
     cfg, out = quick_run
-    rows = _rows(out)
+    rows = result_rows(out)
     for fold in "01":
         for method in _steered(cfg):
             for target in cfg.kl_grid:
@@ -172,7 +173,7 @@ def test_k_is_chosen_on_val_per_method_fold_and_kl_target(quick_run):
 
 def test_every_grid_cell_is_in_the_results(alpha_run):
     cfg, out = alpha_run
-    rows = _rows(out)
+    rows = result_rows(out)
     for fold in (0, 1):
         for method in _steered(cfg):
             val = [(int(r["k"]), float(r["alpha"])) for r in rows
@@ -182,7 +183,7 @@ def test_every_grid_cell_is_in_the_results(alpha_run):
 
 def test_k_and_alpha_are_chosen_on_val_only(alpha_run):
     cfg, out = alpha_run
-    rows = _rows(out)
+    rows = result_rows(out)
     for fold in (0, 1):
         for method in _steered(cfg):
             mine = [r for r in rows if r["fold"] == str(fold) and r["method"] == method]
@@ -227,17 +228,9 @@ def test_an_unreachable_kl_target_is_reported_not_hidden(tmp_path, tiny_model, c
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["calibration"]["reached"] == 0 and summary["calibration"]["reasons"] == {"above_alpha_max": 1}
     assert "not reached: 1 above_alpha_max" in (tmp_path / "summary.md").read_text()
-    (row,) = [r for r in _rows(tmp_path) if r["method"] == "iti"]
+    (row,) = [r for r in result_rows(tmp_path) if r["method"] == "iti"]
     assert float(row["alpha"]) == 100.0 and float(row["kl"]) < 5.0
-    assert not [r for r in _rows(tmp_path) if r["split"] == "val"]  # one K, one dose: val chooses nothing
-
-
-def test_with_nothing_to_choose_val_is_not_evaluated_and_fitting_uses_train_and_val():
-    """One K and one dose per report: the paper's fixed-K protocol keeps train+val for fitting."""
-    assert experiment.fit_parts(config_for("quick", k_grid=(4,), kl_grid=(0.1, 0.3))) == ("train", "val")
-    assert experiment.fit_parts(config_for("quick", k_grid=(4,), kl_grid=None, alpha_grid=(5.0,))) == ("train", "val")
-    assert experiment.fit_parts(config_for("quick", k_grid=(4,), kl_grid=None, alpha_grid=(5.0, 15.0))) == ("train",)
-    assert experiment.fit_parts(config_for("quick", k_grid=(4, 8))) == ("train",)
+    assert not [r for r in result_rows(tmp_path) if r["split"] == "val"]  # one K, one dose: val chooses nothing
 
 
 def test_no_test_question_in_the_fold_training_data(quick_run):
@@ -256,11 +249,11 @@ def test_no_test_question_in_the_fold_training_data(quick_run):
 
 def test_rerun_reuses_every_cell(quick_run, monkeypatch):
     cfg, out = quick_run
-    before = _rows(out)
+    before = result_rows(out)
     monkeypatch.setattr(experiment.loop, "evaluate_cell", lambda *a, **k: pytest.fail("a cached cell was recomputed"))
     monkeypatch.setattr(experiment.store, "score_modules", lambda *a, **k: pytest.fail("cached scores were recomputed"))
     run_experiment(cfg, out, progress=False)
-    assert _rows(out) == before
+    assert result_rows(out) == before
 
 
 def test_the_main_job_logs_what_it_is_doing(quick_run, caplog):
@@ -285,20 +278,6 @@ def test_another_config_in_the_same_directory_is_refused(quick_run):
         run_experiment(config_for("quick", model="tiny-llama", k_grid=(2,)), out)
 
 
-def test_config_validation():
-    with pytest.raises(RealLensError, match="unknown method"):
-        config_for(methods=("real", "magic"))
-    with pytest.raises(RealLensError, match="unknown preset"):
-        config_for("huge")
-    with pytest.raises(RealLensError, match="k_grid"):
-        config_for(k_grid=(0,))
-    with pytest.raises(RealLensError, match="kl_grid must hold KL targets > 0"):
-        config_for(kl_grid=(0.1, -1.0))
-    with pytest.raises(RealLensError, match="null_draws must be an integer >= 1"):
-        config_for(null_draws=0)
-
-
-# --------------------------------------------------------------------------- other tasks, transfer
 def _quick(task, **kw):
     # The tiny random model's clean-corrupted logit gaps are ~1e-4; patching would skip every pair at 1e-3.
     return config_for("quick", model="tiny-llama", task=task, k_grid=(1, 3), kl_grid=(0.002,),
@@ -315,7 +294,7 @@ def caa_run(tmp_path_factory, tiny_model):
 def test_caa_run_has_one_fold_and_its_own_metrics(caa_run):
     summary = json.loads((caa_run / "summary.json").read_text())
     assert summary["metrics"] == ["p_aligned", "p_aligned_raw"] and summary["select_metric"] == "p_aligned"
-    rows = _rows(caa_run)
+    rows = result_rows(caa_run)
     assert {r["fold"] for r in rows} == {"0"}
     tests = [r for r in rows if r["split"] == "test"]
     assert all(0.0 <= float(r["p_aligned"]) <= 1.0 for r in tests)
@@ -352,31 +331,3 @@ def test_unknown_select_metric_and_fold_are_refused(tmp_path, tiny_model):
         run_experiment(_quick("truthfulqa", select_metric="mc3"), tmp_path / "a", progress=False)
     with pytest.raises(RealLensError, match="has 1 fold"):
         run_experiment(_quick("caa:refusal", folds=(1,)), tmp_path / "b", progress=False)
-
-
-def test_transfer_reuses_the_source_selection(quick_run, tmp_path, monkeypatch):
-    from real_lens.experiment import TransferConfig, run_transfer
-
-    cfg, source = quick_run
-    monkeypatch.setattr(experiment.store, "score_modules", lambda *a, **k: pytest.fail("transfer must not re-score"))
-    out = run_transfer(TransferConfig(str(source), "caa:refusal", methods=("real", "iti", "random")), tmp_path,
-                       progress=False)
-    rows = _rows(out)
-    chosen = {(r["fold"], r["method"], f"KL {float(r['target_kl']):g}"): (r["k"], r["alpha"]) for r in _rows(source)
-              if r["split"] == "test" and r["target_kl"] and r["draw"] in ("", "0")}
-    transferred = [r for r in rows if r["method"] != "unsteered"]
-    assert {(r["method"], r["dose"]) for r in transferred} == {(m, g) for m in ("real", "iti", "random")
-                                                               for g in _groups(cfg)}
-    for r in transferred:
-        assert r["fold"] == "0" and r["source_fold"] == "0"  # CAA's single fold takes TruthfulQA fold 0
-        assert (r["k"], r["alpha"]) == chosen[("0", r["method"], r["dose"])]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["source"] == "truthfulqa" and summary["target"] == "caa:refusal"
-    assert "nothing was re-selected" in (out / "summary.md").read_text()
-
-
-def test_transfer_from_a_directory_that_is_not_a_run(tmp_path):
-    from real_lens.experiment import TransferConfig, run_transfer
-
-    with pytest.raises(RealLensError, match="not a finished real-lens run"):
-        run_transfer(TransferConfig(str(tmp_path), "truthfulqa"), tmp_path / "out")

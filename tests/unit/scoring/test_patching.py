@@ -269,7 +269,7 @@ def test_patching_shows_progress(tiny_model, pairs, capsys):
 
 # --------------------------------------------------------------------------- attribution patching
 @pytest.fixture(scope="module")
-def tiny_model_f64(_isolated_cache):
+def tiny_model_f64(isolated_cache):
     """The tiny model in float64: the linear regime's gaps are ~1e-4 nats, below float32's resolution
     of ~30-nat log-prob sums."""
     model = load_model("tiny-llama").to(torch.float64)

@@ -17,7 +17,7 @@ from real_lens.errors import RealLensError
 from real_lens.experiment import ExperimentConfig, config_for, load_config, start_run_dir
 from real_lens.steering import Steering
 
-from .test_api import _other_tiny_bridge, write_even_task
+from ..test_api import _other_tiny_bridge, write_even_task
 
 
 @pytest.fixture(scope="module")

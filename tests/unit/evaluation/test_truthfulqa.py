@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from real_lens import hooks
+from real_lens.errors import DataError
 from real_lens.evaluation import (
     SideEffects,
     answer_logprobs,
@@ -20,10 +21,14 @@ from real_lens.evaluation import (
     select_mc_questions,
 )
 from real_lens.evaluation.side_effects import WIKITEXT_FILE, _is_heading
-from real_lens.errors import DataError
 from real_lens.evaluation.truthfulqa import resolve_mc_prompt, score_answer_tokens
 from real_lens.tasks.data import resolve_data_dir
-from real_lens.tasks.truthfulqa import ANSWER_FORMAT, MC_PROMPT_STYLES, MCQuestion, load_truthfulqa
+from real_lens.tasks.truthfulqa import (
+    ANSWER_FORMAT,
+    MC_PROMPT_STYLES,
+    MCQuestion,
+    load_truthfulqa,
+)
 
 # Shared-prefix and full-forward scoring run the same float32 weights on the same tokens and
 # differ only in how matmuls are batched (summation order): ~1e-6 per token log-prob, so a sum
