@@ -30,7 +30,7 @@ SCORE_UNITS = {
 FONT_SIZE = 11
 # Axis labels for task metrics (all are fractions in [0, 1], means over items).
 METRIC_LABELS = {
-    "mc1": "MC1", "mc2": "MC2", "em_aligned": "EM with aligned answer", "contains_aligned": "contains aligned answer",
+    "mc1": "MC1", "mc2": "MC2", "mc2_norm": "MC2 (length-normalised)", "em_aligned": "EM with aligned answer", "contains_aligned": "contains aligned answer",
     "em_context": "EM with context answer", "em_memory": "EM with memory answer",
     "p_aligned": "p(aligned)", "p_aligned_raw": "p(aligned letter)", "top_aligned": "top answer aligned",
 }

@@ -58,11 +58,13 @@ def plot_frontier(
     length_only: float | None = None,
     percentiles: tuple[float | int, float | int] = (5, 95),
     title: str | None = None,
+    truth_points: Sequence[FrontierPoint] = (),
+    truth_null: Sequence[FrontierPoint] = (),
 ) -> Path:
     """Write the frontier figure of ``points`` (the methods) and ``null_points`` (random draws, each
     with its ``kl_target``) to ``path`` as a PNG (:func:`frontier_figure` draws it)."""
     fig = frontier_figure(points, null_points, metric=metric, unsteered=unsteered, length_only=length_only,
-                          percentiles=percentiles, title=title)
+                          percentiles=percentiles, title=title, truth_points=truth_points, truth_null=truth_null)
     return save_figure(fig, path)
 
 
@@ -75,10 +77,15 @@ def frontier_figure(
     length_only: float | None = None,
     percentiles: tuple[float | int, float | int] = (5, 95),
     title: str | None = None,
+    truth_points: Sequence[FrontierPoint] = (),
+    truth_null: Sequence[FrontierPoint] = (),
 ) -> Figure:
     """The frontier figure: each method's metric against held-out KL, the null's band per KL target, the
-    unsteered and length-only lines. The x axis is logarithmic when every KL is > 0, linear otherwise."""
-    points, null_points = list(points), list(null_points)
+    unsteered and length-only lines. The x axis is logarithmic when every KL is > 0, linear otherwise.
+
+    With ``truth_points`` (each method's β_truth per dose, :mod:`real_lens.evaluation.decomposition`) and
+    ``truth_null`` (each null draw's), a second panel draws β_truth against the same held-out KL."""
+    points, null_points, truth_points, truth_null = list(points), list(null_points), list(truth_points), list(truth_null)
     if not points and not null_points:
         raise ValueError("plot_frontier needs at least one method point or null draw; got none")
     untargeted = [p for p in null_points if p.kl_target is None]
@@ -87,24 +94,11 @@ def frontier_figure(
             f"every null draw needs the kl_target it was calibrated to (the band is drawn per target); "
             f"{len(untargeted)} have none"
         )
-    fig = Figure(figsize=(6.8, 4.6), layout="constrained")
+    panels = 2 if truth_points or truth_null else 1
+    fig = Figure(figsize=(6.8 * panels, 4.6), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-
-    if null_points:
-        _draw_null(ax, null_points, percentiles)
-    by_method: dict[str, list[FrontierPoint]] = defaultdict(list)
-    for p in points:
-        by_method[p.method].append(p)
-    for method, group in by_method.items():
-        group = sorted(group, key=lambda p: p.kl)
-        xs, ys = [p.kl for p in group], [p.value for p in group]
-        line = ax.plot(xs, ys, marker="o", label=method, zorder=3)[0]
-        with_ci = [p for p in group if p.ci_low is not None]
-        if with_ci:
-            ax.errorbar([p.kl for p in with_ci], [p.value for p in with_ci],
-                        yerr=[[p.value - p.ci_low for p in with_ci], [p.ci_high - p.value for p in with_ci]],
-                        fmt="none", ecolor=line.get_color(), capsize=3, linewidth=1, zorder=3)
+    ax = fig.add_subplot(1, panels, 1)
+    _draw_methods(ax, points, null_points, percentiles)
     if unsteered is not None:
         ax.axhline(unsteered, color="black", linewidth=1.2, label="unsteered", zorder=2)
     if length_only is not None:
@@ -119,7 +113,35 @@ def frontier_figure(
     ax.tick_params(labelsize=FONT_SIZE - 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=FONT_SIZE - 2, loc="best")
+    if panels == 2:
+        truth = fig.add_subplot(1, 2, 2, sharex=ax)
+        _draw_methods(truth, truth_points, truth_null, percentiles)
+        truth.axhline(0.0, color="black", linewidth=1.2, zorder=2)
+        truth.set_xlabel("held-out KL(unsteered ‖ steered), nats per token", fontsize=FONT_SIZE)
+        truth.set_ylabel("β_truth: nats added to true answers beyond length", fontsize=FONT_SIZE)
+        truth.set_title("truth, not length (per-answer decomposition)", fontsize=FONT_SIZE + 1)
+        truth.tick_params(labelsize=FONT_SIZE - 1)
+        truth.grid(alpha=0.3)
     return fig
+
+
+def _draw_methods(ax, points: list[FrontierPoint], null_points: list[FrontierPoint],
+                  percentiles: tuple[float | int, float | int]) -> None:
+    """Each method's line (with its CIs where it has them) over the null's band."""
+    if null_points:
+        _draw_null(ax, null_points, percentiles)
+    by_method: dict[str, list[FrontierPoint]] = defaultdict(list)
+    for p in points:
+        by_method[p.method].append(p)
+    for method, group in by_method.items():
+        group = sorted(group, key=lambda p: p.kl)
+        xs, ys = [p.kl for p in group], [p.value for p in group]
+        line = ax.plot(xs, ys, marker="o", label=method, zorder=3)[0]
+        with_ci = [p for p in group if p.ci_low is not None]
+        if with_ci:
+            ax.errorbar([p.kl for p in with_ci], [p.value for p in with_ci],
+                        yerr=[[p.value - p.ci_low for p in with_ci], [p.ci_high - p.value for p in with_ci]],
+                        fmt="none", ecolor=line.get_color(), capsize=3, linewidth=1, zorder=3)
 
 
 def _draw_null(ax, null_points: list[FrontierPoint], percentiles: tuple[float | int, float | int]) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..tasks.truthfulqa import ANSWER_FORMAT, DEFAULT_MC_PROMPT, MCPrompt, MCQuestion
 from ..tokens import tokenize
-from .truthfulqa import TruthfulQAResult, answer_start, resolve_mc_prompt, score_question
+from .truthfulqa import TruthfulQAResult, answer_start, question_answers, resolve_mc_prompt, score_question
 
 # The c of the grid: 0.5–4 nats per answer token, confident to flat next-token predictions;
 # larger c changes MC2 little (it is already near the shortest-answers limit).
@@ -68,7 +68,7 @@ def score_length_only(
         raise ValueError(f"c is the log-prob charged per answer token and must be a finite value > 0; got {c}")
     if len(counts) != len(questions):
         raise ValueError(f"need one token-count mapping per question ({len(questions)}); found {len(counts)}")
-    mc1, mc2 = [], []
+    mc1, mc2, mc2_norm, records = [], [], [], []
     for q, row in zip(questions, counts):
         missing = [a for a in dict.fromkeys(q.mc1_answers + q.mc2_answers) if a not in row]
         if missing:
@@ -76,10 +76,15 @@ def score_length_only(
                 f"no token count for answer {missing[0]!r} of question {q.question!r}; "
                 "build counts with count_answer_tokens on the same questions"
             )
-        s1, s2 = score_question(q, {a: -c * n for a, n in row.items()})
+        logprobs = {a: -c * n for a, n in row.items()}
+        s1, s2 = score_question(q, logprobs)
+        norm, record = question_answers(q, logprobs, row)
         mc1.append(s1)
         mc2.append(s2)
-    return TruthfulQAResult(tuple(q.question for q in questions), np.array(mc1), np.array(mc2))
+        mc2_norm.append(norm)
+        records.append(record)
+    return TruthfulQAResult(tuple(q.question for q in questions), np.array(mc1), np.array(mc2), np.array(mc2_norm),
+                            tuple(records))
 
 
 def length_only_mc(

@@ -4,8 +4,10 @@ A :class:`TaskEvaluation` knows which items a task evaluates for a set of groups
 test questions), how to score them (steered or not) and which per-item metrics come out; the
 first metric is the one K and α are chosen by, unless the run names another.
 
-- ``mc`` (TruthfulQA): MC2, MC1 (METHOD.md §6), under one of the MC prompt styles of METHOD.md §6a
-  (``evaluation_for(task, mc_prompt=...)``; default ``instruction-qa``, the REAL release's).
+- ``mc`` (TruthfulQA): MC2, MC1 (METHOD.md §6) and MC2 on length-normalised log-probs (``mc2_norm``),
+  under one of the MC prompt styles of METHOD.md §6a (``evaluation_for(task, mc_prompt=...)``; default
+  ``instruction-qa``, the REAL release's); it also returns every answer's log-prob and token count,
+  which the truth-vs-length decomposition reads (:mod:`real_lens.evaluation.decomposition`).
 - ``qa`` (NQ-Swap): exact match of the greedy answer with the aligned answer, plus the looser
   "contains" rule and both sides' EM (see :mod:`real_lens.evaluation.nq_swap`). K and α are chosen
   by ``contains_aligned``: a 135M model answers in sentences, so its EM is 0 on nearly every item
@@ -34,6 +36,9 @@ from .forward import SteeringLike, steering_context
 from ..tokens import tokenize
 from .nq_swap import evaluate_nq_swap, select_conflict_questions
 from .truthfulqa import evaluate_truthfulqa, score_answer_tokens, score_mc2, select_mc_questions
+
+
+PER_ANSWER = "per_answer"  # the key of the per-answer records an evaluation may return beside its metrics
 
 
 @dataclass(frozen=True)
@@ -67,10 +72,20 @@ class TaskEvaluation:
             raise AssertionError(f"{self.kind} evaluation returned no {missing}")
         return {m: np.asarray(values[m], dtype=float) for m in self.metrics}
 
+    def evaluate_answers(self, model, items: Sequence, steering: SteeringLike | None = None, *,
+                         progress: bool = False) -> tuple[dict[str, np.ndarray], dict[str, list] | None]:
+        """``(metrics, per_answer)``: :meth:`evaluate`'s metrics and, for evaluations that score answers by
+        their log-probs (``mc``), every answer's group, text, truth, token count and log-prob (None otherwise)."""
+        values = self.score(model, list(items), steering, progress=progress)
+        missing = [m for m in self.metrics if m not in values]
+        if missing:  # a programming error in an evaluation, not a user mistake
+            raise AssertionError(f"{self.kind} evaluation returned no {missing}")
+        return {m: np.asarray(values[m], dtype=float) for m in self.metrics}, values.get(PER_ANSWER)
+
 
 def _score_mc(model, items, steering, mc_prompt=DEFAULT_MC_PROMPT, *, progress=False):
     result = evaluate_truthfulqa(model, items, steering=steering, mc_prompt=mc_prompt, progress=progress)
-    return {"mc2": result.mc2, "mc1": result.mc1}
+    return {"mc2": result.mc2, "mc1": result.mc1, "mc2_norm": result.mc2_norm, PER_ANSWER: result.per_answer()}
 
 
 def _score_qa(model, items, steering, *, progress=False):
@@ -125,7 +140,7 @@ def score_group_answers(model, items: Sequence[GroupAnswers], steering: Steering
 
 
 EVALUATIONS: dict[str, TaskEvaluation] = {
-    "mc": TaskEvaluation("mc", ("mc2", "mc1"), select_mc_questions, _score_mc, lambda q: q.question),
+    "mc": TaskEvaluation("mc", ("mc2", "mc1", "mc2_norm"), select_mc_questions, _score_mc, lambda q: q.question),
     "qa": TaskEvaluation("qa", ("em_aligned", "contains_aligned", "em_context", "em_memory"),
                          select_conflict_questions, _score_qa, lambda q: q.group,
                          default_select_metric="contains_aligned"),

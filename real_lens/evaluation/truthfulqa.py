@@ -66,18 +66,28 @@ from ..tokens import pad_id, right_pad, tokenize
 
 @dataclass(frozen=True)
 class TruthfulQAResult:
-    """Per-question MC1 (0/1) and MC2 (probability mass on true answers), in ``questions`` order."""
+    """Per-question MC1 (0/1), MC2 (probability mass on true answers) and MC2 on length-normalised
+    log-probs (``mc2_norm``: each answer's mean log-prob per token, lm-evaluation-harness's
+    ``acc_norm`` idea), in ``questions`` order; ``answers``: per question, each MC2 answer's
+    ``(answer, true, tokens, logprob)`` — what :mod:`real_lens.evaluation.decomposition` reads."""
 
     questions: tuple[str, ...]
     mc1: Float[np.ndarray, " question"]
     mc2: Float[np.ndarray, " question"]
+    mc2_norm: Float[np.ndarray, " question"]
+    answers: tuple[tuple[tuple[str, int, int, float], ...], ...] = ()
 
     def __post_init__(self):
-        if not len(self.questions) == len(self.mc1) == len(self.mc2):
+        if not len(self.questions) == len(self.mc1) == len(self.mc2) == len(self.mc2_norm):
             raise ValueError(
-                f"TruthfulQAResult needs one mc1 and mc2 value per question ({len(self.questions)}); "
-                f"found {len(self.mc1)} and {len(self.mc2)}"
+                f"TruthfulQAResult needs one mc1, mc2 and mc2_norm value per question ({len(self.questions)}); "
+                f"found {len(self.mc1)}, {len(self.mc2)} and {len(self.mc2_norm)}"
             )
+
+    def per_answer(self) -> dict[str, list]:
+        """The answers of every question as flat columns: group, answer, true, tokens, logprob."""
+        rows = [(q, *answer) for q, answers in zip(self.questions, self.answers) for answer in answers]
+        return {key: [row[i] for row in rows] for i, key in enumerate(("group", "answer", "true", "tokens", "logprob"))}
 
     @property
     def mc1_mean(self) -> float:
@@ -119,6 +129,17 @@ def score_question(question: MCQuestion, logprobs: Mapping[str, float]) -> tuple
 
     return (score_mc1(*split(question.mc1_answers, question.mc1_labels)),
             score_mc2(*split(question.mc2_answers, question.mc2_labels)))
+
+
+def question_answers(question: MCQuestion, logprobs: Mapping[str, float], tokens: Mapping[str, int]):
+    """``(mc2_norm, answers)`` of one question: MC2 on mean log-prob per token (an answer with no token
+    counts as one), and each MC2 answer's ``(answer, true, tokens, logprob)``."""
+    norm = {a: logprobs[a] / max(tokens[a], 1) for a in question.mc2_answers}
+    true = [norm[a] for a, y in zip(question.mc2_answers, question.mc2_labels) if y == 1]
+    false = [norm[a] for a, y in zip(question.mc2_answers, question.mc2_labels) if y == 0]
+    answers = tuple((a, int(y), int(tokens[a]), float(logprobs[a])) for a, y in zip(question.mc2_answers,
+                                                                                 question.mc2_labels))
+    return score_mc2(true, false), answers
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -170,7 +191,7 @@ def evaluate_truthfulqa(
         raise TypeError(f"questions must be MCQuestion objects (task.eval_data['mc'] values); found {type(bad).__name__}")
     mc_prompt = resolve_mc_prompt(mc_prompt)
     texts = [mc_prompt.format(q.question) for q in questions]
-    mc1, mc2 = [], []
+    mc1, mc2, mc2_norm, records = [], [], [], []
     chunks = [list(range(i, min(i + questions_per_batch, len(questions))))
               for i in range(0, len(questions), questions_per_batch)]
     with steering_context(model, steering), torch.inference_mode(), \
@@ -181,13 +202,19 @@ def evaluate_truthfulqa(
             prompts = [tokenize(model, texts[i]) for i in chunk]
             fulls = [[tokenize(model, texts[i] + ANSWER_FORMAT.format(answer=a)) for a in ans]
                      for i, ans in zip(chunk, answers)]
-            for q, ans, logprobs in zip((questions[i] for i in chunk), answers,
-                                        score_answer_tokens(model, prompts, fulls, prefix=prefix)):
-                s1, s2 = score_question(q, dict(zip(ans, logprobs)))
+            for q, ans, prompt, full, logprobs in zip((questions[i] for i in chunk), answers, prompts, fulls,
+                                                      score_answer_tokens(model, prompts, fulls, prefix=prefix)):
+                by_answer = dict(zip(ans, logprobs))
+                s1, s2 = score_question(q, by_answer)
+                tokens = {a: len(f) - answer_start(prompt, f) for a, f in zip(ans, full)}
+                norm, record = question_answers(q, by_answer, tokens)
                 mc1.append(s1)
                 mc2.append(s2)
+                mc2_norm.append(norm)
+                records.append(record)
             bar.update(len(chunk))
-    return TruthfulQAResult(tuple(q.question for q in questions), np.array(mc1), np.array(mc2))
+    return TruthfulQAResult(tuple(q.question for q in questions), np.array(mc1), np.array(mc2), np.array(mc2_norm),
+                            tuple(records))
 
 
 def answer_logprobs(model, prompt: str, answers: Sequence[str], *, steering: SteeringLike | None = None) -> list[float]:

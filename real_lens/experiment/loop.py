@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..activations import collect_activations
+from ..errors import ScoringError
 from ..evaluation.dose import CALIBRATION
 from ..evaluation.suite import eval_items
 from ..io import atomic_write, notice, read_json, write_json
@@ -38,6 +39,7 @@ from .report import draw_frontier, render_summary
 from .setup import (
     LENGTH_ONLY,
     Setup,
+    cell_is_current,
     evaluate_cell,
     length_only_cell,
     prepare,
@@ -55,6 +57,7 @@ from .stats import (
     null_references,
     paired_tests,
     summarise,
+    truth_length_tests,
 )
 from .store import (
     Timer,
@@ -95,6 +98,10 @@ class FoldLoop:
 
     def cell(self, fold: int, **key):
         return cached_cell(self.out, self.cfg, fold, key)
+
+    def current(self, result: dict) -> bool:
+        """Whether a cached evaluation cell holds what this version records (else it is recomputed)."""
+        return cell_is_current(self.setup.evaluation, result)
 
     def arm(self, method: str, group: str = "") -> Arm:
         return self.outcome.arm(method, group)
@@ -140,7 +147,7 @@ class FoldLoop:
             return {**result, "alpha": alpha, "calibration_kl": None if calibration is None else calibration["kl"]}
 
         t = time.perf_counter()
-        result = self.cell(fold, **key)(compute)
+        result = self.cell(fold, **key)(compute, current=self.current)
         self.timer.add(f"evaluate ({split}{', null' if draw is not None else ''})", t)
         extra = {"dose": dose.label, "draw": "" if draw is None else draw,
                  "target_kl": dose.value if dose.kind == "kl" else "",
@@ -164,11 +171,12 @@ class FoldLoop:
 
         t = time.perf_counter()
         base_test = self.cell(fold_index, method="unsteered", split="test", k=0, alpha=0.0)(
-            lambda: evaluate_cell(setup, test_items, None, cfg, side_effects=True, progress=self.progress))
+            lambda: evaluate_cell(setup, test_items, None, cfg, side_effects=True, progress=self.progress),
+            current=self.current)
         self.row(fold_index, "unsteered", "test", 0, 0.0, base_test)
         if selects:
             base_val = self.cell(fold_index, method="unsteered", split="val", k=0, alpha=0.0)(
-                lambda: evaluate_cell(setup, val_items, None, cfg, progress=self.progress))
+                lambda: evaluate_cell(setup, val_items, None, cfg, progress=self.progress), current=self.current)
             self.row(fold_index, "unsteered", "val", 0, 0.0, base_val)
         self.timer.add("evaluate (unsteered)", t)
         self.arm("unsteered").add(fold_index, base_test)
@@ -182,10 +190,19 @@ class FoldLoop:
             if method == "random":  # the random null, below; its draw 0 is saved with the scores
                 self.scores[fold_index].append(cached_scores(self.out, cfg, fold_index, method, bank, setup.model))
                 continue
+            if method in self.outcome.unscorable:
+                continue
             t = time.perf_counter()
             logger.info("fold %d %s: scoring %d modules", fold_index, method, bank.flat().shape[1])
-            scores = cached_scores(self.out, cfg, fold_index, method, bank, setup.model, progress=self.progress)
-            self.timer.add(f"score: {method}", t)
+            try:
+                scores = cached_scores(self.out, cfg, fold_index, method, bank, setup.model, progress=self.progress)
+            except ScoringError as exc:  # e.g. contrast pairs whose gaps restore nothing: this task cannot score it
+                self.outcome.drop(method, f"fold {fold_index}: {exc}")
+                notice(f"{method} cannot score this task (fold {fold_index}: {exc}); it is left out of every table, "
+                       "and summary.md says why")
+                continue
+            finally:
+                self.timer.add(f"score: {method}", t)
             self.scores[fold_index].append(scores)
             units = {k: build_steering(bank, scores.select(min(k, scores.n_modules)), alpha=1.0) for k in cfg.k_grid}
             for group, doses in dose_groups(cfg):
@@ -271,6 +288,7 @@ def write_outputs(run: FoldLoop) -> None:
 
     cfg, setup, out, outcome = run.cfg, run.setup, run.out, run.outcome
     metric = setup.select_metric
+    run.rows = [r for r in run.rows if r["method"] not in outcome.unscorable]
     write_rows(out / "results.csv", run.rows)
     for fold, scores in run.scores.items():
         if scores:
@@ -286,6 +304,7 @@ def write_outputs(run: FoldLoop) -> None:
     stability = fold_stability(run.scores, k=max(cfg.k_grid))
     paired = paired_tests(outcome, nulls, metric, n_boot=cfg.n_boot, seed=cfg.seed)
     bands = null_bands(outcome, nulls, metric)
+    truth = truth_length_tests(outcome, nulls, n_boot=cfg.n_boot, seed=cfg.seed)
     frontier = frontier_data(outcome, summary, metric) if cfg.kl_grid and setup.texts else None
     if frontier and (frontier["points"] or frontier["null"]):
         draw_frontier(frontier, out / f"{metric}_vs_kl.png")
@@ -294,6 +313,7 @@ def write_outputs(run: FoldLoop) -> None:
              "metrics": list(setup.evaluation.metrics), "fitted_on": "+".join(fit_parts(cfg)),
              "doses": [g for g, _ in dose_groups(cfg)], "methods": summary,
              "fold_stability": stability, "paired": paired, "null": bands, "frontier": frontier,
+             "truth_length": truth, "unscorable": outcome.unscorable,
              "run": {"folds": list(setup.folds), "evaluation_kind": setup.evaluation.kind, "order": list(summary),
                      "n_report_texts": len(setup.texts), "n_calibration_texts": len(setup.calibration),
                      "bank_sizes": {str(f): n for f, n in run.bank_sizes.items()}}}

@@ -65,6 +65,8 @@ def render_summary(cfg: ExperimentConfig, saved: dict, rows: list[dict], session
         "",
         *summary_table(summary, metrics),
     ]
+    for method, reason in (saved.get("unscorable") or {}).items():
+        lines += ["", f"**{method} is left out of every table**: its scorer could not score this task ({reason})."]
     if "random" in cfg.methods:
         lines += ["", f"`random` is the mean of {cfg.null_draws} random head sets per fold (the null below), each at the "
                   "K and dose the methods chose most often in that fold."]
@@ -79,6 +81,7 @@ def render_summary(cfg: ExperimentConfig, saved: dict, rows: list[dict], session
                   f"{calibration['alpha_range'][0]:.3g} to {calibration['alpha_range'][1]:.3g})"
                   + (f"; not reached: {misses} — those cells are steered at the closest point evaluated, and their "
                      "held-out KL in the table shows the dose they got." if misses else ".")]
+    lines += truth_length_lines(saved.get("truth_length") or [])
     lines += paired_lines(paired or [])
     lines += null_lines(bands or [])
     if stability:
@@ -198,6 +201,33 @@ def draw_frontier(data: dict, path) -> Path:
 
     points = [FrontierPoint(p["method"], p["kl"], p["value"], *p["ci"], kl_target=p["kl_target"]) for p in data["points"]]
     null = [FrontierPoint("random", p["kl"], p["value"], kl_target=p["kl_target"]) for p in data["null"]]
+    truth = [FrontierPoint(p["method"], p["kl"], p["beta_truth"], kl_target=p["kl_target"])
+             for p in data["points"] if "beta_truth" in p]
+    truth_null = [FrontierPoint("random", p["kl"], p["beta_truth"], kl_target=p["kl_target"])
+                  for p in data["null"] if "beta_truth" in p]
     return plot_frontier(points, null, path, metric=data["metric"], unsteered=data["unsteered"],
                          length_only=data["length_only"],
-                         title=f"{data['task']}: {metric_label(data['metric'])} against held-out KL")
+                         title=f"{data['task']}: {metric_label(data['metric'])} against held-out KL",
+                         truth_points=truth, truth_null=truth_null)
+
+
+def truth_length_lines(rows: list[dict]) -> list[str]:
+    """The truth-vs-length table: β_truth and β_len per method and dose, against unsteered and its null."""
+    if not rows:
+        return []
+    lines = ["", "## Truth or length? (per-answer decomposition)", "",
+             "Per answer, Δ = log p_steered(a | q) − log p_unsteered(a | q), fitted within question as "
+             "Δ = β_truth·true(a) + β_len·tokens(a): β_truth is the nats steering adds to true answers beyond what "
+             "their length predicts, β_len the nats per answer token whatever the answer says. This separates a "
+             "steering that rewards truth from one that rewards short answers, which the MC2 comparison with the "
+             "length-only reference cannot (it compares unlike arms). `vs random null`: the method's Δ minus the "
+             "mean Δ of its matched null draws. CIs: question-cluster bootstrap; p: sign-flip over questions, Holm "
+             "across this table; detectable: the |β_truth| this design finds with 80% power at two-sided 0.05.", "",
+             "| method | dose | vs | β_truth [95% CI] | p | p (Holm) | detectable | β_len per token [95% CI] | questions |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['dose'] or '-'} | {r['vs']} | {r['beta_truth']:+.3f} "
+                     f"[{r['ci_truth'][0]:+.3f}, {r['ci_truth'][1]:+.3f}] | {r['p_truth']:.3g} | {r['p_truth_holm']:.3g} | "
+                     f"{r['min_detectable_truth']:.3f} | {r['beta_len']:+.4f} [{r['ci_len'][0]:+.4f}, "
+                     f"{r['ci_len'][1]:+.4f}] | {r['n_questions']} |")
+    return lines

@@ -92,17 +92,27 @@ def prepare_task(cfg: ExperimentConfig, *, task_name: str | None = None):
 
 def evaluate_cell(setup: Setup, items, steering, cfg: ExperimentConfig, *, side_effects: bool = False,
                   progress: bool = False) -> dict:
-    """The task's metrics (means and per item) and, for test cells, CE and KL on WikiText-2."""
+    """The task's metrics (means and per item), for answer-scored evaluations every answer's log-prob
+    (``per_answer``), and, for test cells, CE and KL on WikiText-2."""
     evaluation = setup.evaluation
-    values = evaluation.evaluate(setup.model, items, steering, progress=progress)
+    values, per_answer = evaluation.evaluate_answers(setup.model, items, steering, progress=progress)
     out = {m: float(np.mean(v)) for m, v in values.items()}
     out.update(n_questions=len({evaluation.group_of(i) for i in items}), n_items=len(items),
                per_item={"group": [evaluation.group_of(i) for i in items],
                          **{m: [float(x) for x in v] for m, v in values.items()}})
+    if per_answer is not None:  # every answer's log-prob: the truth-vs-length decomposition reads them
+        out["per_answer"] = per_answer
     if side_effects and setup.texts:
         side = evaluate_side_effects(setup.model, setup.texts, steering=steering, max_tokens=cfg.side_effect_tokens)
         out.update(ce=float(side.ce), kl=float(side.kl))
     return out
+
+
+def cell_is_current(evaluation: TaskEvaluation, result: dict) -> bool:
+    """Whether a cached evaluation cell holds everything this version records (every metric, and the
+    per-answer log-probs of an answer-scored evaluation); an older one is recomputed."""
+    per_item = result.get("per_item", {})
+    return all(m in per_item for m in evaluation.metrics) and (evaluation.kind != "mc" or "per_answer" in result)
 
 
 LENGTH_ONLY = "length-only"
@@ -121,8 +131,10 @@ def length_only_cell(setup: Setup, val_items, test_items) -> dict:
     prompt = setup.task.eval_data["mc_prompts"][setup.mc_prompt]
     c = choose_length_c(val_items, count_answer_tokens(setup.model, val_items, mc_prompt=prompt))
     result = score_length_only(test_items, count_answer_tokens(setup.model, test_items, mc_prompt=prompt), c=c)
-    return {"mc2": result.mc2_mean, "mc1": result.mc1_mean, "c": c, "n_questions": len(test_items),
-            "per_item": {"group": list(result.questions), "mc2": result.mc2.tolist(), "mc1": result.mc1.tolist()}}
+    return {"mc2": result.mc2_mean, "mc1": result.mc1_mean, "mc2_norm": float(result.mc2_norm.mean()), "c": c,
+            "n_questions": len(test_items),
+            "per_item": {"group": list(result.questions), "mc2": result.mc2.tolist(), "mc1": result.mc1.tolist(),
+                         "mc2_norm": result.mc2_norm.tolist()}}
 
 
 def result_row(evaluation: TaskEvaluation, fold, method, split, k, alpha, result, **extra) -> dict:

@@ -8,6 +8,7 @@ difference the design detects; the null's 5–95 % band and each method's percen
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -15,6 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from ..evaluation import bootstrap_ci
+from ..evaluation.decomposition import answer_deltas, decompose, question_design
+from ..evaluation.paired import holm
 from ..scoring import ModuleScores
 from .config import Dose, ExperimentConfig, arm_name, dose_groups
 from .setup import LENGTH_ONLY
@@ -33,12 +36,15 @@ class Arm:
     ce: list[float] = field(default_factory=list)
     kl: list[float] = field(default_factory=list)
     fold_values: dict[str, list[float]] = field(default_factory=dict)  # the per-fold means of each metric
+    answers: dict[str, list] = field(default_factory=dict)  # per answer: group, answer, true, tokens, logprob
 
     def add(self, fold: int, result: dict, *, k: int = 0, alpha: float = 0.0) -> None:
         for metric, values in result["per_item"].items():
             if metric != "group":
                 self.values.setdefault(metric, []).extend(values)
                 self.fold_values.setdefault(metric, []).append(float(np.mean(values)))
+        for key, values in result.get("per_answer", {}).items():
+            self.answers.setdefault(key, []).extend(values)
         self.folds.append(fold)
         self.k.append(k)
         self.alpha.append(alpha)
@@ -61,8 +67,18 @@ class Outcome:
     chosen: dict[tuple[int, str, str], tuple[int, Dose]] = field(default_factory=dict)
     null: dict[tuple[int, int, str], list[dict]] = field(default_factory=dict)
 
+    unscorable: dict[str, str] = field(default_factory=dict)  # method -> why it could not score the task
+
     def arm(self, method: str, group: str = "") -> Arm:
         return self.arms.setdefault((method, group), Arm(method, group))
+
+    def drop(self, method: str, reason: str) -> None:
+        """Leave ``method`` out of every table (its scorer failed on this task in some fold), saying why."""
+        self.unscorable[method] = reason
+        for key in [key for key in self.arms if key[0] == method]:
+            del self.arms[key]
+        for key in [key for key in self.chosen if key[1] == method]:
+            del self.chosen[key]
 
 
 def calibration_summary(calibrations: list[dict]) -> dict:
@@ -115,6 +131,8 @@ def mean_arm(draws: list[Arm], method: str, group: str) -> Arm:
     for side in ("ce", "kl"):
         setattr(arm, side, np.nanmean([getattr(d, side) for d in draws], axis=0).tolist()
                 if np.isfinite([getattr(d, side) for d in draws]).any() else [float("nan")] * len(arm.folds))
+    if draws[0].answers:  # the same answers in every draw: average their log-probs
+        arm.answers = {**draws[0].answers, "logprob": np.mean([d.answers["logprob"] for d in draws], axis=0).tolist()}
     return arm
 
 
@@ -216,10 +234,11 @@ def fold_stability(all_scores: dict[int, list[ModuleScores]], *, k: int) -> dict
     folds = sorted(all_scores)
     if len(folds) < 2:
         return {}
-    first, second = (all_scores[f] for f in folds[:2])
+    first, second = ({s.method: s for s in all_scores[f]} for f in folds[:2])
     out = {}
-    for a, b in zip(first, second):
-        if a.method == "random":  # the same seed gives the same ranking in every fold: 1.0 says nothing
+    for method, a in first.items():
+        b = second.get(method)
+        if b is None or method == "random":  # random: the same seed gives the same ranking in every fold
             continue
         agreement = compare_scores(a, b, k=min(k, a.n_modules))
         out[a.method] = {"spearman": agreement["spearman"], "jaccard_top_k": agreement["jaccard_top_k"],
@@ -237,5 +256,50 @@ def frontier_data(outcome: Outcome, summary: dict, metric: str) -> dict:
               for e in summary.values() if e["dose"] in targets and e["method"] != "random" and math.isfinite(e["kl"])]
     null = [{"kl": float(np.nanmean(d.kl)), "value": float(np.mean(d.values[metric])), "kl_target": targets[g]}
             for g, draws in null_references(outcome).items() for d in draws if np.isfinite(d.kl).any()]
+    unsteered = outcome.arms.get(("unsteered", ""))
+    if unsteered is not None and unsteered.answers:  # the β_truth panel: every point's truth effect
+        arms = {arm_name(m, g): a for (m, g), a in outcome.arms.items()}
+        for point, entry in zip(points, (e for e in summary.values() if e["dose"] in targets and e["method"] != "random"
+                                         and math.isfinite(e["kl"]))):
+            point["beta_truth"] = truth_length_fit(arms[arm_name(entry["method"], entry["dose"])], unsteered)[0]
+        draws = [d for draws in null_references(outcome).values() for d in draws if np.isfinite(d.kl).any()]
+        for point, draw in zip(null, draws):
+            point["beta_truth"] = truth_length_fit(draw, unsteered)[0]
     return {"metric": metric, "points": points, "null": null, "unsteered": summary["unsteered"][metric],
             "length_only": summary.get(LENGTH_ONLY, {}).get(metric), "task": outcome.task}
+
+
+# --------------------------------------------------------------------------- truth or length
+def truth_length_fit(arm: Arm, unsteered: Arm) -> tuple[float, float]:
+    """``(β_truth, β_len)`` of ``arm`` against unsteered (:mod:`real_lens.evaluation.decomposition`), no inference."""
+    a, b = question_design(arm.answers["group"], arm.answers["true"], arm.answers["tokens"],
+                           answer_deltas(arm.answers, unsteered.answers))
+    beta = np.linalg.solve(a.sum(0), b.sum(0))
+    return float(beta[0]), float(beta[1])
+
+
+def truth_length_tests(outcome: Outcome, nulls: dict, *, n_boot: int, seed: int) -> list[dict]:
+    """Per method and dose group: β_truth and β_len of its steering against unsteered, and the same for the
+    method minus its matched random null (per answer, Δ minus the mean Δ of the null draws at the method's K
+    and dose); question-cluster bootstrap CIs, sign-flip p (Holm across the table) and the detectable β_truth."""
+    unsteered = outcome.arms.get(("unsteered", ""))
+    if unsteered is None or not unsteered.answers:
+        return []
+    rows = []
+    for group, _ in dose_groups(outcome.cfg):
+        for method in outcome.cfg.methods:
+            arm = outcome.arms.get((method, group))
+            if arm is None or not arm.answers:
+                continue
+            delta = answer_deltas(arm.answers, unsteered.answers)
+            fits = [("unsteered", delta)]
+            if (method, group) in nulls:
+                fits.append(("random null", delta - answer_deltas(mean_arm(nulls[(method, group)], "random",
+                                                                           group).answers, unsteered.answers)))
+            for reference, d in fits:
+                fit = decompose(arm.answers["group"], arm.answers["true"], arm.answers["tokens"], d,
+                                n_boot=n_boot, seed=seed)
+                rows.append({"method": method, "dose": group, "vs": reference, **dataclasses.asdict(fit)})
+    for row, p in zip(rows, holm([r["p_truth"] for r in rows])):
+        row["p_truth_holm"] = float(p)
+    return rows

@@ -90,10 +90,15 @@ def cached_cell(out: Path, cfg, fold: int, key: dict):
     path = out / "cells" / (f"fold{fold}-{key['method']}-{key['split']}-k{key['k']}-{dose}"
                             + (f"-{name}" if name else "") + f"-{digest}.json")
 
-    def get(compute):
+    def get(compute, *, current=None):
+        """The cached cell, or ``compute()``; ``current(result)`` False marks a cell an older version wrote."""
         if path.is_file():
             try:
-                return read_sealed_json(path)
+                result = read_sealed_json(path)
+                if current is None or current(result):
+                    return result
+                notice("recomputing cached cells written before this version's records (e.g. per-answer log-probs)",
+                       once=f"cells-old:{path.parent}")
             except ArtifactError as exc:
                 notice(f"recomputing cached cells that fail their check (e.g. {exc})", once=f"cells:{path.parent}")
         result = compute()

@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..activations import collect_activations
@@ -32,7 +33,7 @@ from ..scoring import ModuleScores, method_names
 from ..steering import build_steering
 from .config import METHODS, ExperimentConfig, arm_name, fit_parts
 from .report import summary_table, timing_lines
-from .setup import evaluate_cell, prepare, result_row
+from .setup import cell_is_current, evaluate_cell, prepare, result_row
 from .stats import Arm, summarise
 from .store import Timer, cached_cell, start_run_dir, write_rows
 
@@ -119,9 +120,10 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
         fold = target.task.folds[t_fold]
         items = eval_items(evaluation, target.task, fold.test, tgt_cfg.n_test_questions, tgt_cfg.seed)
         cell = lambda **key: cached_cell(out, tgt_cfg, t_fold, key)  # noqa: E731
+        current = partial(cell_is_current, evaluation)
         t = time.perf_counter()
         base = cell(method="unsteered", split="test", k=0, alpha=0.0)(
-            lambda: evaluate_cell(target, items, None, tgt_cfg, side_effects=True))
+            lambda: evaluate_cell(target, items, None, tgt_cfg, side_effects=True), current=current)
         timer.add("evaluate (unsteered)", t)
         rows.append(result_row(evaluation, t_fold, "unsteered", "test", 0, 0.0, base, dose="", source_fold=""))
         arms.setdefault("unsteered", Arm("unsteered")).add(t_fold, base)
@@ -136,7 +138,7 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
                 t = time.perf_counter()
                 steering = build_steering(bank, scores.select(min(k, scores.n_modules)), alpha=alpha)
                 result = cell(method=method, split="test", k=k, alpha=alpha, source=src_cfg.task, source_fold=s_fold)(
-                    lambda: evaluate_cell(target, items, steering, tgt_cfg, side_effects=True))
+                    lambda: evaluate_cell(target, items, steering, tgt_cfg, side_effects=True), current=current)
                 timer.add("evaluate (transferred)", t)
                 rows.append(result_row(evaluation, t_fold, method, "test", k, alpha, result, dose=group,
                                        source_fold=s_fold))

@@ -331,3 +331,44 @@ def test_unknown_select_metric_and_fold_are_refused(tmp_path, tiny_model):
         run_experiment(_quick("truthfulqa", select_metric="mc3"), tmp_path / "a", progress=False)
     with pytest.raises(RealLensError, match="has 1 fold"):
         run_experiment(_quick("caa:refusal", folds=(1,)), tmp_path / "b", progress=False)
+
+
+def test_a_method_that_cannot_score_the_task_is_left_out_and_said_so(tmp_path, tiny_model, capsys):
+    """Contrast pairs whose gaps are all below min_gap cannot be scored: the run goes on without the method,
+    says so on stderr and in summary.md, and no table (results.csv included) carries it."""
+    cfg = config_for("quick", model="tiny-llama", methods=("iti", "patching", "random"), pair_min_gap=1000.0)
+    run_experiment(cfg, tmp_path, progress=False)
+    assert "patching cannot score this task (fold 0" in capsys.readouterr().err
+    assert {r["method"] for r in result_rows(tmp_path)} == {"unsteered", "length-only", "iti", "random"}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "min_gap" in summary["unscorable"]["patching"]
+    assert not [r for r in summary["paired"] if "patching" in (r["a"], r["b"])]
+    assert "**patching is left out of every table**" in (tmp_path / "summary.md").read_text()
+
+
+def test_test_cells_keep_every_answer_and_the_summary_decomposes_truth_and_length(quick_run):
+    cfg, out = quick_run
+    cell = json.loads(next((out / "cells").glob("fold0-iti-test-*.json")).read_text())
+    answers = cell["per_answer"]
+    assert set(answers) == {"group", "answer", "true", "tokens", "logprob"}
+    assert set(answers["group"]) == set(cell["per_item"]["group"]) and set(answers["true"]) == {0, 1}
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {(r["method"], r["dose"], r["vs"]) for r in summary["truth_length"]}
+    steered = [m for m in cfg.methods if m != "random"]
+    assert rows == {(m, g, vs) for m in steered for g in dose_groups(cfg) for vs in ("unsteered", "random null")}
+    assert all("beta_truth" in p for p in summary["frontier"]["points"] + summary["frontier"]["null"])
+    assert "## Truth or length?" in (out / "summary.md").read_text()
+
+
+def test_a_cell_written_without_per_answer_log_probs_is_recomputed(quick_run, monkeypatch):
+    cfg, out = quick_run
+    path = next((out / "cells").glob("fold0-unsteered-test-*.json"))
+    from real_lens.io import read_sealed_json, write_sealed_json
+
+    old = read_sealed_json(path)
+    write_sealed_json(path, {k: v for k, v in old.items() if k != "per_answer"})  # as an older version wrote it
+    calls = []
+    real = experiment.loop.evaluate_cell
+    monkeypatch.setattr(experiment.loop, "evaluate_cell", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run_experiment(cfg, out, progress=False)
+    assert calls == [1] and read_sealed_json(path)["per_answer"] == old["per_answer"]
