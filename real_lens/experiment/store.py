@@ -21,7 +21,7 @@ from ..io import atomic_write, notice, read_json, read_sealed_json, write_sealed
 from ..locks import output_lock
 from ..provenance import with_source
 from ..scoring import SCORERS, ModuleScores, method_names, score_modules
-from .config import ExperimentConfig, jsonable
+from .config import DIGEST_NEUTRAL_DEFAULTS, ExperimentConfig, jsonable
 from .setup import prepare_task
 
 
@@ -80,7 +80,8 @@ def cached_cell(out: Path, cfg, fold: int, key: dict):
     settings (pairs, demonstrations, epochs) enter only its own cells' digests, so changing one scorer
     recomputes that method's cells and keeps everyone else's."""
     ignored = ("methods", "k_grid", "alpha_grid", "kl_grid", "null_draws", "folds", "n_boot", *scorer_settings())
-    relevant = {k: v for k, v in jsonable(cfg).items() if k not in ignored}
+    relevant = {k: v for k, v in jsonable(cfg).items()
+                if k not in ignored and not (k in DIGEST_NEUTRAL_DEFAULTS and v == DIGEST_NEUTRAL_DEFAULTS[k])}
     relevant["dose_protocol"] = "kl" if getattr(cfg, "kl_grid", None) else "alpha"  # it changes the CE/KL texts
     scorer = jsonable(scorer_options(cfg, key["method"]))
     digest = hashlib.sha256(json.dumps([relevant, fold, key, scorer], sort_keys=True).encode()).hexdigest()[:16]

@@ -1,4 +1,4 @@
-"""REAL as released (METHOD.md §3a) beside REAL as described (§3).
+"""REAL as the release's older utils.py path computes it (variant "release-utils") beside REAL as described (§3).
 
 Every release behaviour has a test parametrised over both variants that asserts the
 contrasting outcome, so each one fails on the described variant.
@@ -22,17 +22,17 @@ from real_lens.scoring.prior import ModuleGRULM, roc_auc, train_prior
 from real_lens.scoring.real import (
     module_generators,
     score_real,
-    score_real_release,
+    score_real_release_utils,
     score_real_tensors,
     split_heldout,
     split_release_heldout,
 )
-from real_lens.scoring.real_config import RELEASE_DIFFERENCES, RELEASE_SETTINGS_NOT_FOLLOWED, RealConfig
+from real_lens.scoring.real_config import RELEASE_UTILS_DIFFERENCES, RELEASE_SETTINGS_NOT_FOLLOWED, RealConfig
 from real_lens.scoring.vqae import ModuleVQAE, supcon_loss, supcon_loss_anchor_positive, train_vqae
 
 from .test_real import PLANTED, SMALL, make_examples, planted_acts
 
-VARIANTS = ("described", "release")
+VARIANTS = ("described", "release-utils")
 
 
 def small(variant: str, **changes) -> RealConfig:
@@ -67,12 +67,12 @@ def test_copy_prior_reaches_far_lower_heldout_loss_on_random_codes(variant):
     train, held = codes[:, :256], codes[:, 256:]
     prior = train_prior(
         train, module_generators(0, [0, 1], "prior_aligned"), n_codes=n_codes, d_embed=16, d_hidden=16,
-        lr=1e-2, weight_decay=0.01, grad_clip=None, epochs=15, batch_size=32, copy_input=variant == "release",
+        lr=1e-2, weight_decay=0.01, grad_clip=None, epochs=15, batch_size=32, copy_input=variant == "release-utils",
     )
     with torch.no_grad():
         heldout_loss = prior.token_nll(held).mean((1, 2))
     uniform = math.log(n_codes)
-    if variant == "release":
+    if variant == "release-utils":
         assert (heldout_loss < 0.1 * uniform).all(), heldout_loss
     else:
         assert (heldout_loss > 0.95 * uniform).all(), heldout_loss
@@ -81,7 +81,7 @@ def test_copy_prior_reaches_far_lower_heldout_loss_on_random_codes(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_prior_output_at_t_depends_on_code_t_only_in_the_release(variant):
     model = ModuleGRULM(module_generators(0, [0], "prior_aligned"), n_codes=5, d_embed=4, d_hidden=6,
-                        copy_input=variant == "release")
+                        copy_input=variant == "release-utils")
     codes = torch.tensor([[[0, 1, 2, 3]]])
     changed = codes.clone()
     changed[..., 2] = 4  # change code 2: positions 0-1 never see it; position 2 sees it only when copying
@@ -139,7 +139,7 @@ def test_sequence_probability_underflows_to_ties_like_float32():
 
 # --- the EMA codebook ----------------------------------------------------------------------
 def _codebook_after_one_update(variant: str) -> tuple[torch.Tensor, torch.Tensor]:
-    release = variant == "release"
+    release = variant == "release-utils"
     model = ModuleVQAE(module_generators(0, [0], "vqae"), d=8, code_dim=4, n_groups=2, n_codes=4, leaky_slope=0.01,
                        ema_decay=0.99, ema_eps=1e-5, mlp_bias=not release, debias_ema=not release)
     initial = model.codebook.clone()
@@ -154,7 +154,7 @@ def _codebook_after_one_update(variant: str) -> tuple[torch.Tensor, torch.Tensor
 def test_ema_entry_unused_at_the_first_update(variant):
     initial, codebook = _codebook_after_one_update(variant)
     unused_ratio = codebook[0, 1:].norm(dim=-1) / initial[0, 1:].norm(dim=-1)
-    if variant == "release":
+    if variant == "release-utils":
         # sums start as the codebook, counts at 0, no debiasing: e_k = 0.99·e_k / ~eps.
         n = 0.01 * 32  # EMA count after one update of 32 vectors
         expected = 0.99 / (1e-5 * n / (n + 4 * 1e-5))
@@ -186,8 +186,8 @@ def test_short_training_collapses_the_release_codebook_to_one_code(bank, variant
     # The consequence in a short run (4 epochs x 10 minibatches = 40 EMA updates, far below ~1146):
     # the release's codebook keeps one code per module, so every held-out example scores the same
     # and every module's AUC is exactly 0.5. The described variant keeps its codes and finds the heads.
-    scores = get_scorer("real-release" if variant == "release" else "real")(bank, cfg=small(variant))
-    if variant == "release":
+    scores = get_scorer("real-release-utils" if variant == "release-utils" else "real")(bank, cfg=small(variant))
+    if variant == "release-utils":
         assert (scores.diagnostics["perplexity"] < 1.1).all()
         assert (scores.scores == 0.5).all()
     else:
@@ -199,7 +199,7 @@ def test_planted_heads_rank_first_in_the_release_given_enough_ema_updates(bank):
     # 40 epochs of 40 minibatches = 1600 EMA updates (a TruthfulQA fold of the main job: ~900-1800),
     # past the ~1146 the release's codebook needs to recover from its first update. (The described
     # variant ranks them first in the short run: test_real.py::test_planted_heads_rank_first.)
-    scores = score_real_release(bank, cfg=small("release", batch_size=8, vq_epochs=40))
+    scores = score_real_release_utils(bank, cfg=small("release-utils", batch_size=8, vq_epochs=40))
     assert set(scores.ranking()[: len(PLANTED)]) == PLANTED
     for layer, head in PLANTED:
         assert scores.scores[layer, head] > 0.9
@@ -209,7 +209,7 @@ def test_planted_heads_rank_first_in_the_release_given_enough_ema_updates(bank):
 # --- the VQ-AE's layers ----------------------------------------------------------------------
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_release_vqae_layers_have_no_bias(variant):
-    release = variant == "release"
+    release = variant == "release-utils"
     model = ModuleVQAE(module_generators(0, [0, 1], "vqae"), d=8, code_dim=4, n_groups=2, n_codes=4, leaky_slope=0.01,
                        ema_decay=0.99, ema_eps=1e-5, mlp_bias=not release, debias_ema=not release)
     names = {name for name, _ in model.named_parameters()}
@@ -240,7 +240,7 @@ def test_supcon_with_the_anchor_among_its_positives_hand_computed(variant):
         expected = (2 * loss_a + loss_c) / 3
         value = supcon_loss_anchor_positive(features, labels, temperature=1.0)
     assert value.item() == pytest.approx(expected, rel=1e-6)
-    assert (value.item() < 0) == (variant == "release")  # the anchor's own term can make it negative
+    assert (value.item() < 0) == (variant == "release-utils")  # the anchor's own term can make it negative
 
 
 def test_release_supcon_matches_a_per_anchor_loop():
@@ -270,7 +270,7 @@ def test_release_split_is_per_answer_takes_the_first_violating_and_is_balanced(v
     # 50 questions of 5 answers: 2 aligned, then 3 violating (TruthfulQA's mc2 order).
     labels = torch.tensor([1, 1, 0, 0, 0] * 50)
     groups = [f"q{i // 5}" for i in range(250)]
-    if variant == "release":
+    if variant == "release-utils":
         train, held = split_release_heldout(labels, fraction=0.2, seed=0)
         assert (labels[train] == 1).all()  # the one prior sees aligned answers only
     else:
@@ -278,7 +278,7 @@ def test_release_split_is_per_answer_takes_the_first_violating_and_is_balanced(v
     held_aligned, held_violating = held[labels[held] == 1], held[labels[held] == 0]
     violating = torch.nonzero(labels == 0).flatten()
     crossing = {groups[i] for i in train.tolist()} & {groups[i] for i in held.tolist()}
-    if variant == "release":
+    if variant == "release-utils":
         assert len(held_aligned) == 100 - int(0.8 * 100) == 20
         assert sorted(train.tolist() + held_aligned.tolist()) == torch.nonzero(labels == 1).flatten().tolist()
         assert torch.equal(held_violating, violating[:20])  # the first 20 in bank order
@@ -305,7 +305,7 @@ def small_inputs():
 
 # ema_decay 0.8: the release's codebook recovers after ~52 updates instead of ~1146, so a short
 # run has non-trivial codes. Only these tests change it; the release's value is 0.99.
-QUICK_RELEASE = small("release", vq_epochs=8, prior_epochs=2, batch_size=8, ema_decay=0.8)
+QUICK_RELEASE = small("release-utils", vq_epochs=8, prior_epochs=2, batch_size=8, ema_decay=0.8)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -327,7 +327,7 @@ def test_release_score_is_one_prior_sequence_probability_auc(small_inputs, monke
     monkeypatch.setattr(real_module, "train_vqae", spy_vqae)
     monkeypatch.setattr(real_module, "train_prior", spy_prior)
     auc, diagnostics = score_real_tensors(acts, labels, groups, cfg=cfg, seed=0)
-    if variant == "release":
+    if variant == "release-utils":
         assert len(priors) == 1
         train_codes, kwargs, prior = priors[0]
         assert kwargs["copy_input"] and kwargs["grad_clip"] is None
@@ -356,11 +356,11 @@ def test_batched_equals_one_module_at_a_time_release(small_inputs):
 
 # --- registration, config, metadata --------------------------------------------------------------
 def test_both_variants_are_registered_scorers_with_their_names(bank):
-    assert SCORERS["real"].score is score_real and SCORERS["real-release"].score is score_real_release
-    quick = small("release", vq_epochs=1, prior_epochs=1)
-    scores = get_scorer("real-release")(bank, cfg=quick, seed=2, model=None, device=None)
-    assert scores.method == "real-release" and scores.meta["variant"] == "release"
-    assert scores.config == dataclasses.asdict(quick) and scores.config["variant"] == "release"
+    assert SCORERS["real"].score is score_real and SCORERS["real-release-utils"].score is score_real_release_utils
+    quick = small("release-utils", vq_epochs=1, prior_epochs=1)
+    scores = get_scorer("real-release-utils")(bank, cfg=quick, seed=2, model=None, device=None)
+    assert scores.method == "real-release-utils" and scores.meta["variant"] == "release-utils"
+    assert scores.config == dataclasses.asdict(quick) and scores.config["variant"] == "release-utils"
     assert scores.config["heldout_split"] == "answer" and scores.config["prior_grad_clip"] is None
     assert set(scores.diagnostics) == {"recon_loss", "perplexity", "collapsed", "auc", "underflow"}
     described = score_real(bank, cfg=small("described", vq_epochs=1, prior_epochs=1))
@@ -379,17 +379,17 @@ def test_scorer_defaults_are_their_variant(monkeypatch, bank):
         raise _Stop  # the config is all this test needs; skip the training
 
     monkeypatch.setattr(real_module, "_score", record_config)
-    for scorer in (score_real, score_real_release):
+    for scorer in (score_real, score_real_release_utils):
         with pytest.raises(_Stop):
             scorer(bank)
-    assert seen == [RealConfig(), RealConfig(variant="release")]
+    assert seen == [RealConfig(), RealConfig(variant="release-utils")]
 
 
 @pytest.mark.parametrize(
     "scorer, cfg, pattern",
     [
-        (score_real_release, RealConfig(), r"'real-release' needs RealConfig\(variant='release'\); found variant='described'"),
-        (score_real, RealConfig(variant="release"), r"'real' needs RealConfig\(variant='described'\); found variant='release'"),
+        (score_real_release_utils, RealConfig(), r"'real-release-utils' needs RealConfig\(variant='release-utils'\); found variant='described'"),
+        (score_real, RealConfig(variant="release-utils"), r"'real' needs RealConfig\(variant='described'\); found variant='release-utils'"),
     ],
 )
 def test_scorer_refuses_the_other_variant(bank, scorer, cfg, pattern):
@@ -398,27 +398,27 @@ def test_scorer_refuses_the_other_variant(bank, scorer, cfg, pattern):
 
 
 def test_config_resolves_and_validates_the_variant():
-    described, release = RealConfig(), RealConfig(variant="release")
+    described, release = RealConfig(), RealConfig(variant="release-utils")
     assert (described.heldout_split, described.prior_grad_clip, described.method) == ("group", 1.0, "real")
-    assert (release.heldout_split, release.prior_grad_clip, release.method) == ("answer", None, "real-release")
+    assert (release.heldout_split, release.prior_grad_clip, release.method) == ("answer", None, "real-release-utils")
     assert RealConfig(heldout_split="answer").heldout_split == "answer"
     # Under pytest jaxtyping checks the Literal annotation before __post_init__ runs; outside
     # pytest __post_init__'s own message is what a user sees, so run it on a config changed in place.
     unknown = RealConfig()
     object.__setattr__(unknown, "variant", "paper")
-    with pytest.raises(ScoringError, match=r"variant must be one of \('described', 'release'\); found 'paper'"):
+    with pytest.raises(ScoringError, match=r"variant must be one of \('described', 'release', 'release-utils'\); found 'paper'"):
         unknown.__post_init__()
     with pytest.raises(ScoringError, match=r"holds out per answer.*found heldout_split='group'"):
-        RealConfig(variant="release", heldout_split="group")
+        RealConfig(variant="release-utils", heldout_split="group")
     with pytest.raises(ScoringError, match=r"does not clip.*found prior_grad_clip=1.0"):
-        RealConfig(variant="release", prior_grad_clip=1.0)
+        RealConfig(variant="release-utils", prior_grad_clip=1.0)
     with pytest.raises(ScoringError, match=r"prior_grad_clip must be > 0"):
         RealConfig(prior_grad_clip=0.0)
 
 
 def test_release_difference_lists_are_rendered_text():
-    for entries in (RELEASE_DIFFERENCES, RELEASE_SETTINGS_NOT_FOLLOWED):
+    for entries in (RELEASE_UTILS_DIFFERENCES, RELEASE_SETTINGS_NOT_FOLLOWED):
         assert entries and all(len(e) == 2 and all(isinstance(s, str) and s.strip() for s in e) for e in entries)
     # one entry per behaviour METHOD.md §3a lists, plus the bias-free layers found in the code
-    assert len(RELEASE_DIFFERENCES) == 8
-    assert np.unique([what for what, _ in RELEASE_DIFFERENCES]).size == len(RELEASE_DIFFERENCES)
+    assert len(RELEASE_UTILS_DIFFERENCES) == 8
+    assert np.unique([what for what, _ in RELEASE_UTILS_DIFFERENCES]).size == len(RELEASE_UTILS_DIFFERENCES)
