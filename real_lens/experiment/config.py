@@ -94,6 +94,9 @@ class ExperimentConfig:
             raise RealLensError(f"folds must be fold indices (0, 1, ...); got {self.folds}")
         if self.sigma_bank not in SIGMA_BANKS:
             raise RealLensError(f"unknown sigma bank {self.sigma_bank!r}; expected one of {list(SIGMA_BANKS)}")
+        if self.sigma_bank == "tuning" and self.task != "truthfulqa":
+            raise RealLensError(f"sigma_bank 'tuning' is the REAL release's TruthfulQA tuning bank; found task "
+                                f"{self.task!r}. Use --sigma-bank scoring for other tasks")
         if self.mc_prompt not in MC_PROMPT_STYLES:
             raise RealLensError(f"unknown MC prompt {self.mc_prompt!r}; expected one of {list(MC_PROMPT_STYLES)}")
         # Counts the command line passes straight through (real_lens.configs derives one option per field).
