@@ -45,7 +45,7 @@ def start_run_dir(out_dir, cfg) -> Path:
     with output_lock(out, wait=False):
         previous = out / "config.json"
         stored = _stored_config(previous)
-        if stored is not None and stored != jsonable(cfg) and _has_results(out):
+        if stored is not None and not same_config(stored, jsonable(cfg)) and _has_results(out):
             raise RealLensError(
                 f"{out} holds a run with another configuration (see its config.json); "
                 "use a new --out directory or delete that one"
@@ -53,6 +53,19 @@ def start_run_dir(out_dir, cfg) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         write_sealed_json(previous, {"config": jsonable(cfg), "real_lens_version": __version__})
     return out
+
+
+def same_config(stored: dict, current: dict) -> bool:
+    """Whether a run directory's stored configuration is ``current``'s.
+
+    A field added after the directory was written counts as the same when it cannot have changed
+    what is stored there: a scorer's own setting (its scores and cells carry it in their keys) or
+    a field at its digest-neutral default (:data:`~real_lens.experiment.config.DIGEST_NEUTRAL_DEFAULTS`)."""
+    if not isinstance(stored, dict):
+        return False
+    later = {k: v for k, v in current.items() if k not in stored and (
+        k in scorer_settings() or (k in DIGEST_NEUTRAL_DEFAULTS and v == DIGEST_NEUTRAL_DEFAULTS[k]))}
+    return {**stored, **later} == current
 
 
 def _stored_config(path: Path):

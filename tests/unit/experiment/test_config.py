@@ -54,3 +54,15 @@ def test_sigma_bank_default_keeps_every_cell_digest_and_tuning_changes_them(tmp_
         experiment.ExperimentConfig(sigma_bank="other")
     with pytest.raises(RealLensError, match=r"sigma_bank 'tuning' is the REAL release's TruthfulQA tuning bank"):
         experiment.ExperimentConfig(sigma_bank="tuning", task="nq-swap")
+
+
+def test_a_run_directory_from_before_the_new_fields_is_the_same_configuration():
+    from real_lens.experiment.config import jsonable
+    from real_lens.experiment.store import same_config
+
+    current = jsonable(config_for("quick"))
+    old = {k: v for k, v in current.items() if k not in ("sigma_bank", "real_release_epochs", "real_release_prior_epochs")}
+    assert same_config(old, current)
+    assert not same_config(old, jsonable(config_for("quick", sigma_bank="tuning")))  # σ changes every steered cell
+    assert not same_config({**old, "seed": 1}, current)
+    assert not same_config({**current, "real_release_epochs": 5}, current)  # stored, so it must match
