@@ -66,50 +66,50 @@ RELEASE_DIFFERENCES: tuple[tuple[str, str], ...] = (
 # (difference, why it matters): the release's older utils.py path against the described method.
 RELEASE_UTILS_DIFFERENCES: tuple[tuple[str, str], ...] = (
     (
-        "Prior: the release trains ONE GRU prior, on 80 % of the aligned answers only; the described method "
+        "Prior: utils.py trains ONE GRU prior, on 80 % of the aligned answers only; the described method "
         "trains one per class and scores their log-likelihood ratio.",
         "Without a violating prior the score says how typical a code sequence is of aligned answers, not what "
         "separates aligned from violating ones.",
     ),
     (
-        "Prior input: the release's GRU reads code t itself at step t and is scored on code t (no start token, "
+        "Prior input: utils.py's GRU reads code t itself at step t and is scored on code t (no start token, "
         "no shift); the described prior predicts code t from codes < t.",
         "A prior that sees the code it predicts learns to copy it, so the score reduces to whether each code "
         "occurred among the aligned training codes; how codes go together no longer counts.",
     ),
     (
-        "Score: the release uses the float32 sequence probability exp(Σ_t log p(code_t)); the described method "
+        "Score: utils.py uses the float32 sequence probability exp(Σ_t log p(code_t)); the described method "
         "uses the mean-per-position log-likelihood ratio.",
         "The AUC only ranks, so this equals ranking by Σ log p, except that float32 underflows to 0 below "
         "Σ log p ≈ -104 and ties those examples (reproduced, and counted in diagnostic 'underflow').",
     ),
     (
-        "Held-out set: the release holds out a random 20 % of the aligned answers and the FIRST as many violating "
+        "Held-out set: utils.py holds out a random 20 % of the aligned answers and the FIRST as many violating "
         "answers in bank order, split per answer; the described method holds out 20 % of the questions.",
         "Answers of one question share its prompt, so a question ends up on both sides of the split, and the "
         "violating held-out answers all come from the first questions of the bank, not a random sample.",
     ),
     (
-        "EMA codebook: the release starts the running sums as a copy of the N(0, 1) codebook and the counts at 0, "
+        "EMA codebook: utils.py starts the running sums as a copy of the N(0, 1) codebook and the counts at 0, "
         "without bias correction; the described method (Sonnet 2) starts both at 0 and debiases.",
         "An entry the first minibatch does not choose is divided by ~eps, lands ~1e5 times its initial value and "
         "is not chosen again until decay^t shrinks it back (~1,146 updates at 0.99): until then a module has only "
         "the codes its first minibatches hit, often one, which scores every held-out example alike (AUC 0.5).",
     ),
     (
-        "SupCon: the release's positive set holds the anchor itself (its denominator leaves it out; every anchor "
+        "SupCon: utils.py's positive set holds the anchor itself (its denominator leaves it out; every anchor "
         "counts; 1e-6 added to the log and to the positive count); the described one leaves the anchor out.",
         "The anchor's own term pushes every other example away from it, positives included, and lets the loss go "
         "negative; at weight 1e-3 it moves the codes little.",
     ),
     (
-        "VQ-AE layers: the release's linear layers (utils.py build_mlp) have no bias; the described VQ-AE has "
-        "biases. (Not in METHOD.md §3a; found in the release code.)",
+        "VQ-AE layers: utils.py's linear layers (its build_mlp) have no bias; the described VQ-AE has "
+        "biases. (OneForAll.py has biases.)",
         "A bias-free encoder is positively homogeneous, E(c·x) = c·E(x), so codes are cut around the origin of "
         "the activation space instead of around the data, which for offset activations changes which codes exist.",
     ),
     (
-        "Prior training: no gradient clipping in the release; the described prior clips each module's gradient "
+        "Prior training: no gradient clipping in utils.py; the described prior clips each module's gradient "
         "norm at 1.0.",
         "Changes how the prior trains (large early steps), not what it models.",
     ),
@@ -123,7 +123,8 @@ RELEASE_SETTINGS_NOT_FOLLOWED: tuple[tuple[str, str], ...] = (
         "We draw the same distributions from a generator seeded by that head's mix_seed, in our batched [in, out] "
         "layout, so batched equals one head at a time. The VQ-AE minibatch order (mix_seed + 21), the per-answer "
         "split (+ 31 + 101) and the priors' minibatch orders (+ 31 + 202, aligned then violating each epoch) "
-        "consume their generators exactly as the release's DataLoaders and randperm calls do.",
+        "consume their generators exactly as the release's DataLoaders and randperm calls do (the same minibatches "
+        "also need the bank in the release's example order: its train questions, then its val questions).",
     ),
     (
         "Collapse rule: perplexity averaged over minibatches, counted over all epochs (not consecutive ones), "
