@@ -331,3 +331,24 @@ def test_unknown_select_metric_and_fold_are_refused(tmp_path, tiny_model):
         run_experiment(_quick("truthfulqa", select_metric="mc3"), tmp_path / "a", progress=False)
     with pytest.raises(RealLensError, match="has 1 fold"):
         run_experiment(_quick("caa:refusal", folds=(1,)), tmp_path / "b", progress=False)
+
+
+def test_sigma_bank_tuning_steers_with_sigma_from_the_folds_tuning_examples(tmp_path, tiny_model, monkeypatch):
+    from real_lens.experiment import loop
+    from real_lens.steering import build_steering
+
+    seen = []
+
+    def spy(bank, selection, **kwargs):
+        seen.append((bank, kwargs.get("sigma_bank")))
+        return build_steering(bank, selection, **kwargs)
+
+    monkeypatch.setattr(loop, "build_steering", spy)
+    cfg = config_for("quick", model="tiny-llama", methods=("iti",), folds=(0,), kl_grid=TINY_KL, sigma_bank="tuning")
+    run_experiment(cfg, tmp_path, progress=False)
+    assert seen
+    for bank, sigma_bank in seen:
+        assert sigma_bank is not None and sigma_bank.groups == bank.groups  # the fold's fit questions, in order
+        assert all(e.text.count(" Q: ") == 1 and e.text.startswith("Q: ") for e in sigma_bank.examples)
+        assert all(e.text.startswith(f"Q: {e.group} A: ") for e in sigma_bank.examples)
+    assert "the unlabelled tuning bank" in (tmp_path / "summary.md").read_text()
