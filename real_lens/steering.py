@@ -241,13 +241,18 @@ def _make_hook(offset: Tensor, positions: str, prompt_length: int | None):
 
 
 def build_steering(bank: ActivationBank, selection: Selection, *, alpha: float | None = None, kl: float | None = None,
-                   model=None, texts=None) -> Steering:
+                   model=None, texts=None, sigma_bank: ActivationBank | None = None) -> Steering:
     """Center-of-mass directions and σ from ``bank`` for the modules in ``selection``, at a dose.
 
     The dose is either ``alpha`` (the steering strength α) or ``kl``: the target KL(unsteered ‖
     steered) in nats per token that α is calibrated to on ``model``, exactly as the main job does
     (:func:`real_lens.evaluation.dose.calibrate`; ``texts``: the paragraphs that choose α, default the
     job's held-apart WikiText-2 ones). Give one of the two.
+
+    ``sigma_bank``: take σ from this bank's activations instead (labels unused), as the REAL
+    release does with its unlabelled "tuning" bank (METHOD.md §3a;
+    :func:`real_lens.tasks.truthfulqa.tuning_examples`). It must be read at the same site from a
+    model of the same module shape; the directions still come from ``bank``.
     """
     if (alpha is None) == (kl is None):
         raise RealLensError("build_steering needs one dose: alpha=α (a fixed strength) or kl=target with model= "
@@ -257,7 +262,7 @@ def build_steering(bank: ActivationBank, selection: Selection, *, alpha: float |
             raise RealLensError("build_steering(kl=...) calibrates α on a model: pass model= as well")
         from .evaluation.dose import calibrate
 
-        return calibrate(model, build_steering(bank, selection, alpha=1.0), kl=kl, texts=texts)
+        return calibrate(model, build_steering(bank, selection, alpha=1.0, sigma_bank=sigma_bank), kl=kl, texts=texts)
     labels = bank.labels
     if labels.unique().numel() < 2:
         raise RealLensError("steering directions need both aligned (1) and violating (0) examples in the bank")
@@ -277,7 +282,8 @@ def build_steering(bank: ActivationBank, selection: Selection, *, alpha: float |
     if (norms == 0).any():
         raise RealLensError("a selected module has identical aligned and violating means; it has no direction to steer")
     directions = diff / norms
-    sigmas = torch.einsum("emd,md->em", acts, directions).std(dim=0)
+    spread = acts if sigma_bank is None else _module_acts(_check_sigma_bank(sigma_bank, bank), modules).double()
+    sigmas = torch.einsum("emd,md->em", spread, directions).std(dim=0)
     return Steering(
         site=bank.site,
         modules=tuple(modules),
@@ -288,5 +294,28 @@ def build_steering(bank: ActivationBank, selection: Selection, *, alpha: float |
         method=selection.method,
         meta={"model": bank.meta.get("model"), "task": bank.meta.get("task"), "n_examples": len(bank.examples),
               "module_shape": list(bank.module_shape), "act_norms": [float(v) for v in act_norms],
-              "bank_digest": bank.digest},
+              "bank_digest": bank.digest,
+              **({} if sigma_bank is None else {"sigma_bank_digest": sigma_bank.digest,
+                                                "sigma_n_examples": len(sigma_bank.examples)})},
     )
+
+
+def _module_acts(bank: ActivationBank, modules) -> Float[Tensor, "example module d"]:
+    if bank.is_head_site:
+        return torch.stack([bank.acts[:, layer, head] for layer, head in modules], dim=1)
+    return torch.stack([bank.acts[:, layer] for layer, _ in modules], dim=1)
+
+
+def _check_sigma_bank(sigma_bank, bank: ActivationBank) -> ActivationBank:
+    """``sigma_bank`` if it can give σ for ``bank``'s modules; one-line errors otherwise."""
+    if not isinstance(sigma_bank, ActivationBank):
+        raise RealLensError(f"sigma_bank must be an ActivationBank; found {type(sigma_bank).__name__}. "
+                            "Collect one with collect_activations(model, tuning_examples(...))")
+    if sigma_bank.site != bank.site or sigma_bank.module_shape != bank.module_shape:
+        raise RealLensError(
+            f"sigma_bank must be read at the bank's site {bank.site!r} with module shape {bank.module_shape}; found "
+            f"{sigma_bank.site!r} with {sigma_bank.module_shape}. Collect it from the same model at the same site")
+    if len(sigma_bank.examples) < 2:
+        raise RealLensError(f"sigma_bank needs at least 2 examples for a standard deviation; found "
+                            f"{len(sigma_bank.examples)}")
+    return sigma_bank

@@ -20,7 +20,8 @@ EXIT_USAGE = 2
 RUN_HELP = {
     "model": "embedded name, local dir/.gguf, or Hub name",
     "task": "a task from `real-lens tasks`",
-    "methods": "comma-separated subset of real,real-release,iti,patching,attribution,random (random = the null)",
+    "methods": "comma-separated subset of real,real-release,iti,patching,attribution,random (random = the null); "
+               "also real-release-utils",
     "k_grid": "numbers of modules (heads) to keep, comma-separated; several = K chosen on val",
     "kl_grid": "target KL(unsteered||steered) per token, comma-separated: every method steered at each; "
                "'none' = the alpha grid (the paper's protocol)",
@@ -30,6 +31,8 @@ RUN_HELP = {
     "patching_pairs": "contrast pairs per fold for activation patching",
     "real_epochs": "REAL VQ-AE epochs",
     "real_prior_epochs": "REAL GRU prior epochs",
+    "sigma_bank": "where each steering's sigma comes from: scoring (the fold's fit examples, METHOD.md §4) or "
+                  "tuning (the REAL release's unlabelled 'Q: {q} A: {a} Q: {other q}' bank; TruthfulQA only)",
     "side_effect_tokens": "tokens per WikiText-2 paragraph for CE/KL",
     "n_boot": "bootstrap resamples for the CIs",
     "batch_size": "examples per forward pass when collecting",

@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 # The methods a run compares by default: every built-in scorer (scoring.registry), `random` being the null.
 METHODS = ("real", "real-release", "iti", "patching", "attribution", "random")
+SIGMA_BANKS = ("scoring", "tuning")  # ExperimentConfig.sigma_bank
+# Fields added after cells were cached: at these values they stay out of a cell's digest (store.cached_cell),
+# so adding them did not recompute anything.
+DIGEST_NEUTRAL_DEFAULTS = {"sigma_bank": "scoring"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,11 @@ class ExperimentConfig:
     pair_min_gap: float = 0.5  # nats: pairs whose clean-corrupted gap is smaller are dropped (and counted)
     real_epochs: int = 20
     real_prior_epochs: int = 10
+    real_release_epochs: int = 30  # real-release's VQ-AE epochs (OneForAll.py's default)
+    real_release_prior_epochs: int = 6  # real-release's GRU prior epochs (OneForAll.py's default)
+    # Which bank σ (the std of projections onto each direction) comes from: "scoring" = the fold's fit examples
+    # (METHOD.md §4); "tuning" = the release's unlabelled `Q: {q} A: {a} Q: {other q}` bank of the same questions.
+    sigma_bank: str = "scoring"
     side_effect_texts: int = 20  # 0 = no CE/KL
     side_effect_tokens: int = 128
     n_boot: int = 1000
@@ -83,12 +92,17 @@ class ExperimentConfig:
             raise RealLensError(f"expected an integer seed from 0 to {2**32 - 1}; got {self.seed!r}")
         if self.folds is not None and (not self.folds or min(self.folds) < 0):
             raise RealLensError(f"folds must be fold indices (0, 1, ...); got {self.folds}")
+        if self.sigma_bank not in SIGMA_BANKS:
+            raise RealLensError(f"unknown sigma bank {self.sigma_bank!r}; expected one of {list(SIGMA_BANKS)}")
+        if self.sigma_bank == "tuning" and self.task != "truthfulqa":
+            raise RealLensError(f"sigma_bank 'tuning' is the REAL release's TruthfulQA tuning bank; found task "
+                                f"{self.task!r}. Use --sigma-bank scoring for other tasks")
         if self.mc_prompt not in MC_PROMPT_STYLES:
             raise RealLensError(f"unknown MC prompt {self.mc_prompt!r}; expected one of {list(MC_PROMPT_STYLES)}")
         # Counts the command line passes straight through (real_lens.configs derives one option per field).
         for name in ("questions_per_part", "n_val_questions", "n_test_questions", "patching_pairs", "attribution_pairs",
                      "pair_demos", "real_epochs",
-                     "real_prior_epochs", "side_effect_tokens", "n_boot", "batch_size", "side_effect_texts",
+                     "real_prior_epochs", "real_release_epochs", "real_release_prior_epochs", "side_effect_tokens", "n_boot", "batch_size", "side_effect_texts",
                      "null_draws", "calibration_texts"):
             value, least = getattr(self, name), 0 if name == "side_effect_texts" else 1
             optional = name in ("questions_per_part", "n_val_questions", "n_test_questions")
@@ -104,6 +118,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(questions_per_part=5, n_val_questions=None, n_test_questions=2, k_grid=(2,),
                   kl_grid=(0.3,), alpha_grid=(5.0,), null_draws=2, calibration_texts=4, patching_pairs=1,
                   attribution_pairs=1, pair_demos=1, real_epochs=2, real_prior_epochs=2,
+                  real_release_epochs=2, real_release_prior_epochs=2,
                   pair_min_gap=0.0,  # keeps every pair: the tiny random model's gaps are ~0.05 nats
                   side_effect_texts=4, side_effect_tokens=32, n_boot=100, methods=METHODS),
     # The paper's protocol at full size (for a GPU): K 48 among the grid, α 15, every test question.

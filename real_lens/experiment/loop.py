@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..activations import collect_activations
 from ..errors import ScoringError
@@ -27,6 +28,7 @@ from ..io import atomic_write, notice, read_json, write_json
 from ..locks import output_lock
 from ..scoring import ModuleScores
 from ..steering import build_steering
+from ..tasks.truthfulqa import tuning_examples
 from .config import (
     Dose,
     ExperimentConfig,
@@ -95,6 +97,8 @@ class FoldLoop:
     bank_sizes: dict[int, int] = field(default_factory=dict)
     calibrations: dict[tuple, dict] = field(default_factory=dict)  # every α calibration this run used
     alphas: dict[tuple, tuple[float, float]] = field(default_factory=dict)  # (fold, method, K, draw) -> (KL, α)
+    tuning_bank: Any = None  # cfg.sigma_bank "tuning": the whole task's tuning bank (σ of every steering)
+    sigma_banks: dict[int, Any] = field(default_factory=dict)  # fold -> its part of the tuning bank
 
     def cell(self, fold: int, **key):
         return cached_cell(self.out, self.cfg, fold, key)
@@ -161,6 +165,8 @@ class FoldLoop:
         fold = setup.task.folds[fold_index]
         fitted_on = set().union(*(getattr(fold, part) for part in fit_parts(cfg)))
         bank = full_bank.select(fitted_on)
+        if self.tuning_bank is not None:
+            self.sigma_banks[fold_index] = self.tuning_bank.select(fitted_on)
         self.bank_sizes[fold_index] = len(bank.examples)
         selects = val_selects(cfg)
         val_items = eval_items(evaluation, setup.task, fold.val, cfg.n_val_questions, cfg.seed)
@@ -204,7 +210,8 @@ class FoldLoop:
             finally:
                 self.timer.add(f"score: {method}", t)
             self.scores[fold_index].append(scores)
-            units = {k: build_steering(bank, scores.select(min(k, scores.n_modules)), alpha=1.0) for k in cfg.k_grid}
+            units = {k: build_steering(bank, scores.select(min(k, scores.n_modules)), alpha=1.0,
+                                       sigma_bank=self.sigma_banks.get(fold_index)) for k in cfg.k_grid}
             for group, doses in dose_groups(cfg):
                 best = self.choose(fold_index, method, group, doses, units, val_items)
                 k, dose = best
@@ -243,7 +250,8 @@ class FoldLoop:
         for k, dose in sorted(points, key=lambda p: (p[0], p[1].kind, p[1].value)):
             results = []
             for draw, scores in enumerate(draws):
-                unit = build_steering(bank, scores.select(min(k, scores.n_modules)), alpha=1.0)
+                unit = build_steering(bank, scores.select(min(k, scores.n_modules)), alpha=1.0,
+                                      sigma_bank=self.sigma_banks.get(fold))
                 results.append(self.steered(fold, "random", "test", k, dose, unit, test_items, draw=draw))
             self.outcome.null[(fold, k, dose.label)] = results
 
@@ -268,6 +276,11 @@ def _run(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> Path:
     timer.add("collect activations", t)
     logger.info("activations %s at %s (%.0f s)", list(full_bank.acts.shape), full_bank.meta["hook"],
                 time.perf_counter() - t)
+    if cfg.sigma_bank == "tuning":  # the release's σ: an unlabelled `Q: {q} A: {a} Q: {other q}` bank
+        t = time.perf_counter()
+        run.tuning_bank = collect_activations(model, tuning_examples(task.examples), site=cfg.site, readout=cfg.readout,
+                                              batch_size=cfg.batch_size, progress=progress)
+        timer.add("collect activations (tuning bank)", t)
     for fold_index in setup.folds:
         run.run_fold(fold_index, full_bank)
 

@@ -121,8 +121,10 @@ def render_summary(cfg: ExperimentConfig, saved: dict, rows: list[dict], session
         f"per fold ({cfg.pair_demos} aligned vs violating demonstrations, pairs with |gap| < {cfg.pair_min_gap:g} nats "
         "dropped; kept counts in each method's scores/fold*/*/scores.json)",
         f"- REAL: {cfg.real_epochs} VQ-AE epochs, {cfg.real_prior_epochs} prior epochs, the paper's other settings; "
-        "`real` is the method as the paper describes it (METHOD.md §3), `real-release` as the authors' code computes it "
-        "(§3a; differences below)",
+        "`real` is the method as the paper describes it (METHOD.md §3), `real-release` as the authors' camera-ready "
+        f"code (OneForAll.py) computes it (§3a; {cfg.real_release_epochs} VQ-AE and {cfg.real_release_prior_epochs} "
+        "prior epochs; differences below)",
+        "- steering σ from " + SIGMA_SOURCES[cfg.sigma_bank],
         f"- side effects: {run['n_report_texts']} WikiText-2 paragraphs, ≤{cfg.side_effect_tokens} tokens each"
         + (f" (the {run['n_calibration_texts']} that calibrate α are others)" if run["n_calibration_texts"] else ""),
         *timing_lines(sessions),
@@ -168,13 +170,17 @@ def null_lines(bands: list[dict]) -> list[str]:
     return lines
 
 
+SIGMA_SOURCES = {"scoring": "the fold's fit examples (METHOD.md §4)",
+                 "tuning": "the unlabelled tuning bank of the fold's fit questions (the REAL release's σ)"}
+
+
 def release_difference_lines() -> list[str]:
     """``real`` vs ``real-release``: every known difference and the release settings neither follows, one line of why each."""
     from ..scoring.real_config import RELEASE_DIFFERENCES, RELEASE_SETTINGS_NOT_FOLLOWED
 
     lines = ["## REAL as described (`real`) vs as released (`real-release`)", ""]
     lines += [f"- {what} *Why it matters:* {why}" for what, why in RELEASE_DIFFERENCES]
-    lines += ["", "Release settings neither variant follows:", ""]
+    lines += ["", "Release settings `real-release` does not follow:", ""]
     lines += [f"- {what} *Why not:* {why}" for what, why in RELEASE_SETTINGS_NOT_FOLLOWED]
     return lines + [""]
 

@@ -21,7 +21,7 @@ from ..io import atomic_write, notice, read_json, read_sealed_json, write_sealed
 from ..locks import output_lock
 from ..provenance import with_source
 from ..scoring import SCORERS, ModuleScores, method_names, score_modules
-from .config import ExperimentConfig, jsonable
+from .config import DIGEST_NEUTRAL_DEFAULTS, ExperimentConfig, jsonable
 from .setup import prepare_task
 
 
@@ -45,7 +45,7 @@ def start_run_dir(out_dir, cfg) -> Path:
     with output_lock(out, wait=False):
         previous = out / "config.json"
         stored = _stored_config(previous)
-        if stored is not None and stored != jsonable(cfg) and _has_results(out):
+        if stored is not None and not same_config(stored, jsonable(cfg)) and _has_results(out):
             raise RealLensError(
                 f"{out} holds a run with another configuration (see its config.json); "
                 "use a new --out directory or delete that one"
@@ -53,6 +53,19 @@ def start_run_dir(out_dir, cfg) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         write_sealed_json(previous, {"config": jsonable(cfg), "real_lens_version": __version__})
     return out
+
+
+def same_config(stored: dict, current: dict) -> bool:
+    """Whether a run directory's stored configuration is ``current``'s.
+
+    A field added after the directory was written counts as the same when it cannot have changed
+    what is stored there: a scorer's own setting (its scores and cells carry it in their keys) or
+    a field at its digest-neutral default (:data:`~real_lens.experiment.config.DIGEST_NEUTRAL_DEFAULTS`)."""
+    if not isinstance(stored, dict):
+        return False
+    later = {k: v for k, v in current.items() if k not in stored and (
+        k in scorer_settings() or (k in DIGEST_NEUTRAL_DEFAULTS and v == DIGEST_NEUTRAL_DEFAULTS[k]))}
+    return {**stored, **later} == current
 
 
 def _stored_config(path: Path):
@@ -80,7 +93,8 @@ def cached_cell(out: Path, cfg, fold: int, key: dict):
     settings (pairs, demonstrations, epochs) enter only its own cells' digests, so changing one scorer
     recomputes that method's cells and keeps everyone else's."""
     ignored = ("methods", "k_grid", "alpha_grid", "kl_grid", "null_draws", "folds", "n_boot", *scorer_settings())
-    relevant = {k: v for k, v in jsonable(cfg).items() if k not in ignored}
+    relevant = {k: v for k, v in jsonable(cfg).items()
+                if k not in ignored and not (k in DIGEST_NEUTRAL_DEFAULTS and v == DIGEST_NEUTRAL_DEFAULTS[k])}
     relevant["dose_protocol"] = "kl" if getattr(cfg, "kl_grid", None) else "alpha"  # it changes the CE/KL texts
     scorer = jsonable(scorer_options(cfg, key["method"]))
     digest = hashlib.sha256(json.dumps([relevant, fold, key, scorer], sort_keys=True).encode()).hexdigest()[:16]

@@ -199,10 +199,13 @@ def train_prior(
     epochs: int,
     batch_size: int,
     copy_input: bool = False,
+    orders: Sequence[Int[Tensor, "module example"]] | None = None,
 ) -> ModuleGRULM:
     """Fit one GRU LM per module on its code sequences (AdamW, cross-entropy, per-module clipping).
 
-    ``grad_clip=None`` does not clip (the release); ``copy_input``: see :class:`ModuleGRULM`.
+    ``grad_clip=None`` does not clip (utils.py); ``copy_input``: see :class:`ModuleGRULM`.
+    ``orders``: one ``[module, example]`` permutation per epoch; None = a fresh one per epoch
+    from ``generators`` (drawn after the initialisation).
     """
     n_modules, n_examples, _ = codes.shape
     device = codes.device
@@ -210,8 +213,11 @@ def train_prior(
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused_optimizer(device))
     module = torch.arange(n_modules, device=device).unsqueeze(1)
-    for _ in range(epochs):
-        order = per_module_permutations(generators, n_examples, device)
+    for epoch in range(epochs):
+        if orders is None:
+            order = per_module_permutations(generators, n_examples, device)
+        else:
+            order = orders[epoch].to(device)
         for start in range(0, n_examples, batch_size):
             batch = codes[module, order[:, start : start + batch_size]]
             loss = -model.log_likelihood(batch).mean(-1)  # per module: mean cross-entropy
@@ -227,7 +233,8 @@ def roc_auc(scores: Float[Tensor, "module n"], labels: Int[Tensor, "n"]) -> Floa
     """ROC-AUC of every row of ``scores`` against binary ``labels`` (ties count 1/2).
 
     Mann-Whitney form: ``(sum of positive ranks - P(P+1)/2) / (P·N)`` with tied values
-    given their average rank, computed with sorting for all modules at once.
+    given their average rank, computed with sorting for all modules at once; equal to
+    ``sklearn.metrics.roc_auc_score``. 0.5 when ``labels`` lack a class (as the release returns).
     """
     scores = scores.double()
     ordered = scores.sort(dim=-1).values
@@ -236,5 +243,7 @@ def roc_auc(scores: Float[Tensor, "module n"], labels: Int[Tensor, "n"]) -> Floa
     rank = (below + at_most + 1).double() / 2  # 1-based average rank
     positive = labels.to(scores.device) == 1
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:  # undefined; 0.5 like the release (and a constant score)
+        return torch.full(scores.shape[:1], 0.5, device=scores.device)
     rank_sum = rank[:, positive].sum(-1)
     return ((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).float()

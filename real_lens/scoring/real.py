@@ -1,7 +1,8 @@
 """REAL module relevance: VQ-AE codes + GRU priors + ROC-AUC, as described and as released.
 
     scores = score_real(bank, cfg=RealConfig(), seed=0)                    # METHOD.md §3
-    scores = score_real_release(bank, cfg=RealConfig(variant="release"))   # METHOD.md §3a
+    scores = score_real_release(bank, cfg=RealConfig(variant="release"))   # METHOD.md §3a (OneForAll.py)
+    scores = score_real_release_utils(bank)                                # the release's older utils.py path
     auc, diagnostics = score_real_tensors(acts, labels, groups, cfg=cfg, seed=0)
 
 Described variant (the paper's method, METHOD.md §3): train a VQ-AE on all the bank's
@@ -10,16 +11,22 @@ LM on the aligned and one on the violating examples of the prior-training part, 
 the held-out part by the mean-per-position log-likelihood ratio (:mod:`.prior`). The
 held-out part is chosen by group (question) unless ``heldout_split="answer"``.
 
-Release variant (the authors' code, METHOD.md §3a; :data:`RELEASE_DIFFERENCES` lists every
-difference and why it matters): bias-free VQ-AE, undebiased EMA started from a copy of the
-codebook, SupCon with the anchor among its positives, ONE prior trained on 80 % of the
-aligned answers whose input at step t is code t itself, held out = the other aligned
-answers + the first as many violating answers in bank order, score = float32 sequence
-probability.
+Release variant (the authors' camera-ready OneForAll.py, METHOD.md §3a;
+:data:`RELEASE_DIFFERENCES` lists every difference and why it matters): per-head seeds
+``mix_seed(seed, layer, head)``, undebiased EMA started from a copy of the codebook, SupCon
+with the anchor in its denominator, 30 VQ-AE epochs, a random per-answer 80/20 split of each
+class drawn for every head with a class-balanced held-out part, TWO priors (6 epochs, clipped)
+whose input at step t is code t itself, score = mean-per-position log-likelihood ratio.
 
-All modules of a chunk train as one tensor program. Module ``m``'s initialisation and
-minibatch orders come from generators seeded by ``(seed, m, stage)``, so its score does not
-depend on which chunk it is trained in: batched equals one module at a time, in both variants.
+Release-utils variant (the release's older utils.py path, :data:`RELEASE_UTILS_DIFFERENCES`):
+bias-free VQ-AE, the same EMA, SupCon with the anchor among its positives, ONE prior trained
+on 80 % of the aligned answers, held out = the other aligned answers + the first as many
+violating answers in bank order, score = float32 sequence probability.
+
+All modules of a chunk train as one tensor program. Module ``m``'s initialisation,
+minibatch orders and (release) split come from generators seeded by ``(seed, m, stage)``, or
+by ``mix_seed(seed, layer, head)`` in the release variant, so its score does not depend on
+which chunk it is trained in: batched equals one module at a time, in every variant.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from .registry import register_scorer
 from .scores import ModuleScores
 from .prior import roc_auc, train_prior
 from .real_config import METHOD_NAMES, RealConfig
-from .vqae import supcon_loss, supcon_loss_anchor_positive, train_vqae
+from .vqae import supcon_loss, supcon_loss_anchor_positive, supcon_loss_release, train_vqae
 
 _STAGES = {"vqae": 0, "prior_aligned": 1, "prior_violating": 2}
 
@@ -103,6 +110,85 @@ def split_release_heldout(
     violating = np.flatnonzero(y == 0)[:n_heldout]
     heldout = np.sort(np.concatenate([aligned[n_train:], violating]))
     return torch.from_numpy(np.sort(aligned[:n_train])), torch.from_numpy(heldout)
+
+
+# --- the release's seeds, split and minibatch orders (OneForAll.py) ----------------------------
+_MODULUS = 2**31 - 1
+
+
+def mix_seed(base: int, a: int, b: int) -> int:
+    """The release's per-head seed: ``base`` mixed with ``a`` (layer) and ``b`` (head) in 64-bit arithmetic.
+
+    ``x = base XOR (a·0x9E3779B97F4A7C15)``, then ``x XOR (b·0xC2B2AE3D27D4EB4F)``, both modulo
+    2^64; the seed is ``x mod (2^31 - 1)``.
+    """
+    mask = (1 << 64) - 1
+    x = (int(base) ^ (int(a) * 0x9E3779B97F4A7C15)) & mask
+    x = (x ^ (int(b) * 0xC2B2AE3D27D4EB4F)) & mask
+    return x % _MODULUS
+
+
+def release_seeds(seed: int, layer: int, head: int) -> dict[str, int]:
+    """A head's seeds in the release: ``job = mix_seed(seed, layer, head)``; the VQ-AE's minibatch
+    order ``job + 21``; the prior split ``(job + 31 + 101) mod (2^31 - 1)``; the priors' minibatch
+    orders ``(job + 31 + 202) mod (2^31 - 1)``. ``init`` (= job) seeds our own initialisation streams."""
+    job = mix_seed(seed, layer, head)
+    return {"init": job, "vqae_order": job + 21, "split": (job + 31 + 101) % _MODULUS,
+            "prior_order": (job + 31 + 202) % _MODULUS}
+
+
+def loader_permutation(generator: torch.Generator, n: int) -> Int[Tensor, "n"]:
+    """One epoch's order of ``DataLoader(range(n), shuffle=True, generator=generator)``, drawn as it draws.
+
+    Its iterator first draws a base seed (one int64); its ``RandomSampler`` then draws
+    ``randperm(n)`` and, when the epoch ends, a second ``randperm(n)`` for the (empty) remainder.
+    A test compares this with torch's DataLoader over several epochs.
+    """
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    order = torch.randperm(n, generator=generator)
+    torch.randperm(n, generator=generator)
+    return order
+
+
+def split_release_per_answer(
+    labels: Int[Tensor, "example"], generator: torch.Generator, *, fraction: float
+) -> tuple[Int[Tensor, "train_aligned"], Int[Tensor, "train_violating"], Int[Tensor, "heldout"]]:
+    """One head's prior split in the release: ``(aligned train, violating train, held out)`` example indices.
+
+    ``randperm`` of the aligned examples, then of the violating ones (bank order, one generator);
+    ``max(1, min(int((1 - fraction)·n), n - 1))`` of each class train its prior; the rest of each
+    class is held out, both cut to the smaller class's count (after the permutation). The held-out
+    indices are the aligned ones, then the violating ones.
+    """
+    y = labels.cpu()
+    aligned, violating = torch.nonzero(y == 1).flatten(), torch.nonzero(y == 0).flatten()
+    parts = []
+    for idx in (aligned, violating):
+        perm = torch.randperm(len(idx), generator=generator)
+        n_train = max(1, min(int((1 - fraction) * len(idx)), len(idx) - 1))
+        parts.append((idx[perm[:n_train]], idx[perm[n_train:]]))
+    (train_aligned, held_aligned), (train_violating, held_violating) = parts
+    n_eval = min(len(held_aligned), len(held_violating))
+    return train_aligned, train_violating, torch.cat([held_aligned[:n_eval], held_violating[:n_eval]])
+
+
+def _init_generators(jobs: Sequence[int], stage: str) -> list[torch.Generator]:
+    """Our own initialisation stream per head, from its release seed and the stage."""
+    generators = []
+    for job in jobs:
+        high, low = np.random.SeedSequence([job, _STAGES[stage]]).generate_state(2, dtype=np.uint32)
+        generators.append(torch.Generator().manual_seed(int(high) << 32 | int(low)))
+    return generators
+
+
+def _seeded(seeds: Sequence[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def module_position(m: int, module_shape: Sequence[int]) -> tuple[int, int]:
+    """``(layer, head)`` of flat module ``m`` (layer-major); ``(layer, 0)`` for a layer site."""
+    n_heads = module_shape[1] if len(module_shape) == 2 else 1
+    return divmod(m, n_heads)
 
 
 # --- input checks ------------------------------------------------------------------------
@@ -174,38 +260,52 @@ def score_real_tensors(
     seed: int = 0,
     device=None,
     modules: Sequence[int] | None = None,
+    module_shape: Sequence[int] | None = None,
 ) -> tuple[Float[Tensor, "module"], dict[str, Tensor]]:
     """REAL relevance (held-out ROC-AUC, 0 for collapsed modules) of every module, in ``cfg.variant``.
 
     Returns ``(auc, diagnostics)``; diagnostics, each ``[module]``: ``recon_loss``,
-    ``perplexity``, ``collapsed`` (0./1.) and ``auc`` (before collapse zeroing); the release
-    variant adds ``underflow``, the fraction of held-out examples whose float32 sequence
-    probability is exactly 0. ``modules``: train only these indices of the module axis (a
-    process's share under torchrun); the others are NaN. A module's result does not depend on
-    which others train.
+    ``perplexity``, ``collapsed`` (0./1.) and ``auc`` (before collapse zeroing); the
+    release-utils variant adds ``underflow``, the fraction of held-out examples whose float32
+    sequence probability is exactly 0. ``modules``: train only these indices of the module axis
+    (a process's share under torchrun); the others are NaN. A module's result does not depend on
+    which others train. ``module_shape``: ``(n_layers, n_heads)`` of the flat module axis, which
+    the release variant's per-head seeds need; None = one layer, module ``m`` = head ``m``.
     """
-    return _score(acts, labels, groups, cfg=cfg, seed=seed, device=device, modules=modules)
+    return _score(acts, labels, groups, cfg=cfg, seed=seed, device=device, modules=modules, module_shape=module_shape)
 
 
 def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_names=None, modules=None,
-           progress: bool = False):
+           progress: bool = False, module_shape=None):
     if not isinstance(seed, int) or seed < 0:
         raise ScoringError(f"seed must be a non-negative integer; found {seed!r}")
     check_inputs(acts, labels, groups, cfg, module_names)
     device = _resolve_device(device, acts)
     labels = labels.long().cpu()
+    n_modules = acts.shape[1]
+    if module_shape is None:
+        module_shape = (1, n_modules)
+    if math.prod(module_shape) != n_modules:
+        raise ScoringError(f"module_shape {tuple(module_shape)} does not hold the {n_modules} modules of the "
+                           "activations; pass (n_layers, n_heads) of the bank")
     if cfg.variant == "release":
+        split = [module_position(m, module_shape) for m in range(n_modules)]  # each head draws its own
+        if min(int((labels == c).sum()) for c in (0, 1)) < 2:  # as OneForAll.py: too few to split, 0.0
+            nan = torch.full((n_modules,), torch.nan)
+            diagnostics = {"recon_loss": nan, "perplexity": nan.clone(), "collapsed": torch.zeros(n_modules),
+                           "auc": torch.zeros(n_modules)}
+            return torch.zeros(n_modules), diagnostics
+    elif cfg.variant == "release-utils":
         split = split_release_heldout(labels, fraction=cfg.heldout_fraction, seed=seed)
     else:
         train, heldout = split_heldout(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=seed)
         split = (train[labels[train] == 1], train[labels[train] == 0], heldout)
-    n_modules = acts.shape[1]
     trained = _check_modules(modules, n_modules)
 
-    n_rows = 5 if cfg.variant == "release" else 4  # auc, recon_loss, perplexity, collapsed[, underflow]
+    n_rows = 5 if cfg.variant == "release-utils" else 4  # auc, recon_loss, perplexity, collapsed[, underflow]
     results = [torch.empty(n_rows, 0)]
     chunks = _chunks(len(trained), cfg.module_chunk_for(device))
-    label = "REAL" if cfg.variant == "described" else "REAL release"
+    label = {"described": "REAL", "release": "REAL release", "release-utils": "REAL release (utils.py)"}[cfg.variant]
     for part in tqdm(chunks, desc=f"{label} {len(trained)} modules", unit="chunk", disable=not progress):
         chunk = [trained[i] for i in part]
         x = acts[:, chunk].to(device=device, dtype=torch.float32).transpose(0, 1).contiguous()
@@ -223,10 +323,12 @@ def _score_chunk(x, labels, split, modules: list[int], *, cfg: RealConfig, seed:
     """VQ-AE -> codes -> prior(s) -> held-out AUC for the modules of one chunk.
 
     Returns on the CPU ``[4, module]``: AUC, reconstruction loss, perplexity, collapsed;
-    the release variant appends a fifth row, the held-out underflow fraction.
+    the release-utils variant appends a fifth row, the held-out underflow fraction.
     """
+    if cfg.variant == "release":
+        return _score_chunk_release(x, labels, [split[m] for m in modules], cfg=cfg, seed=seed)
     device = x.device
-    release = cfg.variant == "release"
+    release = cfg.variant == "release-utils"
     vq = train_vqae(
         x, labels, module_generators(seed, modules, "vqae"),
         code_dim=cfg.code_dim_for(x.shape[-1]), n_groups=cfg.n_groups, n_codes=cfg.n_codes, beta=cfg.beta,
@@ -259,19 +361,73 @@ def _score_chunk(x, labels, split, modules: list[int], *, cfg: RealConfig, seed:
     return torch.stack([auc, *diagnostics]).cpu()
 
 
-def _experiment_options(variant: str):
+def _score_chunk_release(x, labels, positions: list[tuple[int, int]], *, cfg: RealConfig, seed: int) -> Tensor:
+    """OneForAll.py's ``train_single_adaptor`` for the heads at ``positions``, as one tensor program.
+
+    Per head: VQ-AE on every example (minibatch order from ``mix_seed + 21``), codes of every
+    example, its own per-answer split (:func:`split_release_per_answer`), two copy-input priors
+    trained in the release's minibatch orders, and the AUC of the mean-per-position
+    log-likelihood ratio on the balanced held-out part. Returns ``[4, module]`` as :func:`_score_chunk`.
+    """
+    device = x.device
+    n_examples = x.shape[1]
+    seeds = [release_seeds(seed, layer, head) for layer, head in positions]
+    jobs = [s["init"] for s in seeds]
+    vq_order = _seeded([s["vqae_order"] for s in seeds])
+    vq = train_vqae(
+        x, labels, _init_generators(jobs, "vqae"),
+        code_dim=cfg.code_dim_for(x.shape[-1]), n_groups=cfg.n_groups, n_codes=cfg.n_codes, beta=cfg.beta,
+        supcon_weight=cfg.supcon_weight, temperature=cfg.temperature, lr=cfg.lr,
+        batch_size=cfg.batch_size, epochs=cfg.vq_epochs, leaky_slope=cfg.leaky_slope,
+        ema_decay=cfg.ema_decay, ema_eps=cfg.ema_eps, collapse_threshold=cfg.collapse_threshold,
+        collapse_patience=cfg.collapse_patience, eval_batch=cfg.eval_batch,
+        mlp_bias=True, debias_ema=False, supcon=supcon_loss_release,
+        orders=(torch.stack([loader_permutation(g, n_examples) for g in vq_order]) for _ in range(cfg.vq_epochs)),
+    )
+    splits = [split_release_per_answer(labels, g, fraction=cfg.heldout_fraction)
+              for g in _seeded([s["split"] for s in seeds])]
+    train_aligned, train_violating, heldout = (torch.stack(part).to(device) for part in zip(*splits))
+    # Both priors' DataLoaders share one generator: each epoch the aligned one, then the violating one.
+    aligned_orders, violating_orders = [], []
+    prior_order = _seeded([s["prior_order"] for s in seeds])
+    for _ in range(cfg.prior_epochs):
+        epoch = [(loader_permutation(g, train_aligned.shape[1]), loader_permutation(g, train_violating.shape[1]))
+                 for g in prior_order]
+        aligned_orders.append(torch.stack([a for a, _ in epoch]))
+        violating_orders.append(torch.stack([v for _, v in epoch]))
+    prior = dict(
+        n_codes=cfg.n_codes, d_embed=cfg.prior_embed, d_hidden=cfg.prior_hidden, lr=cfg.prior_lr,
+        weight_decay=cfg.prior_weight_decay, grad_clip=cfg.prior_grad_clip,
+        epochs=cfg.prior_epochs, batch_size=cfg.prior_batch_size, copy_input=True,
+    )
+    module = torch.arange(len(positions), device=device).unsqueeze(1)
+    codes = vq.codes
+    aligned = train_prior(codes[module, train_aligned], _init_generators(jobs, "prior_aligned"),
+                          orders=aligned_orders, **prior)
+    violating = train_prior(codes[module, train_violating], _init_generators(jobs, "prior_violating"),
+                            orders=violating_orders, **prior)
+    held = codes[module, heldout]
+    s = aligned.score(held, eval_batch=cfg.eval_batch) - violating.score(held, eval_batch=cfg.eval_batch)
+    n_eval = heldout.shape[1] // 2
+    auc = roc_auc(s, torch.tensor([1] * n_eval + [0] * n_eval))
+    return torch.stack([auc, vq.recon_loss, vq.perplexity, vq.collapsed.float()]).cpu()
+
+
+def _experiment_options(variant: str, epochs: str, prior_epochs: str):
     def options(experiment) -> dict:
-        return {"cfg": RealConfig(variant=variant, vq_epochs=experiment.real_epochs,
-                                  prior_epochs=experiment.real_prior_epochs)}
+        return {"cfg": RealConfig(variant=variant, vq_epochs=getattr(experiment, epochs),
+                                  prior_epochs=getattr(experiment, prior_epochs))}
 
     return options
 
 
-_REAL_SPEC = dict(config=RealConfig, shardable=True, progress=True, strength="score",
-                  experiment_settings=("real_epochs", "real_prior_epochs"))
+_REAL_SPEC = dict(config=RealConfig, shardable=True, progress=True, strength="score")
+_DESCRIBED_EPOCHS = ("real_epochs", "real_prior_epochs")
+_RELEASE_EPOCHS = ("real_release_epochs", "real_release_prior_epochs")
 
 
-@register_scorer("real", **_REAL_SPEC, experiment_options=_experiment_options("described"))
+@register_scorer("real", **_REAL_SPEC, experiment_settings=_DESCRIBED_EPOCHS,
+                 experiment_options=_experiment_options("described", *_DESCRIBED_EPOCHS))
 def score_real(
     bank, *, cfg: RealConfig | None = None, seed: int = 0, device=None, model=None,
     modules: Sequence[int] | None = None, progress: bool = True,
@@ -288,17 +444,37 @@ def score_real(
                        modules=modules, progress=progress)
 
 
-@register_scorer("real-release", **_REAL_SPEC, experiment_options=_experiment_options("release"))
+@register_scorer("real-release", **_REAL_SPEC, experiment_settings=_RELEASE_EPOCHS,
+                 experiment_options=_experiment_options("release", *_RELEASE_EPOCHS))
 def score_real_release(
-    bank, *, cfg: RealConfig | None = None, seed: int = 0, device=None, model=None,
+    bank, *, cfg: RealConfig | None = None, seed: int = 42, device=None, model=None,
     modules: Sequence[int] | None = None, progress: bool = True,
 ) -> ModuleScores:
-    """REAL scores as the authors' release computes them (METHOD.md §3a; :data:`RELEASE_DIFFERENCES`).
+    """REAL scores as the authors' camera-ready code computes them (OneForAll.py, METHOD.md §3a).
 
-    ``model`` is unused; ``cfg`` None = ``RealConfig(variant="release")``; ``modules`` as :func:`score_real`.
+    ``seed`` plays the release's ``--seed`` (default 42): head ``(layer, head)`` is seeded by
+    ``mix_seed(seed, layer, head)`` (:func:`release_seeds`). ``model`` is unused; ``cfg`` None =
+    ``RealConfig(variant="release")``; ``modules`` as :func:`score_real`. :data:`RELEASE_DIFFERENCES`
+    lists how it differs from :func:`score_real`.
     """
     cfg = RealConfig(variant="release") if cfg is None else cfg
     return _score_bank(bank, cfg=cfg, variant="release", seed=seed, device=device, modules=modules, progress=progress)
+
+
+@register_scorer("real-release-utils", **_REAL_SPEC, experiment_settings=_DESCRIBED_EPOCHS,
+                 experiment_options=_experiment_options("release-utils", *_DESCRIBED_EPOCHS))
+def score_real_release_utils(
+    bank, *, cfg: RealConfig | None = None, seed: int = 0, device=None, model=None,
+    modules: Sequence[int] | None = None, progress: bool = True,
+) -> ModuleScores:
+    """REAL scores as the release's older utils.py path computes them (:data:`RELEASE_UTILS_DIFFERENCES`).
+
+    Not among the main job's default methods. ``model`` is unused; ``cfg`` None =
+    ``RealConfig(variant="release-utils")``; ``modules`` as :func:`score_real`.
+    """
+    cfg = RealConfig(variant="release-utils") if cfg is None else cfg
+    return _score_bank(bank, cfg=cfg, variant="release-utils", seed=seed, device=device, modules=modules,
+                       progress=progress)
 
 
 def _score_bank(bank, *, cfg: RealConfig, variant: str, seed: int, device, modules=None, progress=True) -> ModuleScores:
@@ -317,7 +493,7 @@ def _score_bank(bank, *, cfg: RealConfig, variant: str, seed: int, device, modul
     )
     auc, diagnostics = _score(
         bank.flat(), bank.labels, bank.groups, cfg=cfg, seed=seed, device=device, module_names=names, modules=modules,
-        progress=progress,
+        progress=progress, module_shape=shape,
     )
     meta = {k: bank.meta[k] for k in ("site", "model", "task") if k in bank.meta}
     meta.update(site=bank.site, seed=seed, version=__version__, n_examples=len(bank.examples), variant=cfg.variant)

@@ -1,7 +1,9 @@
 """REAL's configuration (:class:`RealConfig`) and what separates the described method from the release.
 
 :data:`RELEASE_DIFFERENCES` lists every difference between ``variant="described"`` (METHOD.md §3)
-and ``variant="release"`` (the authors' code, §3a) with why it matters; summary.md prints it.
+and ``variant="release"`` (the authors' camera-ready entry point ``validation/OneForAll.py``,
+§3a) with why it matters; summary.md prints it. :data:`RELEASE_UTILS_DIFFERENCES` does the same
+for ``variant="release-utils"``, the release's older ``utils.py`` path (kept under its own name).
 """
 
 from __future__ import annotations
@@ -14,35 +16,19 @@ import torch
 
 from ..errors import ScoringError
 
-VARIANTS = ("described", "release")
-METHOD_NAMES = {"described": "real", "release": "real-release"}  # each variant's scorer name
+VARIANTS = ("described", "release", "release-utils")
+METHOD_NAMES = {"described": "real", "release": "real-release", "release-utils": "real-release-utils"}
 HELDOUT_SPLITS = ("group", "answer")
+# Epochs when RealConfig leaves them unset: (VQ-AE, prior). OneForAll.py's CLI defaults are 30 and 6.
+DEFAULT_EPOCHS = {"described": (20, 10), "release": (30, 6), "release-utils": (20, 10)}
 
-# (difference, why it matters): the release variant against the described one (METHOD.md §3a).
+# (difference, why it matters): the release variant (OneForAll.py) against the described one (METHOD.md §3a).
 RELEASE_DIFFERENCES: tuple[tuple[str, str], ...] = (
     (
-        "Prior: the release trains ONE GRU prior, on 80 % of the aligned answers only; the described method "
-        "trains one per class and scores their log-likelihood ratio.",
-        "Without a violating prior the score says how typical a code sequence is of aligned answers, not what "
-        "separates aligned from violating ones.",
-    ),
-    (
-        "Prior input: the release's GRU reads code t itself at step t and is scored on code t (no start token, "
-        "no shift); the described prior predicts code t from codes < t.",
-        "A prior that sees the code it predicts learns to copy it, so the score reduces to whether each code "
-        "occurred among the aligned training codes; how codes go together no longer counts.",
-    ),
-    (
-        "Score: the release uses the float32 sequence probability exp(Σ_t log p(code_t)); the described method "
-        "uses the mean-per-position log-likelihood ratio.",
-        "The AUC only ranks, so this equals ranking by Σ log p, except that float32 underflows to 0 below "
-        "Σ log p ≈ -104 and ties those examples (reproduced, and counted in diagnostic 'underflow').",
-    ),
-    (
-        "Held-out set: the release holds out a random 20 % of the aligned answers and the FIRST as many violating "
-        "answers in bank order, split per answer; the described method holds out 20 % of the questions.",
-        "Answers of one question share its prompt, so a question ends up on both sides of the split, and the "
-        "violating held-out answers all come from the first questions of the bank, not a random sample.",
+        "Prior input: the release's GRU priors read code t itself at step t and are scored on code t (no start "
+        "token, no shift); the described priors predict code t from codes < t.",
+        "A prior that sees the code it predicts learns to copy it, so each prior's likelihood says how often each "
+        "code occurred in its class's training codes; how codes go together no longer counts.",
     ),
     (
         "EMA codebook: the release starts the running sums as a copy of the N(0, 1) codebook and the counts at 0, "
@@ -52,56 +38,110 @@ RELEASE_DIFFERENCES: tuple[tuple[str, str], ...] = (
         "the codes its first minibatches hit, often one, which scores every held-out example alike (AUC 0.5).",
     ),
     (
-        "SupCon: the release's positive set holds the anchor itself (its denominator leaves it out; every anchor "
+        "SupCon: the release's log-softmax denominator holds the anchor's own similarity (1/T) and its mean runs "
+        "over every anchor, those without a positive counting 0; the described one leaves the anchor out of the "
+        "denominator and averages over anchors that have a positive.",
+        "The anchor's own term dominates the denominator (cosine 1), so the loss stays near log-batch and its "
+        "gradient is weaker; at weight 1e-3 it moves the codes little.",
+    ),
+    (
+        "Held-out set: the release holds out a random 20 % of each class's answers, drawn anew for every head "
+        "(mix_seed(seed, layer, head)), and truncates the larger class to the smaller's size; the described method "
+        "holds out 20 % of the questions, the same ones for every module.",
+        "Answers of one question share its prompt, so a question ends up on both sides of the split; and each head "
+        "is judged on its own held-out answers, so part of the difference between two heads' AUCs is the split.",
+    ),
+    (
+        "Epochs: the release trains the VQ-AE for 30 epochs and each prior for 6 (OneForAll.py's defaults); the "
+        "described method uses METHOD.md §3's 20 and 10.",
+        "More VQ-AE updates give the release's EMA codebook time to recover from its first update (above).",
+    ),
+    (
+        "Degenerate banks: the release scores every head 0.0 when a class has fewer than 2 answers (and 0.5 when "
+        "the held-out set lacks a class); the described method refuses banks with fewer than 5 per class.",
+        "Only matters for tiny banks; a 0.0 head is dropped at selection as the release drops it.",
+    ),
+)
+
+# (difference, why it matters): the release's older utils.py path against the described method.
+RELEASE_UTILS_DIFFERENCES: tuple[tuple[str, str], ...] = (
+    (
+        "Prior: utils.py trains ONE GRU prior, on 80 % of the aligned answers only; the described method "
+        "trains one per class and scores their log-likelihood ratio.",
+        "Without a violating prior the score says how typical a code sequence is of aligned answers, not what "
+        "separates aligned from violating ones.",
+    ),
+    (
+        "Prior input: utils.py's GRU reads code t itself at step t and is scored on code t (no start token, "
+        "no shift); the described prior predicts code t from codes < t.",
+        "A prior that sees the code it predicts learns to copy it, so the score reduces to whether each code "
+        "occurred among the aligned training codes; how codes go together no longer counts.",
+    ),
+    (
+        "Score: utils.py uses the float32 sequence probability exp(Σ_t log p(code_t)); the described method "
+        "uses the mean-per-position log-likelihood ratio.",
+        "The AUC only ranks, so this equals ranking by Σ log p, except that float32 underflows to 0 below "
+        "Σ log p ≈ -104 and ties those examples (reproduced, and counted in diagnostic 'underflow').",
+    ),
+    (
+        "Held-out set: utils.py holds out a random 20 % of the aligned answers and the FIRST as many violating "
+        "answers in bank order, split per answer; the described method holds out 20 % of the questions.",
+        "Answers of one question share its prompt, so a question ends up on both sides of the split, and the "
+        "violating held-out answers all come from the first questions of the bank, not a random sample.",
+    ),
+    (
+        "EMA codebook: utils.py starts the running sums as a copy of the N(0, 1) codebook and the counts at 0, "
+        "without bias correction; the described method (Sonnet 2) starts both at 0 and debiases.",
+        "An entry the first minibatch does not choose is divided by ~eps, lands ~1e5 times its initial value and "
+        "is not chosen again until decay^t shrinks it back (~1,146 updates at 0.99): until then a module has only "
+        "the codes its first minibatches hit, often one, which scores every held-out example alike (AUC 0.5).",
+    ),
+    (
+        "SupCon: utils.py's positive set holds the anchor itself (its denominator leaves it out; every anchor "
         "counts; 1e-6 added to the log and to the positive count); the described one leaves the anchor out.",
         "The anchor's own term pushes every other example away from it, positives included, and lets the loss go "
         "negative; at weight 1e-3 it moves the codes little.",
     ),
     (
-        "VQ-AE layers: the release's linear layers (utils.py build_mlp) have no bias; the described VQ-AE has "
-        "biases. (Not in METHOD.md §3a; found in the release code.)",
+        "VQ-AE layers: utils.py's linear layers (its build_mlp) have no bias; the described VQ-AE has "
+        "biases. (OneForAll.py has biases.)",
         "A bias-free encoder is positively homogeneous, E(c·x) = c·E(x), so codes are cut around the origin of "
         "the activation space instead of around the data, which for offset activations changes which codes exist.",
     ),
     (
-        "Prior training: no gradient clipping in the release; the described prior clips each module's gradient "
+        "Prior training: no gradient clipping in utils.py; the described prior clips each module's gradient "
         "norm at 1.0.",
         "Changes how the prior trains (large early steps), not what it models.",
     ),
 )
 
-# (release setting, why neither variant follows it).
+# (release setting, why the release variant does not follow it).
 RELEASE_SETTINGS_NOT_FOLLOWED: tuple[tuple[str, str], ...] = (
     (
-        "The README's entry point validation/OneForAll.py scores differently from utils.py's get_top_heads_vq "
-        "(whose path METHOD.md §3a and the release variant follow): two priors, mean-per-position log-likelihood "
-        "ratio, gradient clip 1.0, biased MLPs, SupCon positives without the anchor (but the anchor in the "
-        "denominator) — yet the same copy-input GRU, undebiased EMA and per-answer split, with a balanced "
-        "held-out set (the first n of each class's shuffled 20 %).",
-        "Apart from its SupCon denominator it is the described method plus three release behaviours the release "
-        "variant already isolates (copy input, EMA, per-answer split), so a third variant would add little.",
-    ),
-    (
-        "VQ-AE epochs: 50 in utils.py's get_top_heads_vq, 30 by default in OneForAll.py (20 in its README "
-        "command); GRU prior epochs: 6 in both code defaults (10 in the README command).",
-        "Both variants use METHOD.md §3's 20 and 10, so they differ only in the listed behaviours.",
+        "Random-number order: OneForAll.py initialises each head's VQ-AE and GRU priors from the process-wide RNG "
+        "seeded with mix_seed(seed, layer, head), in nn.Linear's [out, in] layout and module construction order.",
+        "We draw the same distributions from a generator seeded by that head's mix_seed, in our batched [in, out] "
+        "layout, so batched equals one head at a time. The VQ-AE minibatch order (mix_seed + 21), the per-answer "
+        "split (+ 31 + 101) and the priors' minibatch orders (+ 31 + 202, aligned then violating each epoch) "
+        "consume their generators exactly as the release's DataLoaders and randperm calls do (the same minibatches "
+        "also need the bank in the release's example order: its train questions, then its val questions).",
     ),
     (
         "Collapse rule: perplexity averaged over minibatches, counted over all epochs (not consecutive ones), "
-        "threshold 0.2 / patience 25 in utils.py and 0.0 / 30 in OneForAll.py.",
-        "Both variants use the threshold 0 of METHOD.md §3 (never collapse), which is what OneForAll.py does.",
+        "threshold --per_ratio 0.0 with patience 30 in OneForAll.py (0.2 / 25 in utils.py).",
+        "Threshold 0 never fires under either rule, so every variant uses METHOD.md §3's threshold 0 (never).",
     ),
     (
-        "Mixed precision: utils.py trains the prior under fp16 autocast with a GradScaler whenever CUDA is present.",
+        "Mixed precision: utils.py trains the prior under fp16 autocast with a GradScaler whenever CUDA is present "
+        "(OneForAll.py's strict determinism turns it off).",
         "We train in float32 on every device so that CPU and GPU results agree and batched equals one module "
         "at a time.",
     ),
     (
-        "Seeding: utils.py draws its splits, initialisations and minibatch orders from the unseeded global RNG "
-        "of each worker process; OneForAll.py seeds each head from (seed, layer, head), so every head has its "
-        "own held-out split.",
-        "We seed each module from (seed, module, stage) and hold out the same examples for every module, so "
-        "modules are compared on the same data and a score does not depend on the process that computed it.",
+        "Seeding in utils.py: splits, initialisations and minibatch orders come from the unseeded global RNG of "
+        "each worker process.",
+        "The release-utils variant seeds each module from (seed, module, stage) and holds out the same examples "
+        "for every module; the release variant follows OneForAll.py's per-head seeds.",
     ),
     (
         "Models and data: rankings bundled for LLaMA-2 7B / 13B-chat and Qwen2.5-7B (32×32, 40×40, 28×28 heads, "
@@ -111,17 +151,19 @@ RELEASE_SETTINGS_NOT_FOLLOWED: tuple[tuple[str, str], ...] = (
         "CSVs, and choose K and α on the validation split.",
     ),
 )
-Variant = Literal["described", "release"]
+Variant = Literal["described", "release", "release-utils"]
 
 
 @dataclass(frozen=True)
 class RealConfig:
     """REAL hyper-parameters; the defaults are the paper's described method (METHOD.md §3).
 
-    ``variant="release"`` reproduces the authors' code instead (METHOD.md §3a,
-    :data:`RELEASE_DIFFERENCES`): it splits per answer (``heldout_split`` resolves to
-    ``"answer"``), does not clip the prior's gradient (``prior_grad_clip`` resolves to None),
-    and ignores the violating prior's settings because it trains none.
+    ``variant="release"`` reproduces the authors' camera-ready code instead (OneForAll.py,
+    METHOD.md §3a, :data:`RELEASE_DIFFERENCES`): it splits per answer and per head
+    (``heldout_split`` resolves to ``"answer"``) and trains 30 VQ-AE and 6 prior epochs unless
+    told otherwise. ``variant="release-utils"`` is the release's older utils.py path
+    (:data:`RELEASE_UTILS_DIFFERENCES`): per-answer split, no gradient clipping
+    (``prior_grad_clip`` resolves to None), one prior (the violating prior's settings are unused).
     """
 
     variant: Variant = "described"
@@ -135,7 +177,7 @@ class RealConfig:
     temperature: float = 0.07  # SupCon temperature
     lr: float = 1e-3  # Adam
     batch_size: int = 32
-    vq_epochs: int = 20
+    vq_epochs: int | None = None  # None: 20 (described, release-utils) or 30 (release)
     leaky_slope: float = 0.01
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
@@ -146,10 +188,10 @@ class RealConfig:
     prior_hidden: int = 64
     prior_lr: float = 1e-3  # AdamW
     prior_weight_decay: float = 0.01
-    prior_grad_clip: float | None = None  # per module; None: 1.0 (described) or no clipping (release)
-    prior_epochs: int = 10
+    prior_grad_clip: float | None = None  # per module; None: 1.0, or no clipping (release-utils)
+    prior_epochs: int | None = None  # None: 10 (described, release-utils) or 6 (release)
     prior_batch_size: int = 32
-    heldout_split: str | None = None  # "group" (by question) or "answer"; None: "group" (described), "answer" (release)
+    heldout_split: str | None = None  # "group" (by question) or "answer"; None: "group" (described), else "answer"
     heldout_fraction: float = 0.2
     # execution (does not change results)
     module_chunk: int | None = None  # modules trained together; None: 64 on CPU (cache-sized), 1024 elsewhere
@@ -158,21 +200,27 @@ class RealConfig:
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ScoringError(f"RealConfig.variant must be one of {VARIANTS}; found {self.variant!r}")
-        release = self.variant == "release"
+        release = self.variant != "described"  # either release path
+        utils = self.variant == "release-utils"
         # Resolve the variant-dependent defaults (a frozen dataclass sets fields this way).
+        vq_epochs, prior_epochs = DEFAULT_EPOCHS[self.variant]
+        if self.vq_epochs is None:
+            object.__setattr__(self, "vq_epochs", vq_epochs)
+        if self.prior_epochs is None:
+            object.__setattr__(self, "prior_epochs", prior_epochs)
         if self.heldout_split is None:
             object.__setattr__(self, "heldout_split", "answer" if release else "group")
-        if self.prior_grad_clip is None and not release:
+        if self.prior_grad_clip is None and not utils:
             object.__setattr__(self, "prior_grad_clip", 1.0)
         if release and self.heldout_split != "answer":
             raise ScoringError(
-                f"RealConfig(variant='release') holds out per answer, as the release does; found "
+                f"RealConfig(variant={self.variant!r}) holds out per answer, as the release does; found "
                 f"heldout_split={self.heldout_split!r}. Leave heldout_split unset, or use variant='described'"
             )
-        if release and self.prior_grad_clip is not None:
+        if utils and self.prior_grad_clip is not None:
             raise ScoringError(
-                f"RealConfig(variant='release') does not clip the prior's gradient, as the release does not; found "
-                f"prior_grad_clip={self.prior_grad_clip!r}. Leave prior_grad_clip unset, or use variant='described'"
+                f"RealConfig(variant='release-utils') does not clip the prior's gradient, as utils.py does not; found "
+                f"prior_grad_clip={self.prior_grad_clip!r}. Leave prior_grad_clip unset, or use another variant"
             )
         positive_ints = (
             "n_codes", "n_groups", "batch_size", "vq_epochs", "prior_embed", "prior_hidden",
@@ -185,7 +233,7 @@ class RealConfig:
         for name in ("beta", "supcon_weight", "prior_weight_decay", "collapse_threshold"):
             if not getattr(self, name) >= 0:
                 raise ScoringError(f"RealConfig.{name} must be >= 0; found {getattr(self, name)!r}")
-        for name in ("temperature", "lr", "prior_lr", "ema_eps") + (() if release else ("prior_grad_clip",)):
+        for name in ("temperature", "lr", "prior_lr", "ema_eps") + (() if utils else ("prior_grad_clip",)):
             if not getattr(self, name) > 0:
                 raise ScoringError(f"RealConfig.{name} must be > 0; found {getattr(self, name)!r}")
         if not 0 <= self.ema_decay < 1:
@@ -214,10 +262,13 @@ class RealConfig:
 
     @property
     def method(self) -> str:
-        """The scorer name of this variant: ``"real"`` or ``"real-release"``."""
+        """The scorer name of this variant: ``"real"``, ``"real-release"`` or ``"real-release-utils"``."""
         return METHOD_NAMES[self.variant]
 
     @property
     def min_per_class(self) -> int:
-        """Examples (or groups) needed per class so both prior parts are non-empty."""
-        return math.ceil(1 / self.heldout_fraction)
+        """Examples (or groups) needed per class so both prior parts are non-empty.
+
+        The release variant needs one: like OneForAll.py it scores every module 0.0 when a class
+        has fewer than 2 examples, and otherwise keeps at least one of each class on each side."""
+        return 1 if self.variant == "release" else math.ceil(1 / self.heldout_fraction)

@@ -12,17 +12,20 @@ into ``U`` groups of ``b/U`` dims, each group snapped to its nearest entry of on
 of ``K`` entries (shared by the module's groups, updated by EMA as in Sonnet 2),
 straight-through gradient, decoder ``b -> d -> d``.
 
-The authors' release (METHOD.md §3a) differs in three places, each a switch here:
-bias-free linear layers (``mlp_bias=False``), an EMA whose running sums start as a copy
-of the codebook without debiasing (``debias_ema=False``), and a SupCon whose positive set
-holds the anchor (:func:`supcon_loss_anchor_positive`).
+The authors' camera-ready code (OneForAll.py, METHOD.md §3a) differs in two places, each a
+switch here: an EMA whose running sums start as a copy of the codebook without debiasing
+(``debias_ema=False``), and a SupCon whose denominator holds the anchor
+(:func:`supcon_loss_release`). Their older utils.py path also has bias-free linear layers
+(``mlp_bias=False``) and a SupCon whose positive set holds the anchor
+(:func:`supcon_loss_anchor_positive`). ``orders`` replaces the per-epoch minibatch orders
+(the release variant draws them as the release's DataLoader does).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -188,6 +191,25 @@ def supcon_loss_anchor_positive(
     return anchor_loss.mean(-1)
 
 
+def supcon_loss_release(
+    features: Float[Tensor, "module batch f"], labels: Int[Tensor, "module batch"], *, temperature: float
+) -> Float[Tensor, "module"]:
+    """OneForAll.py's SupCon: positives leave the anchor out, the denominator keeps it.
+
+    For anchor ``i`` with positives ``P(i)`` (same label, not ``i``):
+    ``-1/max(|P(i)|, 1) Σ_p [s_ip/T - log Σ_a exp(s_ia/T)]`` with ``a`` over the whole batch, the
+    anchor included, averaged over EVERY anchor (one without a positive counts 0).
+    """
+    f = F.normalize(features, dim=-1)
+    batch = f.shape[1]
+    self_pair = torch.eye(batch, dtype=torch.bool, device=f.device)
+    logits = torch.bmm(f, f.transpose(1, 2)) / temperature
+    log_prob = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    positive = (labels.unsqueeze(2) == labels.unsqueeze(1)) & ~self_pair
+    anchor_loss = -log_prob.masked_fill(~positive, 0.0).sum(-1) / positive.sum(-1).clamp(min=1)
+    return anchor_loss.mean(-1)
+
+
 SupConLoss = Callable[..., Tensor]  # (features, labels, *, temperature) -> [module]
 
 
@@ -285,14 +307,17 @@ def train_vqae(
     mlp_bias: bool = True,
     debias_ema: bool = True,
     supcon: SupConLoss = supcon_loss,
+    orders: Iterable[Int[Tensor, "module example"]] | None = None,
 ) -> VQAEResult:
     """Train one VQ-AE per module (``generators[m]`` seeds module ``m``) and encode every example.
 
     Loss per module = MSE(x̂, x) + beta·MSE(z, sg(q)) + supcon_weight·supcon(q, labels),
     Adam, ``epochs`` passes in minibatches of ``batch_size`` (last one partial).
     Collapse: perplexity/K of an epoch's codes below ``collapse_threshold`` for more than
-    ``collapse_patience`` consecutive epochs. The release's VQ-AE: ``mlp_bias=False,
-    debias_ema=False, supcon=supcon_loss_anchor_positive``.
+    ``collapse_patience`` consecutive epochs. The release's VQ-AE: ``debias_ema=False,
+    supcon=supcon_loss_release``; utils.py's: ``mlp_bias=False, debias_ema=False,
+    supcon=supcon_loss_anchor_positive``. ``orders``: one ``[module, example]`` permutation per
+    epoch (at least ``epochs`` of them); None = a fresh one per epoch from ``generators``.
     """
     n_modules, n_examples, d = x.shape
     device = x.device
@@ -306,8 +331,12 @@ def train_vqae(
     epochs_below = torch.zeros(n_modules, dtype=torch.long, device=device)
     collapsed = torch.zeros(n_modules, dtype=torch.bool, device=device)
 
+    epoch_orders = iter(orders) if orders is not None else None
     for _ in range(epochs):
-        order = per_module_permutations(generators, n_examples, device)
+        if epoch_orders is None:
+            order = per_module_permutations(generators, n_examples, device)
+        else:
+            order = next(epoch_orders).to(device)
         counts = torch.zeros(n_modules, n_codes, device=device)
         for start in range(0, n_examples, batch_size):
             batch = order[:, start : start + batch_size]

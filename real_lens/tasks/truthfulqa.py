@@ -120,6 +120,35 @@ def load_truthfulqa(data_dir=None) -> Task:
     )
 
 
+TUNING_FORMAT = "Q: {question} A: {answer} Q: {other}"
+
+
+def tuning_examples(examples, *, seed: int = 42) -> tuple[Example, ...]:
+    """The REAL release's unlabelled "tuning" examples (ITI's ``tqa_gen_end_q``), one per example given.
+
+    Each reads ``Q: {question} A: {answer} Q: {other}`` where ``other`` is a random other question
+    of ``examples`` (``np.random.default_rng(seed)``, redrawn while it is the same question); the
+    last-token activation then sits after an unrelated question. Label and group are kept (the
+    group is still the question) but nothing should read the labels: the release takes only σ
+    from this bank. Collect with ``collect_activations(model, tuning_examples(bank.examples))``
+    and pass it as ``build_steering(..., sigma_bank=...)``.
+    """
+    examples = tuple(examples)
+    questions = list(dict.fromkeys(e.group for e in examples))
+    if len(questions) < 2:
+        raise DataError(f"tuning examples need at least 2 questions to pair each with another; found {len(questions)}")
+    rng = np.random.default_rng(seed)
+    tuned = []
+    for example in examples:
+        other = example.group
+        while other == example.group:
+            other = questions[rng.integers(len(questions))]
+        text = TUNING_FORMAT.format(question=example.group, answer=example.answer.strip(), other=other)
+        prompt, tail = text.rsplit(" Q: ", 1)  # prompt = the question and answer; what follows, the other question
+        tuned.append(Example(prompt, f" Q: {tail}", example.label, example.group))
+    return tuple(tuned)
+
+
 def _mc_prompts_from_files(folder: Path) -> dict[str, MCPrompt]:
     texts = [require_file(folder / name, what="TruthfulQA MC prompt text").read_text(encoding="utf-8")
              for name in (PRESET_FILE, INSTRUCTION_FILE)]

@@ -150,3 +150,23 @@ def test_bad_input(tiny_model):
         _steering(tiny_model).fwd_hooks(tiny_model, positions="prompt")
     with pytest.raises(RealLensError, match="outside the bank"):
         _steering(tiny_model, modules=((5, 0),))
+
+
+def test_sigma_bank_gives_sigma_and_leaves_the_direction(tiny_model):
+    bank, tuning = _bank(tiny_model.cfg), _bank(tiny_model.cfg, n=30, seed=1)
+    tuning.acts[:, 1, 2] *= 5.0  # a wider spread: σ must follow the tuning bank, not the scoring bank
+    selection = Selection(((1, 2),), (1.0,), "test")
+    plain = build_steering(bank, selection, alpha=1.0)
+    steering = build_steering(bank, selection, alpha=1.0, sigma_bank=tuning)
+    u = steering.directions[0].double()
+    assert torch.equal(steering.directions, plain.directions)
+    assert torch.allclose(steering.sigmas[0].double(), (tuning.acts[:, 1, 2].double() @ u).std(), atol=1e-5)
+    assert steering.sigmas[0] > 3 * plain.sigmas[0]
+    assert steering.meta["sigma_bank_digest"] == tuning.digest and "sigma_bank_digest" not in plain.meta
+
+
+def test_sigma_bank_of_another_shape_is_refused(tiny_model):
+    bank = _bank(tiny_model.cfg)
+    other = ActivationBank(torch.zeros(4, 1, 1, tiny_model.cfg.d_head), bank.examples[:4], {"site": "head_z"})
+    with pytest.raises(RealLensError, match=r"sigma_bank must be read at the bank's site 'head_z' with module shape"):
+        build_steering(bank, Selection(((1, 2),), (1.0,), "test"), alpha=1.0, sigma_bank=other)

@@ -29,3 +29,40 @@ def test_config_validation():
         config_for(kl_grid=(0.1, -1.0))
     with pytest.raises(RealLensError, match="null_draws must be an integer >= 1"):
         config_for(null_draws=0)
+
+
+def test_sigma_bank_default_keeps_every_cell_digest_and_tuning_changes_them(tmp_path):
+    # Digests computed before sigma_bank and real_release_* existed (commit d5cca57): adding the fields
+    # with their defaults must not recompute any cached cell.
+    from pathlib import Path
+
+    from real_lens.experiment.store import cached_cell
+
+    def name(cfg, method):
+        out = Path(tmp_path / f"run{len(list(tmp_path.iterdir()))}")
+        cached_cell(out, cfg, 0, {"method": method, "split": "test", "k": 16, "dose": "kl0.1"})(lambda: {"mc2": 0.5})
+        (cell,) = (out / "cells").iterdir()
+        return cell.name
+
+    assert name(experiment.ExperimentConfig(), "real") == "fold0-real-test-k16-kl0.1-ef72a61a241e9b96.json"
+    assert name(experiment.ExperimentConfig(), "iti") == "fold0-iti-test-k16-kl0.1-4d4d73f2fb440f2e.json"
+    assert name(config_for("quick"), "iti") == "fold0-iti-test-k16-kl0.1-2811702d82944c8d.json"
+    assert name(config_for("quick"), "real") == "fold0-real-test-k16-kl0.1-e79791b00669a786.json"
+    tuned = experiment.ExperimentConfig(sigma_bank="tuning")
+    assert name(tuned, "iti") != name(experiment.ExperimentConfig(), "iti")
+    with pytest.raises(RealLensError, match=r"unknown sigma bank 'other'; expected one of \['scoring', 'tuning'\]"):
+        experiment.ExperimentConfig(sigma_bank="other")
+    with pytest.raises(RealLensError, match=r"sigma_bank 'tuning' is the REAL release's TruthfulQA tuning bank"):
+        experiment.ExperimentConfig(sigma_bank="tuning", task="nq-swap")
+
+
+def test_a_run_directory_from_before_the_new_fields_is_the_same_configuration():
+    from real_lens.experiment.config import jsonable
+    from real_lens.experiment.store import same_config
+
+    current = jsonable(config_for("quick"))
+    old = {k: v for k, v in current.items() if k not in ("sigma_bank", "real_release_epochs", "real_release_prior_epochs")}
+    assert same_config(old, current)
+    assert not same_config(old, jsonable(config_for("quick", sigma_bank="tuning")))  # σ changes every steered cell
+    assert not same_config({**old, "seed": 1}, current)
+    assert not same_config({**current, "real_release_epochs": 5}, current)  # stored, so it must match

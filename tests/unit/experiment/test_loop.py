@@ -372,3 +372,24 @@ def test_a_cell_written_without_per_answer_log_probs_is_recomputed(quick_run, mo
     monkeypatch.setattr(experiment.loop, "evaluate_cell", lambda *a, **k: calls.append(1) or real(*a, **k))
     run_experiment(cfg, out, progress=False)
     assert calls == [1] and read_sealed_json(path)["per_answer"] == old["per_answer"]
+
+
+def test_sigma_bank_tuning_steers_with_sigma_from_the_folds_tuning_examples(tmp_path, tiny_model, monkeypatch):
+    from real_lens.experiment import loop
+    from real_lens.steering import build_steering
+
+    seen = []
+
+    def spy(bank, selection, **kwargs):
+        seen.append((bank, kwargs.get("sigma_bank")))
+        return build_steering(bank, selection, **kwargs)
+
+    monkeypatch.setattr(loop, "build_steering", spy)
+    cfg = config_for("quick", model="tiny-llama", methods=("iti",), folds=(0,), kl_grid=TINY_KL, sigma_bank="tuning")
+    run_experiment(cfg, tmp_path, progress=False)
+    assert seen
+    for bank, sigma_bank in seen:
+        assert sigma_bank is not None and sigma_bank.groups == bank.groups  # the fold's fit questions, in order
+        assert all(e.text.count(" Q: ") == 1 and e.text.startswith("Q: ") for e in sigma_bank.examples)
+        assert all(e.text.startswith(f"Q: {e.group} A: ") for e in sigma_bank.examples)
+    assert "the unlabelled tuning bank" in (tmp_path / "summary.md").read_text()

@@ -1,7 +1,8 @@
-"""REAL as released (METHOD.md §3a) beside REAL as described (§3).
+"""REAL as the authors' camera-ready code computes it (OneForAll.py, METHOD.md §3a) beside REAL as described (§3).
 
-Every release behaviour has a test parametrised over both variants that asserts the
-contrasting outcome, so each one fails on the described variant.
+Every release behaviour has a test that fails on the described variant (parametrised over both
+where the described variant has a contrasting outcome). The release's older utils.py path is
+``variant="release-utils"`` (test_real_release_utils.py).
 """
 
 from __future__ import annotations
@@ -13,288 +14,46 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+from torch.utils.data import DataLoader, TensorDataset
 
-from real_lens.bank import ActivationBank
-from real_lens.errors import ScoringError
-from real_lens.scoring import SCORERS, get_scorer
+from real_lens.experiment.config import METHODS
+from real_lens.scoring import SCORERS
 from real_lens.scoring import real as real_module
-from real_lens.scoring.prior import ModuleGRULM, roc_auc, train_prior
+from real_lens.scoring.prior import roc_auc, train_prior
 from real_lens.scoring.real import (
-    module_generators,
-    score_real,
+    loader_permutation,
+    mix_seed,
+    release_seeds,
     score_real_release,
+    score_real_release_utils,
     score_real_tensors,
     split_heldout,
-    split_release_heldout,
+    split_release_per_answer,
 )
-from real_lens.scoring.real_config import RELEASE_DIFFERENCES, RELEASE_SETTINGS_NOT_FOLLOWED, RealConfig
-from real_lens.scoring.vqae import ModuleVQAE, supcon_loss, supcon_loss_anchor_positive, train_vqae
+from real_lens.scoring.real_config import RELEASE_DIFFERENCES, RealConfig
+from real_lens.scoring.vqae import supcon_loss, supcon_loss_release, train_vqae
 
-from .test_real import PLANTED, SMALL, make_examples, planted_acts
+from .test_real import make_examples, planted_acts
 
 VARIANTS = ("described", "release")
 
+# Small and quick; ema_decay 0.8 lets the release's EMA codebook recover after ~52 updates (0.99: ~1146).
+QUICK = dict(n_codes=8, n_groups=2, vq_epochs=6, prior_epochs=2, prior_lr=1e-2, prior_embed=16, prior_hidden=16,
+             batch_size=8, ema_decay=0.8)
 
-def small(variant: str, **changes) -> RealConfig:
-    """``SMALL`` (test_real.py) in ``variant``, with the variant-dependent fields re-resolved."""
-    fields = {f.name: getattr(SMALL, f.name) for f in dataclasses.fields(SMALL)}
-    fields.update(variant=variant, heldout_split=None, prior_grad_clip=None)
-    return RealConfig(**{**fields, **changes})
+
+def quick(variant: str, **changes) -> RealConfig:
+    return RealConfig(variant=variant, **{**QUICK, **changes})
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and results do not depend on it."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def bank() -> ActivationBank:
-    n = 320
-    return ActivationBank(planted_acts(n), make_examples(n), {"site": "head_z", "model": "synthetic", "task": "planted"})
-
-
-# --- the prior: one that reads the code it predicts ------------------------------------------
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_copy_prior_reaches_far_lower_heldout_loss_on_random_codes(variant):
-    # Uniform random codes carry no structure: a causal prior cannot beat log K per code on
-    # held-out sequences. A prior whose input at step t IS code t learns to copy it.
-    n_codes, length = 8, 4
-    codes = torch.randint(0, n_codes, (2, 384, length), generator=torch.Generator().manual_seed(0))
-    train, held = codes[:, :256], codes[:, 256:]
-    prior = train_prior(
-        train, module_generators(0, [0, 1], "prior_aligned"), n_codes=n_codes, d_embed=16, d_hidden=16,
-        lr=1e-2, weight_decay=0.01, grad_clip=None, epochs=15, batch_size=32, copy_input=variant == "release",
-    )
-    with torch.no_grad():
-        heldout_loss = prior.token_nll(held).mean((1, 2))
-    uniform = math.log(n_codes)
-    if variant == "release":
-        assert (heldout_loss < 0.1 * uniform).all(), heldout_loss
-    else:
-        assert (heldout_loss > 0.95 * uniform).all(), heldout_loss
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_prior_output_at_t_depends_on_code_t_only_in_the_release(variant):
-    model = ModuleGRULM(module_generators(0, [0], "prior_aligned"), n_codes=5, d_embed=4, d_hidden=6,
-                        copy_input=variant == "release")
-    codes = torch.tensor([[[0, 1, 2, 3]]])
-    changed = codes.clone()
-    changed[..., 2] = 4  # change code 2: positions 0-1 never see it; position 2 sees it only when copying
-    before, after = model(codes), model(changed)
-    assert torch.equal(before[..., :2, :], after[..., :2, :])
-    assert not torch.equal(before[..., 3, :], after[..., 3, :])
-    assert torch.equal(before[..., 2, :], after[..., 2, :]) == (variant == "described")
-
-
-def test_release_prior_matches_embedding_gru_linear_on_the_codes_themselves():
-    # The release's GRUPrior: nn.Embedding(K) -> nn.GRU -> nn.Linear applied to the codes as they
-    # are, logits at t scored against code t. float64 so values and gradients compare tightly.
-    n_codes, length = 5, 4
-    model = ModuleGRULM(module_generators(0, [0, 1], "prior_aligned"), n_codes=n_codes, d_embed=4, d_hidden=6,
-                        copy_input=True).double()
-    assert model.embed.shape == (2, n_codes, 4)  # no start-token row
-    codes = torch.randint(0, n_codes, (2, 7, length), generator=torch.Generator().manual_seed(1))
-    weights = torch.arange(1.0, 8.0, dtype=torch.float64)
-    (model.log_likelihood(codes) * weights).sum().backward()
-    for m in range(2):
-        embed = torch.nn.Embedding(n_codes, 4).double()
-        gru = torch.nn.GRU(4, 6, batch_first=True).double()
-        out = torch.nn.Linear(6, n_codes).double()
-        with torch.no_grad():
-            embed.weight.copy_(model.embed[m])
-            gru.weight_ih_l0.copy_(model.w_ih[m].T)
-            gru.weight_hh_l0.copy_(model.w_hh[m].T)
-            gru.bias_ih_l0.copy_(model.b_ih[m])
-            gru.bias_hh_l0.copy_(model.b_hh[m])
-            out.weight.copy_(model.w_out[m].T)
-            out.bias.copy_(model.b_out[m])
-        logits = out(gru(embed(codes[m]))[0])
-        expected = torch.log_softmax(logits, -1).gather(-1, codes[m].unsqueeze(-1)).squeeze(-1)
-        (expected.mean(-1) * weights).sum().backward()
-        assert torch.allclose(model(codes)[m], logits, atol=1e-10)
-        assert torch.allclose(model.embed.grad[m], embed.weight.grad, atol=1e-10)
-        assert torch.allclose(model.w_hh.grad[m], gru.weight_hh_l0.grad.T, atol=1e-10)
-        # The release's score of a sequence: exp of the summed log-probabilities.
-        probability = model.sequence_probability(codes, eval_batch=3)[m]
-        assert torch.allclose(probability, expected.sum(-1).exp().float(), rtol=1e-5)
-
-
-def test_sequence_probability_underflows_to_ties_like_float32():
-    model = ModuleGRULM(module_generators(0, [0], "prior_aligned"), n_codes=4, d_embed=4, d_hidden=4, copy_input=True)
-    with torch.no_grad():
-        model.w_out.zero_()
-        model.b_out.copy_(torch.tensor([[0.0, 0.0, -40.0, -60.0]]))  # log p(2) ≈ -40.7, log p(3) ≈ -60.7
-    codes = torch.tensor([[[2, 2, 2], [3, 3, 3], [0, 1, 0]]])  # Σ log p ≈ -122, -182, -2.1
-    p = model.sequence_probability(codes, eval_batch=8)
-    assert p.dtype == torch.float32
-    assert p[0, 0] == 0 and p[0, 1] == 0 and p[0, 2] > 0.1  # in float64 the first two would differ
-    # The tie counts 1/2 in the AUC: aligned = the [3, 3, 3] example.
-    assert roc_auc(p, torch.tensor([0, 1, 0])).item() == pytest.approx(0.25)
-
-
-# --- the EMA codebook ----------------------------------------------------------------------
-def _codebook_after_one_update(variant: str) -> tuple[torch.Tensor, torch.Tensor]:
-    release = variant == "release"
-    model = ModuleVQAE(module_generators(0, [0], "vqae"), d=8, code_dim=4, n_groups=2, n_codes=4, leaky_slope=0.01,
-                       ema_decay=0.99, ema_eps=1e-5, mlp_bias=not release, debias_ema=not release)
-    initial = model.codebook.clone()
-    z = initial[:, :1].repeat(1, 32, 1).reshape(1, 16, 4) + 0.01  # every group right next to entry 0
-    _, codes = model.quantize(z)
-    assert (codes == 0).all()
-    model.update_codebook(z, codes)
-    return initial, model.codebook
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_ema_entry_unused_at_the_first_update(variant):
-    initial, codebook = _codebook_after_one_update(variant)
-    unused_ratio = codebook[0, 1:].norm(dim=-1) / initial[0, 1:].norm(dim=-1)
-    if variant == "release":
-        # sums start as the codebook, counts at 0, no debiasing: e_k = 0.99·e_k / ~eps.
-        n = 0.01 * 32  # EMA count after one update of 32 vectors
-        expected = 0.99 / (1e-5 * n / (n + 4 * 1e-5))
-        assert torch.allclose(unused_ratio, torch.full_like(unused_ratio, expected), rtol=1e-4)
-        assert (unused_ratio > 0.9e5).all()
-    else:
-        assert torch.equal(codebook[0, 1:], torch.zeros_like(codebook[0, 1:]))  # at the origin, near the data
-    assert torch.allclose(codebook[0, 0], initial[0, 0] + 0.01, atol=1e-3) == (variant == "described")
-
-
-def test_release_ema_unused_entry_returns_after_about_1146_updates():
-    # decay^t / eps = 1 at t = ln(1e5) / -ln(0.99) ≈ 1146: only then is a never-chosen entry back
-    # at its initial scale, where it can be chosen again.
-    model = ModuleVQAE(module_generators(0, [0], "vqae"), d=8, code_dim=4, n_groups=2, n_codes=4, leaky_slope=0.01,
-                       ema_decay=0.99, ema_eps=1e-5, mlp_bias=False, debias_ema=False)
-    initial = model.codebook.clone()
-    z = initial[:, :1].repeat(1, 32, 1).reshape(1, 16, 4)
-    codes = torch.zeros(1, 16, 2, dtype=torch.long)
-    norms = []
-    for _ in range(1146):
-        model.update_codebook(z, codes)
-        norms.append(model.codebook[0, 1:].norm(dim=-1) / initial[0, 1:].norm(dim=-1))
-    assert (norms[599] > 100).all()  # still far out after 600 updates
-    assert torch.allclose(norms[-1], torch.ones(3), rtol=0.02)
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_short_training_collapses_the_release_codebook_to_one_code(bank, variant):
-    # The consequence in a short run (4 epochs x 10 minibatches = 40 EMA updates, far below ~1146):
-    # the release's codebook keeps one code per module, so every held-out example scores the same
-    # and every module's AUC is exactly 0.5. The described variant keeps its codes and finds the heads.
-    scores = get_scorer("real-release" if variant == "release" else "real")(bank, cfg=small(variant))
-    if variant == "release":
-        assert (scores.diagnostics["perplexity"] < 1.1).all()
-        assert (scores.scores == 0.5).all()
-    else:
-        assert (scores.diagnostics["perplexity"] > 2).all()
-        assert set(scores.ranking()[: len(PLANTED)]) == PLANTED
-
-
-def test_planted_heads_rank_first_in_the_release_given_enough_ema_updates(bank):
-    # 40 epochs of 40 minibatches = 1600 EMA updates (a TruthfulQA fold of the main job: ~900-1800),
-    # past the ~1146 the release's codebook needs to recover from its first update. (The described
-    # variant ranks them first in the short run: test_real.py::test_planted_heads_rank_first.)
-    scores = score_real_release(bank, cfg=small("release", batch_size=8, vq_epochs=40))
-    assert set(scores.ranking()[: len(PLANTED)]) == PLANTED
-    for layer, head in PLANTED:
-        assert scores.scores[layer, head] > 0.9
-    assert (scores.diagnostics["perplexity"] > 4).all()
-
-
-# --- the VQ-AE's layers ----------------------------------------------------------------------
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_release_vqae_layers_have_no_bias(variant):
-    release = variant == "release"
-    model = ModuleVQAE(module_generators(0, [0, 1], "vqae"), d=8, code_dim=4, n_groups=2, n_codes=4, leaky_slope=0.01,
-                       ema_decay=0.99, ema_eps=1e-5, mlp_bias=not release, debias_ema=not release)
-    names = {name for name, _ in model.named_parameters()}
-    assert (names == {"enc1_w", "enc2_w", "dec1_w", "dec2_w"}) == release
-    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():  # bias-free LeakyReLU MLP: positively homogeneous
-        assert torch.allclose(model.encode(3 * x), 3 * model.encode(x), atol=1e-5) == release
-
-
-# --- SupCon ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_supcon_with_the_anchor_among_its_positives_hand_computed(variant):
-    # Three unit vectors a = b = (1, 0), c = (-1, 0); labels 0, 0, 1; temperature 1.
-    features = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]])
-    labels = torch.tensor([[0, 0, 1]])
-    e = math.e
-    if variant == "described":
-        # a: positive b, denominator {b, c}: -(1 - log(e + 1/e)) = log(1 + e^-2); b alike; c has no
-        # positive and does not count.
-        expected = math.log(1 + e**-2)
-        value = supcon_loss(features, labels, temperature=1.0)
-    else:
-        # Row maximum 1 (the anchor itself). a: positives {a, b}, both at shifted logit 0, denominator
-        # {b, c}: 2·log(1 + e^-2 + 1e-6) / (2 + 1e-6); b alike. c: positive {c} at shifted logit 0,
-        # denominator {a, b} at -2: log(2e^-2 + 1e-6) / (1 + 1e-6) < 0. Mean over the three anchors.
-        loss_a = 2 * math.log(1 + e**-2 + 1e-6) / (2 + 1e-6)
-        loss_c = math.log(2 * e**-2 + 1e-6) / (1 + 1e-6)
-        expected = (2 * loss_a + loss_c) / 3
-        value = supcon_loss_anchor_positive(features, labels, temperature=1.0)
-    assert value.item() == pytest.approx(expected, rel=1e-6)
-    assert (value.item() < 0) == (variant == "release")  # the anchor's own term can make it negative
-
-
-def test_release_supcon_matches_a_per_anchor_loop():
-    g = torch.Generator().manual_seed(0)
-    features = torch.randn(2, 6, 3, generator=g)
-    labels = torch.tensor([[0, 0, 1, 1, 1, 0], [1, 0, 0, 0, 0, 0]])
-    temperature = 0.07
-    expected = []
-    for m in range(2):
-        f = torch.nn.functional.normalize(features[m].double(), dim=-1)
-        per_anchor = []
-        for i in range(6):
-            logits = f[i] @ f.T / temperature
-            logits = logits - logits.max()
-            denominator = torch.log(sum(torch.exp(logits[a]) for a in range(6) if a != i) + 1e-6)
-            positives = [p for p in range(6) if labels[m, p] == labels[m, i]]  # the anchor included
-            per_anchor.append(-sum(logits[p] - denominator for p in positives) / (len(positives) + 1e-6))
-        expected.append(torch.stack(per_anchor).mean())
-    value = supcon_loss_anchor_positive(features, labels, temperature=temperature)
-    assert torch.allclose(value.double(), torch.stack(expected), rtol=1e-5)
-    assert not torch.allclose(value, supcon_loss(features, labels, temperature=temperature), rtol=1e-2)
-
-
-# --- the held-out split ------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_release_split_is_per_answer_takes_the_first_violating_and_is_balanced(variant):
-    # 50 questions of 5 answers: 2 aligned, then 3 violating (TruthfulQA's mc2 order).
-    labels = torch.tensor([1, 1, 0, 0, 0] * 50)
-    groups = [f"q{i // 5}" for i in range(250)]
-    if variant == "release":
-        train, held = split_release_heldout(labels, fraction=0.2, seed=0)
-        assert (labels[train] == 1).all()  # the one prior sees aligned answers only
-    else:
-        train, held = split_heldout(labels, groups, how="group", fraction=0.2, seed=0)
-    held_aligned, held_violating = held[labels[held] == 1], held[labels[held] == 0]
-    violating = torch.nonzero(labels == 0).flatten()
-    crossing = {groups[i] for i in train.tolist()} & {groups[i] for i in held.tolist()}
-    if variant == "release":
-        assert len(held_aligned) == 100 - int(0.8 * 100) == 20
-        assert sorted(train.tolist() + held_aligned.tolist()) == torch.nonzero(labels == 1).flatten().tolist()
-        assert torch.equal(held_violating, violating[:20])  # the first 20 in bank order
-        assert len(crossing) > 0  # per answer: questions on both sides
-    else:
-        assert not crossing
-        assert len(held_violating) == 30 and not torch.equal(held_violating, violating[:30])
-
-
-def test_release_split_keeps_all_violating_when_fewer_than_heldout_aligned():
-    labels = torch.tensor([1] * 40 + [0] * 5)
-    _, held = split_release_heldout(labels, fraction=0.2, seed=3)
-    assert (labels[held] == 1).sum() == 8 and (labels[held] == 0).sum() == 5
-
-
-# --- the score -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_inputs():
     n = 120
@@ -303,20 +62,124 @@ def small_inputs():
     return acts, torch.tensor([e.label for e in examples]), [e.group for e in examples]
 
 
-# ema_decay 0.8: the release's codebook recovers after ~52 updates instead of ~1146, so a short
-# run has non-trivial codes. Only these tests change it; the release's value is 0.99.
-QUICK_RELEASE = small("release", vq_epochs=8, prior_epochs=2, batch_size=8, ema_decay=0.8)
+# --- seeds and random-number order -------------------------------------------------------------------
+def test_mix_seed_is_the_release_formula():
+    assert mix_seed(42, 0, 0) == 42
+    assert mix_seed(42, 1, 0) == (42 ^ 0x9E3779B97F4A7C15) % (2**31 - 1)
+    x = (7 ^ (3 * 0x9E3779B97F4A7C15)) & (2**64 - 1)
+    assert mix_seed(7, 3, 5) == ((x ^ (5 * 0xC2B2AE3D27D4EB4F)) & (2**64 - 1)) % (2**31 - 1)
+    assert len({mix_seed(42, layer, head) for layer in range(30) for head in range(9)}) == 270
+    job = mix_seed(42, 2, 3)
+    assert release_seeds(42, 2, 3) == {"init": job, "vqae_order": job + 21, "split": (job + 132) % (2**31 - 1),
+                                       "prior_order": (job + 233) % (2**31 - 1)}
 
 
+@pytest.mark.parametrize("n, batch", [(10, 3), (64, 32), (7, 32)])
+def test_loader_permutation_is_a_dataloaders_order_over_epochs(n, batch):
+    # Two DataLoaders sharing one generator, iterated alternately for three epochs, as the release's
+    # priors are trained; then one more draw from the generator must agree too.
+    g_ours, g_torch = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    first = DataLoader(TensorDataset(torch.arange(n)), batch_size=batch, shuffle=True, generator=g_torch)
+    second = DataLoader(TensorDataset(torch.arange(n - 1)), batch_size=batch, shuffle=True, generator=g_torch)
+    for _ in range(3):
+        for loader, size in ((first, n), (second, n - 1)):
+            expected = torch.cat([b for (b,) in loader])
+            assert torch.equal(loader_permutation(g_ours, size), expected)
+    assert torch.equal(torch.randint(0, 1000, (4,), generator=g_ours), torch.randint(0, 1000, (4,), generator=g_torch))
+
+
+# --- the split -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_release_score_is_one_prior_sequence_probability_auc(small_inputs, monkeypatch, variant):
+def test_release_split_is_per_answer_random_per_class_and_balanced(variant):
+    # 50 questions of 5 answers: 2 aligned, then 3 violating (TruthfulQA's mc2 order).
+    labels = torch.tensor([1, 1, 0, 0, 0] * 50)
+    groups = [f"q{i // 5}" for i in range(250)]
+    if variant == "release":
+        train_aligned, train_violating, held = split_release_per_answer(
+            labels, torch.Generator().manual_seed(3), fraction=0.2)
+        train = torch.cat([train_aligned, train_violating])
+        assert len(train_aligned) == int(0.8 * 100) and len(train_violating) == int(0.8 * 150)
+        assert (labels[train_aligned] == 1).all() and (labels[train_violating] == 0).all()
+        # the release's draws: randperm of the aligned, then of the violating, from one generator
+        g = torch.Generator().manual_seed(3)
+        aligned, violating = torch.nonzero(labels == 1).flatten(), torch.nonzero(labels == 0).flatten()
+        perm_aligned, perm_violating = torch.randperm(100, generator=g), torch.randperm(150, generator=g)
+        assert torch.equal(train_aligned, aligned[perm_aligned[:80]])
+        assert torch.equal(held, torch.cat([aligned[perm_aligned[80:]], violating[perm_violating[120:140]]]))
+    else:
+        train, held = split_heldout(labels, groups, how="group", fraction=0.2, seed=3)
+    crossing = {groups[i] for i in train.tolist()} & {groups[i] for i in held.tolist()}
+    n_aligned, n_violating = int((labels[held] == 1).sum()), int((labels[held] == 0).sum())
+    assert (n_aligned == n_violating == 20) == (variant == "release")  # balanced: 30 violating cut to 20
+    assert bool(crossing) == (variant == "release")  # per answer: questions on both sides
+
+
+def test_release_split_differs_between_heads(small_inputs, monkeypatch):
     acts, labels, groups = small_inputs
-    cfg = dataclasses.replace(QUICK_RELEASE, variant=variant, heldout_split=None) if variant == "described" else QUICK_RELEASE
-    codes, priors = [], []
+    splits = []
+
+    def spy(labels, generator, *, fraction):
+        result = split_release_per_answer(labels, generator, fraction=fraction)
+        splits.append(result[2])
+        return result
+
+    monkeypatch.setattr(real_module, "split_release_per_answer", spy)
+    score_real_tensors(acts[:, :2], labels, groups, cfg=quick("release", vq_epochs=1, prior_epochs=1), seed=42,
+                       module_shape=(1, 2))
+    assert len(splits) == 2 and not torch.equal(splits[0], splits[1])  # each head its own held-out answers
+
+
+# --- SupCon ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_supcon_denominator_holds_the_anchor_hand_computed(variant):
+    # Unit vectors a = b = (1, 0), c = (-1, 0); labels 0, 0, 1; temperature 1.
+    features = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]])
+    labels = torch.tensor([[0, 0, 1]])
+    e = math.e
+    if variant == "described":
+        # a: positive b over {b, c}: log(1 + e^-2); b alike; c has no positive and does not count.
+        expected = math.log(1 + e**-2)
+        value = supcon_loss(features, labels, temperature=1.0)
+    else:
+        # a: positive b, denominator {a, b, c}: -(1 - log(e + e + 1/e)); b alike; c has no positive
+        # and counts 0 in the mean over all three anchors.
+        loss_a = -(1 - math.log(2 * e + 1 / e))
+        expected = 2 * loss_a / 3
+        value = supcon_loss_release(features, labels, temperature=1.0)
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_release_supcon_matches_a_per_anchor_loop():
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 6, 3, generator=g)
+    labels = torch.tensor([[0, 0, 1, 1, 1, 0], [1, 0, 0, 0, 0, 0]])
+    expected = []
+    for m in range(2):
+        f = torch.nn.functional.normalize(features[m].double(), dim=-1)
+        logits = f @ f.T / 0.07
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # the anchor in the denominator
+        per_anchor = []
+        for i in range(6):
+            positives = [p for p in range(6) if p != i and labels[m, p] == labels[m, i]]
+            per_anchor.append(-sum((log_prob[i, p] for p in positives), torch.tensor(0.0)) / max(len(positives), 1))
+        expected.append(torch.stack(per_anchor).mean())
+    value = supcon_loss_release(features, labels, temperature=0.07)
+    assert torch.allclose(value.double(), torch.stack(expected), rtol=1e-5)
+    assert not torch.allclose(value, supcon_loss(features, labels, temperature=0.07), rtol=1e-2)
+
+
+# --- what the scorer trains, and the score ----------------------------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_release_trains_its_vqae_and_two_copy_priors_and_scores_the_mean_log_ratio(small_inputs, monkeypatch, variant):
+    acts, labels, groups = small_inputs
+    cfg = quick(variant)
+    vqaes, priors = [], []
 
     def spy_vqae(*args, **kwargs):
+        orders = kwargs.get("orders")
+        kwargs["orders"] = None if orders is None else list(orders)
         result = train_vqae(*args, **kwargs)
-        codes.append(result.codes)
+        vqaes.append((kwargs, result))
         return result
 
     def spy_prior(train_codes, generators, **kwargs):
@@ -326,99 +189,114 @@ def test_release_score_is_one_prior_sequence_probability_auc(small_inputs, monke
 
     monkeypatch.setattr(real_module, "train_vqae", spy_vqae)
     monkeypatch.setattr(real_module, "train_prior", spy_prior)
-    auc, diagnostics = score_real_tensors(acts, labels, groups, cfg=cfg, seed=0)
-    if variant == "release":
-        assert len(priors) == 1
-        train_codes, kwargs, prior = priors[0]
-        assert kwargs["copy_input"] and kwargs["grad_clip"] is None
-        train, held = split_release_heldout(labels, fraction=0.2, seed=0)
-        assert torch.equal(train_codes, codes[0][:, train])
-        probability = prior.sequence_probability(codes[0][:, held], eval_batch=256)
-        expected = [roc_auc_score(labels[held].numpy(), row.numpy()) for row in probability]
-        assert torch.allclose(auc, torch.tensor(expected, dtype=torch.float32), atol=1e-6)
-        assert torch.equal(diagnostics["underflow"], (probability == 0).float().mean(-1))
-        assert (diagnostics["perplexity"] > 2).all()  # non-trivial codes, so the check means something
-    else:
-        assert len(priors) == 2 and not priors[0][1]["copy_input"]
-        assert "underflow" not in diagnostics
+    auc, diagnostics = score_real_tensors(acts, labels, groups, cfg=cfg, seed=42, module_shape=(1, 5))
+    (kwargs, vq), = vqaes
+    assert len(priors) == 2
+    copies = [p[1]["copy_input"] for p in priors]
+    assert copies == [variant == "release"] * 2
+    assert [p[1]["grad_clip"] for p in priors] == [1.0, 1.0]
+    assert kwargs["mlp_bias"] is True
+    assert kwargs["debias_ema"] == (variant == "described")
+    assert kwargs["supcon"] is (supcon_loss_release if variant == "release" else supcon_loss)
+    assert "underflow" not in diagnostics
+    if variant == "described":
+        assert kwargs["orders"] is None
+        return
+    # VQ-AE minibatch order: the DataLoader of generator job + 21, every epoch.
+    for head in range(5):
+        g = torch.Generator().manual_seed(release_seeds(42, 0, head)["vqae_order"])
+        for epoch in range(cfg.vq_epochs):
+            assert torch.equal(kwargs["orders"][epoch][head], loader_permutation(g, len(labels)))
+    # Each head's priors train on its own split; the score is the mean log-likelihood ratio's AUC.
+    for head in range(5):
+        train_aligned, train_violating, held = split_release_per_answer(
+            labels, torch.Generator().manual_seed(release_seeds(42, 0, head)["split"]), fraction=0.2)
+        assert torch.equal(priors[0][0][head], vq.codes[head, train_aligned])
+        assert torch.equal(priors[1][0][head], vq.codes[head, train_violating])
+        g = torch.Generator().manual_seed(release_seeds(42, 0, head)["prior_order"])
+        for epoch in range(cfg.prior_epochs):  # aligned loader, then violating loader, each epoch
+            assert torch.equal(priors[0][1]["orders"][epoch][head], loader_permutation(g, len(train_aligned)))
+            assert torch.equal(priors[1][1]["orders"][epoch][head], loader_permutation(g, len(train_violating)))
+        codes = vq.codes[:, held]  # every head's codes of this head's held-out answers
+        with torch.no_grad():  # mean log p_aligned - mean log p_violating
+            score = (priors[0][2].log_likelihood(codes) - priors[1][2].log_likelihood(codes))[head]
+        expected = roc_auc_score(labels[held].numpy(), score.numpy())
+        assert auc[head].item() == pytest.approx(expected, abs=1e-6)
+    assert (diagnostics["perplexity"] > 2).all()  # non-trivial codes, so the checks mean something
 
 
 def test_batched_equals_one_module_at_a_time_release(small_inputs):
-    # Tolerance: none (torch.equal), as for the described variant in test_real.py.
-    batched = score_real_tensors(*small_inputs, cfg=QUICK_RELEASE, seed=3)
-    assert (batched[1]["perplexity"] > 2).all()
+    cfg = quick("release")
+    batched = score_real_tensors(*small_inputs, cfg=cfg, seed=3, module_shape=(1, 5))
     for chunk in (1, 2):
-        chunked = score_real_tensors(*small_inputs, cfg=dataclasses.replace(QUICK_RELEASE, module_chunk=chunk), seed=3)
+        chunked = score_real_tensors(*small_inputs, cfg=dataclasses.replace(cfg, module_chunk=chunk), seed=3,
+                                     module_shape=(1, 5))
         assert torch.equal(chunked[0], batched[0])
         for name, value in batched[1].items():
             assert torch.equal(chunked[1][name], value), name
+    alone = score_real_tensors(*small_inputs, cfg=cfg, seed=3, module_shape=(1, 5), modules=[3])
+    assert torch.equal(alone[0][3], batched[0][3]) and alone[0][[0, 1, 2, 4]].isnan().all()
 
 
-# --- registration, config, metadata --------------------------------------------------------------
-def test_both_variants_are_registered_scorers_with_their_names(bank):
-    assert SCORERS["real"].score is score_real and SCORERS["real-release"].score is score_real_release
-    quick = small("release", vq_epochs=1, prior_epochs=1)
-    scores = get_scorer("real-release")(bank, cfg=quick, seed=2, model=None, device=None)
-    assert scores.method == "real-release" and scores.meta["variant"] == "release"
-    assert scores.config == dataclasses.asdict(quick) and scores.config["variant"] == "release"
-    assert scores.config["heldout_split"] == "answer" and scores.config["prior_grad_clip"] is None
-    assert set(scores.diagnostics) == {"recon_loss", "perplexity", "collapsed", "auc", "underflow"}
-    described = score_real(bank, cfg=small("described", vq_epochs=1, prior_epochs=1))
-    assert described.method == "real" and described.meta["variant"] == "described"
+def test_planted_heads_rank_first_in_the_release():
+    n = 320
+    examples = make_examples(n)
+    labels = torch.tensor([e.label for e in examples])
+    acts = planted_acts(n).reshape(n, 8, 8)
+    cfg = quick("release", vq_epochs=10, prior_epochs=6, ema_decay=0.9)
+    auc, _ = score_real_tensors(acts, labels, [e.group for e in examples], cfg=cfg, seed=42, module_shape=(2, 4))
+    assert set(auc.argsort(descending=True)[:2].tolist()) == {2, 5}  # PLANTED (0, 2), (1, 1)
 
 
-class _Stop(Exception):
-    pass
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_release_scores_zero_when_a_class_has_one_example(variant, small_inputs):
+    acts, labels, groups = small_inputs
+    keep = torch.cat([torch.nonzero(labels == 1).flatten(), torch.nonzero(labels == 0).flatten()[:1]])
+    args = (acts[keep], labels[keep], [groups[i] for i in keep.tolist()])
+    if variant == "release":
+        auc, _ = score_real_tensors(*args, cfg=quick(variant), seed=0)
+        assert torch.equal(auc, torch.zeros(5))
+    else:
+        with pytest.raises(real_module.ScoringError, match="at least 5 examples per class"):
+            score_real_tensors(*args, cfg=quick(variant), seed=0)
 
 
-def test_scorer_defaults_are_their_variant(monkeypatch, bank):
-    seen = []
-
-    def record_config(*args, cfg, **kwargs):
-        seen.append(cfg)
-        raise _Stop  # the config is all this test needs; skip the training
-
-    monkeypatch.setattr(real_module, "_score", record_config)
-    for scorer in (score_real, score_real_release):
-        with pytest.raises(_Stop):
-            scorer(bank)
-    assert seen == [RealConfig(), RealConfig(variant="release")]
+def test_auc_is_half_when_a_class_is_missing_and_sklearns_otherwise():
+    scores = torch.tensor([[0.1, 0.4, 0.4, 0.9], [3.0, 2.0, 1.0, 0.0]])
+    assert torch.equal(roc_auc(scores, torch.tensor([1, 1, 1, 1])), torch.tensor([0.5, 0.5]))
+    labels = torch.tensor([0, 1, 0, 1])
+    expected = [roc_auc_score(labels.numpy(), row.numpy()) for row in scores]
+    assert torch.allclose(roc_auc(scores, labels), torch.tensor(expected, dtype=torch.float32))
 
 
-@pytest.mark.parametrize(
-    "scorer, cfg, pattern",
-    [
-        (score_real_release, RealConfig(), r"'real-release' needs RealConfig\(variant='release'\); found variant='described'"),
-        (score_real, RealConfig(variant="release"), r"'real' needs RealConfig\(variant='described'\); found variant='release'"),
-    ],
-)
-def test_scorer_refuses_the_other_variant(bank, scorer, cfg, pattern):
-    with pytest.raises(ScoringError, match=pattern):
-        scorer(bank, cfg=cfg)
-
-
-def test_config_resolves_and_validates_the_variant():
-    described, release = RealConfig(), RealConfig(variant="release")
-    assert (described.heldout_split, described.prior_grad_clip, described.method) == ("group", 1.0, "real")
-    assert (release.heldout_split, release.prior_grad_clip, release.method) == ("answer", None, "real-release")
-    assert RealConfig(heldout_split="answer").heldout_split == "answer"
-    # Under pytest jaxtyping checks the Literal annotation before __post_init__ runs; outside
-    # pytest __post_init__'s own message is what a user sees, so run it on a config changed in place.
-    unknown = RealConfig()
-    object.__setattr__(unknown, "variant", "paper")
-    with pytest.raises(ScoringError, match=r"variant must be one of \('described', 'release'\); found 'paper'"):
-        unknown.__post_init__()
-    with pytest.raises(ScoringError, match=r"holds out per answer.*found heldout_split='group'"):
+# --- configuration, registration, the difference list -----------------------------------------------
+def test_config_defaults_follow_the_variant():
+    described, release, utils = RealConfig(), RealConfig(variant="release"), RealConfig(variant="release-utils")
+    assert (described.vq_epochs, described.prior_epochs, described.heldout_split, described.prior_grad_clip) == (
+        20, 10, "group", 1.0)
+    assert (release.vq_epochs, release.prior_epochs, release.heldout_split, release.prior_grad_clip) == (
+        30, 6, "answer", 1.0)
+    assert (utils.vq_epochs, utils.prior_epochs, utils.prior_grad_clip) == (20, 10, None)
+    assert RealConfig(variant="release", vq_epochs=2).vq_epochs == 2
+    with pytest.raises(real_module.ScoringError, match=r"holds out per answer.*found heldout_split='group'"):
         RealConfig(variant="release", heldout_split="group")
-    with pytest.raises(ScoringError, match=r"does not clip.*found prior_grad_clip=1.0"):
-        RealConfig(variant="release", prior_grad_clip=1.0)
-    with pytest.raises(ScoringError, match=r"prior_grad_clip must be > 0"):
-        RealConfig(prior_grad_clip=0.0)
 
 
-def test_release_difference_lists_are_rendered_text():
-    for entries in (RELEASE_DIFFERENCES, RELEASE_SETTINGS_NOT_FOLLOWED):
-        assert entries and all(len(e) == 2 and all(isinstance(s, str) and s.strip() for s in e) for e in entries)
-    # one entry per behaviour METHOD.md §3a lists, plus the bias-free layers found in the code
-    assert len(RELEASE_DIFFERENCES) == 8
+def test_registered_names_defaults_and_the_main_jobs_methods():
+    assert SCORERS["real-release"].score is score_real_release
+    assert SCORERS["real-release-utils"].score is score_real_release_utils
+    assert "real-release" in METHODS and "real-release-utils" not in METHODS
+    import inspect
+
+    assert inspect.signature(score_real_release).parameters["seed"].default == 42  # the release's --seed
+    assert SCORERS["real-release"].experiment_settings == ("real_release_epochs", "real_release_prior_epochs")
+    from real_lens.experiment.config import ExperimentConfig
+
+    options = SCORERS["real-release"].options_for(ExperimentConfig())
+    assert options["cfg"] == RealConfig(variant="release", vq_epochs=30, prior_epochs=6)
+
+
+def test_release_difference_list_is_rendered_text():
+    assert all(len(e) == 2 and all(isinstance(s, str) and s.strip() for s in e) for e in RELEASE_DIFFERENCES)
+    assert len(RELEASE_DIFFERENCES) == 6
     assert np.unique([what for what, _ in RELEASE_DIFFERENCES]).size == len(RELEASE_DIFFERENCES)

@@ -28,3 +28,20 @@ def test_truthfulqa_fold_test_sets_follow_the_split_files():
     assert len(task.folds[1].test) == n_rows
     # The Hub fallback rebuilds the same folds from the question order alone.
     assert rebuild_folds(task.groups) == task.folds
+
+
+def test_tuning_examples_pair_each_answer_with_another_question():
+    from real_lens.tasks import Example
+    from real_lens.tasks.truthfulqa import tuning_examples
+
+    examples = [Example(f"Q: {q} A:", f" {a}", label, q) for q in ("Why?", "Who?", "When?") for a, label in
+                (("yes", 1), ("no", 0))]
+    tuned = tuning_examples(examples, seed=42)
+    assert len(tuned) == len(examples)
+    for original, example in zip(examples, tuned):
+        head, other = example.text.rsplit(" Q: ", 1)
+        assert head == f"Q: {original.group} A: {original.answer.strip()}"
+        assert other in {"Why?", "Who?", "When?"} and other != original.group
+        assert (example.group, example.label) == (original.group, original.label)
+    assert tuned == tuning_examples(examples, seed=42)
+    assert len({e.text for seed in range(5) for e in tuning_examples(examples, seed=seed)}) > len(examples)
