@@ -38,7 +38,8 @@ STAGING_MARKER = ".real-lens-staging"  # inside each staging directory; see _mak
 ARTIFACT_FORMAT = "real-lens-artifact/1"
 T = TypeVar("T")
 _KIND_NAMES = {"bank": "an activation bank", "scores": "module scores", "steering": "a steering",
-               "model-cache": "a cached model", "tokenizer-cache": "a cached tokenizer"}
+               "model-cache": "a cached model", "tokenizer-cache": "a cached tokenizer",
+               "vectors": "per-layer steering vectors"}
 
 
 def _named(kind) -> str:
@@ -141,19 +142,45 @@ def check_output_path(out, *, kind: str | None, replaces: Collection[str] = ()) 
                             "or a new path — pass the link's target itself, or another --out")
     if path.exists() and not path.is_dir():
         raise RealLensError(f"--out {path} is a file; expected a directory (a new path, or an earlier output to replace)")
+    _check_writable_beside(path)
+    if path.exists() and not os.access(path, os.W_OK | os.X_OK):
+        raise RealLensError(f"--out {path} is not writable by this user; choose a location you can write to")
+    if kind is not None:
+        check_replaceable(path, kind=kind, replaces=replaces)
+    return path
+
+
+def _check_writable_beside(path: Path) -> None:
+    """``path``'s nearest existing ancestor is a directory, and where ``path`` is created (its lock
+    file, its staging copy beside it) is writable by this user."""
     ancestor = path
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise RealLensError(f"--out {path} lies under {ancestor}, which is a file; pass a path inside a directory")
-    # Writing an artifact publishes it beside the target (staging copy, lock file): the parent must be writable too.
     for where in {ancestor, Path(os.path.abspath(path)).parent if path.exists() else ancestor}:
         if not os.access(where, os.W_OK | os.X_OK):
             raise RealLensError(f"--out {path}: {where} is not writable by this user; choose a location you can write to")
-    if path.exists() and not os.access(path, os.W_OK | os.X_OK):
-        raise RealLensError(f"--out {path} is not writable by this user; choose a location you can write to")
-    if kind is not None:
-        check_replaceable(path, kind=kind, replaces=replaces)
+
+
+def check_output_file(out, *, suffixes: Collection[str], what: str) -> Path:
+    """An output *file* (``export --format lm-eval``) checked before any work: not empty, one of
+    ``suffixes``, not a directory, not a symlink, inside a writable directory. An existing plain
+    file there is replaced (atomically, under the lock beside it)."""
+    if out is None or not str(out).strip():
+        raise RealLensError(f"--out is empty; pass the file to write {what} to (e.g. --out steering{sorted(suffixes)[0]})")
+    path = Path(out).expanduser()
+    if path.suffix not in suffixes:
+        raise RealLensError(f"--out {path} ends in {path.suffix or 'no suffix'!r}; expected {' or '.join(sorted(suffixes))} "
+                            f"for {what}; rename it")
+    if path.is_symlink():
+        raise RealLensError(f"--out {path} is a symbolic link (to {os.readlink(path)!r}); expected a plain file or a new "
+                            "path — pass the link's target itself, or another --out")
+    if path.is_dir():
+        raise RealLensError(f"--out {path} is a directory; expected a file path for {what}")
+    if path.exists() and not path.is_file():
+        raise RealLensError(f"--out {path} is not a plain file (a device, FIFO or socket); pass another --out")
+    _check_writable_beside(path)
     return path
 
 
@@ -324,7 +351,8 @@ def load_artifact(directory, *, kind: str, read: Callable[[Path], T], legacy_fil
                 if not all((where / name).is_file() for name in legacy_files):
                     raise ArtifactMissingError("")
                 if not allow_unverified:
-                    raise ArtifactError(f"{where} has no {MANIFEST} (written by an older real-lens), so it cannot be verified")
+                    raise ArtifactError(f"{where} has no {MANIFEST} (deleted, or written by an older real-lens), so it cannot "
+                                        "be verified; pass --allow-unverified (allow_unverified=True) to read it anyway")
                 notice(f"{where} has no {MANIFEST} (written by an older real-lens); {what} is read without verification",
                        once=f"unverified:{where}")
                 return read(where)
