@@ -112,10 +112,12 @@ def _open_lock_file(path: Path, directory) -> int:
             f"the lock file {path} of {_absolute(directory)} is a symbolic link (to {os.readlink(path)!r}); "
             "expected a plain file or none — real-lens does not write through it; remove the link and run again"
         ) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # a hard link to another file is written through too
         os.close(fd)
-        raise RealLensError(f"the lock file {path} of {_absolute(directory)} is not a plain file; "
-                                "remove it and run again")
+        found = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a plain file"
+        raise RealLensError(f"the lock file {path} of {_absolute(directory)} is {found}; expected a plain file of "
+                            "its own or none — remove it and run again")
     return fd
 
 

@@ -290,3 +290,24 @@ def test_quiet_silences_the_gguf_dequantisation_bar(capsys, monkeypatch):
     assert code == 0 and err == "", err
     code, _, err = cli(capsys, "hooks")
     assert code == 0 and "de-quantizing" in err
+
+
+def test_a_lock_file_hard_linked_to_a_victim_is_refused(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.link(victim, tmp_path / ".out.lock")
+    with pytest.raises(RealLensError, match="hard link"):
+        synthetic_bank(0).save(tmp_path / "out")
+    assert victim.read_text() == "precious\n"
+
+
+def test_an_lm_eval_export_onto_a_symlink_is_refused(tmp_path, capsys, monkeypatch):
+    from real_lens.cli import commands
+
+    monkeypatch.setattr(commands, "_steering_for", lambda args: pytest.fail("loaded before --out was checked"))
+    victim = tmp_path / "victim.pt"
+    victim.write_text("precious\n")
+    (tmp_path / "s.pt").symlink_to(victim)
+    code, _, err = cli(capsys, "export", "--scores", tmp_path / "s", "--format", "lm-eval", "--out", tmp_path / "s.pt")
+    assert_one_line(code, err, contains="is a symbolic link")
+    assert victim.read_text() == "precious\n"
