@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -33,10 +34,12 @@ from .io import current_umask, describe_error, fsync_dir, notice, read_json, sha
 from .locks import output_lock
 
 MANIFEST = "manifest.json"
+STAGING_MARKER = ".real-lens-staging"  # inside each staging directory; see _make_staging
 ARTIFACT_FORMAT = "real-lens-artifact/1"
 T = TypeVar("T")
 _KIND_NAMES = {"bank": "an activation bank", "scores": "module scores", "steering": "a steering",
-               "model-cache": "a cached model", "tokenizer-cache": "a cached tokenizer"}
+               "model-cache": "a cached model", "tokenizer-cache": "a cached tokenizer",
+               "vectors": "per-layer steering vectors"}
 
 
 def _named(kind) -> str:
@@ -56,19 +59,46 @@ def artifact_writer(directory, *, kind: str, replaces: Collection[str] | None = 
         _tidy(directory)
         if replaces is not None:
             check_replaceable(directory, kind=kind, replaces=replaces)
-        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.staging-"))
+        staging = _make_staging(directory)
         try:
             os.chmod(staging, 0o777 & ~current_umask())
             yield staging
             _write_manifest(staging, kind)
             _publish(staging, directory)
+            with contextlib.suppress(FileNotFoundError):  # the published artifact holds its own files only
+                os.unlink(directory / STAGING_MARKER)
         except OSError as exc:  # name the artifact, not its hidden staging copy
             if exc.filename and Path(exc.filename).is_relative_to(staging) and exc.errno is not None:
                 raise OSError(exc.errno, exc.strerror, str(directory / Path(exc.filename).relative_to(staging))) from exc
             raise
         finally:
-            if staging.exists():
+            if os.path.lexists(staging) and not os.path.islink(staging):
                 shutil.rmtree(staging, ignore_errors=True)
+
+
+def _make_staging(directory: Path) -> Path:
+    """A new staging directory beside ``directory``, named ``.NAME.staging-<pid>-<random token>``
+    (``mkdtemp``: created new, never an existing path or a symlink), holding a marker file that names
+    it: :func:`_tidy` removes only directories that carry their own marker, never one by its prefix."""
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.staging-{os.getpid()}-"))
+    fd = os.open(staging / STAGING_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        os.write(fd, staging.name.encode())
+    finally:
+        os.close(fd)
+    return staging
+
+
+def _is_our_staging(path: Path) -> bool:
+    """Whether ``path`` is a staging directory real-lens made: a real directory (no symlink) whose
+    marker file is a plain file naming it."""
+    marker = path / STAGING_MARKER
+    try:
+        if path.is_symlink() or not path.is_dir() or marker.is_symlink() or not marker.is_file():
+            return False
+        return marker.read_text(errors="replace") == path.name
+    except OSError:
+        return False
 
 
 def check_replaceable(directory, *, kind: str, replaces: Collection[str] = ()) -> None:
@@ -93,7 +123,7 @@ def check_replaceable(directory, *, kind: str, replaces: Collection[str] = ()) -
                 f"{directory} holds {_named(found_kind)}, not {_named(kind)}; it is not overwritten — "
                 "choose another directory"
             )
-    others = sorted(names - listed - set(replaces) - {MANIFEST})
+    others = sorted(names - listed - set(replaces) - {MANIFEST, STAGING_MARKER})
     if others:
         raise ArtifactError(
             f"{directory} already holds files that are not part of {_named(kind)} (e.g. {others[0]!r}); "
@@ -107,17 +137,12 @@ def check_output_path(out, *, kind: str | None, replaces: Collection[str] = ()) 
     if out is None or not str(out).strip():
         raise RealLensError("--out is empty; pass the directory to write to (e.g. --out banks/tqa)")
     path = Path(out).expanduser()
+    if path.is_symlink():
+        raise RealLensError(f"--out {path} is a symbolic link (to {os.readlink(path)!r}); expected a real directory "
+                            "or a new path — pass the link's target itself, or another --out")
     if path.exists() and not path.is_dir():
         raise RealLensError(f"--out {path} is a file; expected a directory (a new path, or an earlier output to replace)")
-    ancestor = path
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise RealLensError(f"--out {path} lies under {ancestor}, which is a file; pass a path inside a directory")
-    # Writing an artifact publishes it beside the target (staging copy, lock file): the parent must be writable too.
-    for where in {ancestor, Path(os.path.abspath(path)).parent if path.exists() else ancestor}:
-        if not os.access(where, os.W_OK | os.X_OK):
-            raise RealLensError(f"--out {path}: {where} is not writable by this user; choose a location you can write to")
+    _check_writable_beside(path)
     if path.exists() and not os.access(path, os.W_OK | os.X_OK):
         raise RealLensError(f"--out {path} is not writable by this user; choose a location you can write to")
     if kind is not None:
@@ -125,11 +150,45 @@ def check_output_path(out, *, kind: str | None, replaces: Collection[str] = ()) 
     return path
 
 
+def _check_writable_beside(path: Path) -> None:
+    """``path``'s nearest existing ancestor is a directory, and where ``path`` is created (its lock
+    file, its staging copy beside it) is writable by this user."""
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RealLensError(f"--out {path} lies under {ancestor}, which is a file; pass a path inside a directory")
+    for where in {ancestor, Path(os.path.abspath(path)).parent if path.exists() else ancestor}:
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise RealLensError(f"--out {path}: {where} is not writable by this user; choose a location you can write to")
+
+
+def check_output_file(out, *, suffixes: Collection[str], what: str) -> Path:
+    """An output *file* (``export --format lm-eval``) checked before any work: not empty, one of
+    ``suffixes``, not a directory, not a symlink, inside a writable directory. An existing plain
+    file there is replaced (atomically, under the lock beside it)."""
+    if out is None or not str(out).strip():
+        raise RealLensError(f"--out is empty; pass the file to write {what} to (e.g. --out steering{sorted(suffixes)[0]})")
+    path = Path(out).expanduser()
+    if path.suffix not in suffixes:
+        raise RealLensError(f"--out {path} ends in {path.suffix or 'no suffix'!r}; expected {' or '.join(sorted(suffixes))} "
+                            f"for {what}; rename it")
+    if path.is_symlink():
+        raise RealLensError(f"--out {path} is a symbolic link (to {os.readlink(path)!r}); expected a plain file or a new "
+                            "path — pass the link's target itself, or another --out")
+    if path.is_dir():
+        raise RealLensError(f"--out {path} is a directory; expected a file path for {what}")
+    if path.exists() and not path.is_file():
+        raise RealLensError(f"--out {path} is not a plain file (a device, FIFO or socket); pass another --out")
+    _check_writable_beside(path)
+    return path
+
+
 def _write_manifest(staging: Path, kind: str) -> dict:
     from ._version import __version__
 
     files = {}
-    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+    for path in sorted(p for p in staging.rglob("*") if p.is_file() and p != staging / STAGING_MARKER):
         with open(path, "rb+") as f:
             os.fsync(f.fileno())
         files[path.relative_to(staging).as_posix()] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
@@ -192,20 +251,36 @@ def _renameat2():
 
 
 def _siblings(directory: Path, tag: str) -> list[Path]:
+    """Sibling directories this module made: ``old`` copies named ``.NAME.old-<8 hex>`` holding a
+    manifest, ``staging`` copies carrying their own marker. A user's ``.NAME.staging-mine`` is neither."""
     prefix = f".{directory.name}.{tag}-"
     try:
-        return [p for p in directory.parent.iterdir() if p.name.startswith(prefix)]
+        candidates = [p for p in directory.parent.iterdir() if p.name.startswith(prefix)]
     except FileNotFoundError:
         return []
+    if tag == "staging":
+        return [p for p in candidates if _is_our_staging(p)]
+    return [p for p in candidates if re.fullmatch(r"[0-9a-f]{8}", p.name[len(prefix):]) and not p.is_symlink()
+            and p.is_dir() and (p / MANIFEST).is_file()]
 
 
 def _tidy(directory: Path) -> None:
-    """Under the lock: undo a publish that died between its two renames, drop dead staging copies."""
+    """Under the lock: undo a publish that died between its two renames, drop dead staging copies
+    (only those :func:`_siblings` recognises as this module's own)."""
     olds = sorted(_siblings(directory, "old"), key=lambda p: p.stat().st_mtime)
     if olds and not os.path.lexists(directory):
         os.rename(olds.pop(), directory)
         notice(f"restored {directory} from an interrupted write")
-    for leftover in [*olds, *_siblings(directory, "staging")]:
+    leftovers = [*olds, *_siblings(directory, "staging")]
+    marker = directory / STAGING_MARKER  # a publish died after the exchange: its staging name now holds the old copy
+    if marker.is_file() and not marker.is_symlink():
+        name = marker.read_text(errors="replace")
+        swapped = directory.parent / name
+        if name.startswith(f".{directory.name}.staging-") and "/" not in name and swapped.is_dir() \
+                and not swapped.is_symlink():
+            leftovers.append(swapped)
+        marker.unlink()
+    for leftover in leftovers:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -276,7 +351,8 @@ def load_artifact(directory, *, kind: str, read: Callable[[Path], T], legacy_fil
                 if not all((where / name).is_file() for name in legacy_files):
                     raise ArtifactMissingError("")
                 if not allow_unverified:
-                    raise ArtifactError(f"{where} has no {MANIFEST} (written by an older real-lens), so it cannot be verified")
+                    raise ArtifactError(f"{where} has no {MANIFEST} (deleted, or written by an older real-lens), so it cannot "
+                                        "be verified; pass --allow-unverified (allow_unverified=True) to read it anyway")
                 notice(f"{where} has no {MANIFEST} (written by an older real-lens); {what} is read without verification",
                        once=f"unverified:{where}")
                 return read(where)

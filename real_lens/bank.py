@@ -118,10 +118,12 @@ class ActivationBank:
         return directory
 
     @classmethod
-    def load(cls, directory, *, allow_unverified: bool = True) -> "ActivationBank":
+    def load(cls, directory, *, allow_unverified: bool = False) -> "ActivationBank":
         """The bank saved at ``directory``, after checking its manifest (BankError if anything is off).
 
-        A bank written before manifests existed is read with a notice when ``allow_unverified``."""
+        A bank written before manifests existed is read with a notice only when ``allow_unverified``
+        (the CLI's ``--allow-unverified``); refused by default, since a deleted manifest would otherwise hide
+        any damage."""
         return load_verified(directory, BANK_ARTIFACT, read=cls._read, allow_unverified=allow_unverified)
 
     @classmethod

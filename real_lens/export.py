@@ -123,22 +123,47 @@ def to_lm_eval_config(model, steering: Steering) -> dict[str, dict]:
     }
 
 
+LM_EVAL_SUFFIXES = (".pt", ".pth")  # the only files lm-evaluation-harness's steered model reads
+VECTORS_KIND = "vectors"
+VECTORS_FILES = ("vectors.safetensors", "vectors.json")
+
+
 @_model_first
 def save_lm_eval_steering(model, steering: Steering, path) -> Path:
     """Write :func:`to_lm_eval_config` where ``lm_eval --model steered ... steer_path=<path>`` reads it.
 
     The harness reads only ``.pt``/``.pth`` files through ``torch.load(weights_only=True)``, so
     this is the one artifact real-lens writes with ``torch.save``: plain tensors, floats and
-    strings, which that restricted loader accepts (no code objects).
+    strings, which that restricted loader accepts (no code objects). It is serialised in memory
+    first and written like every file (atomically; a full disk or a file-size limit is an OSError
+    naming the file, not torch's ``basic_ios::clear``).
     """
+    import io
+
     from .io import atomic_write
 
     path = Path(path)
-    if path.suffix not in (".pt", ".pth"):
+    if path.suffix not in LM_EVAL_SUFFIXES:
         raise RealLensError(f"lm-evaluation-harness reads steering files ending in .pt or .pth; got {path.name!r}")
-    config = to_lm_eval_config(model, steering)
-    atomic_write(path, lambda tmp: torch.save(config, tmp))
+    buffer = io.BytesIO()
+    torch.save(to_lm_eval_config(model, steering), buffer)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
     return path
+
+
+def save_layer_vectors(model, steering: Steering, directory) -> "LayerVectors":
+    """:func:`to_layer_vectors` saved as an artifact (``vectors.safetensors`` + ``vectors.json`` + a
+    manifest) at ``directory``, published whole; returns the vectors."""
+    from .artifacts import artifact_writer
+    from .io import write_json, write_tensors
+
+    vectors = to_layer_vectors(model, steering)
+    with artifact_writer(directory, kind=VECTORS_KIND, replaces=set(VECTORS_FILES)) as staging:
+        write_tensors(staging / VECTORS_FILES[0], {f"layer.{layer}": v for layer, v in vectors.vectors.items()})
+        write_json(staging / VECTORS_FILES[1], {"site": vectors.site, "hook": hooks.hook_template(vectors.site),
+                                                "layers": sorted(vectors.vectors), "alpha": steering.alpha,
+                                                "method": steering.method, "meta": steering.meta})
+    return vectors
 
 
 # --------------------------------------------------------------------------- steering-vectors

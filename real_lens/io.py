@@ -120,8 +120,14 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
+    """The JSON in ``path``; a document nested too deeply for the parser (a crafted file ``[[[[…``)
+    is a ``json.JSONDecodeError`` like any malformed file, not a RecursionError."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        text = f.read()
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply to read", text, 0) from None
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -2,15 +2,19 @@
 
 A second writer of the same directory either waits (caches: one process builds, the others
 then reuse) or fails at once with one line (a user's ``--out``, so two commands never
-interleave). A lock held by a killed process is dropped by the kernel. The lock file lives
-beside the directory because the directory itself is swapped when an artifact is published.
+interleave). A lock held by a killed process is dropped by the kernel. The lock file is opened
+with ``O_NOFOLLOW``: a symbolic link planted in its place is refused (one line), never written
+through. The lock file lives beside the directory because the directory itself is swapped when an
+artifact is published.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
@@ -21,7 +25,7 @@ try:
 except ImportError:  # Windows: no advisory locks; writes stay atomic, concurrent writers are not excluded
     fcntl = None
 
-from .errors import OutputLockedError
+from .errors import OutputLockedError, RealLensError
 from .io import notice
 
 
@@ -69,7 +73,7 @@ def output_lock(directory, *, wait: bool) -> Iterator[None]:
 def _acquire(path: Path, directory, *, wait: bool) -> int:
     """A locked fd on the file now at ``path`` (a holder may unlink it on release: then lock the new one)."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_lock_file(path, directory)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -94,6 +98,27 @@ def _acquire(path: Path, directory, *, wait: bool) -> int:
             os.close(fd)
             raise
         os.close(fd)  # the file we locked was released and removed meanwhile; lock the one there now
+
+
+def _open_lock_file(path: Path, directory) -> int:
+    """The lock file, opened without following a symlink: someone who can write the parent folder
+    could otherwise point ``.NAME.lock`` at any file of this user's and have it overwritten."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP and not os.path.islink(path):
+            raise
+        raise RealLensError(
+            f"the lock file {path} of {_absolute(directory)} is a symbolic link (to {os.readlink(path)!r}); "
+            "expected a plain file or none — real-lens does not write through it; remove the link and run again"
+        ) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # a hard link to another file is written through too
+        os.close(fd)
+        found = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a plain file"
+        raise RealLensError(f"the lock file {path} of {_absolute(directory)} is {found}; expected a plain file of "
+                            "its own or none — remove it and run again")
+    return fd
 
 
 def _holder(fd: int) -> str:

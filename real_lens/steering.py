@@ -203,8 +203,10 @@ class Steering:
         return directory
 
     @classmethod
-    def load(cls, directory, *, allow_unverified: bool = True) -> "Steering":
-        """The steering saved at ``directory``, after checking its manifest (RealLensError if anything is off)."""
+    def load(cls, directory, *, allow_unverified: bool = False) -> "Steering":
+        """The steering saved at ``directory``, after checking its manifest (RealLensError if anything is off).
+
+        A steering without a manifest is read (with a notice) only when ``allow_unverified``."""
         return load_verified(directory, STEERING_ARTIFACT, read=cls._read, allow_unverified=allow_unverified)
 
     @classmethod

@@ -14,6 +14,7 @@ asking to report it (exit code 1). Progress bars and INFO logs go to stderr; ``-
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -52,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
                 "as one process"
             )
         model_parallel = getattr(args, "device_map", None) is not None or (getattr(args, "n_devices", None) or 1) > 1
+        library_bars_off = args.quiet and args.command != "tasks"  # (tasks loads no model: no transformers import)
         with distributed_session(getattr(args, "device", None), model_parallel=model_parallel) as (ranks, device), \
-                logging_redirect_tqdm(loggers=[package_logger]):  # log lines do not tear progress bars
+                logging_redirect_tqdm(loggers=[package_logger]), \
+                (_library_bars_off() if library_bars_off else contextlib.nullcontext()):  # log lines do not tear bars
             if hasattr(args, "device"):
                 args.device = device
             args.ranks = ranks
@@ -76,6 +79,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+
+@contextlib.contextmanager
+def _library_bars_off():
+    """``--quiet`` for the bars other libraries draw: transformers' own (checkpoint shards) and its GGUF
+    dequantisation loop, which calls tqdm with no way to turn it off (so its ``tqdm`` is swapped for the
+    command's duration)."""
+    import functools
+
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as hf_logging
+
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # no GGUF support in this transformers
+        gguf_utils = None
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    previous = getattr(gguf_utils, "tqdm", None)
+    hf_logging.disable_progress_bar()
+    if previous is not None:
+        gguf_utils.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            gguf_utils.tqdm = previous
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def _bank_for(args, model=None):
     from ..tasks import load_task
 
     if args.bank:
-        return ActivationBank.load(args.bank)
+        return ActivationBank.load(args.bank, allow_unverified=args.allow_unverified)
     if not getattr(args, "task", None):
         raise RealLensError("give --bank DIR (from `real-lens collect`) or --task T to collect first")
     task = _limited(load_task(args.task, data_dir=args.data_dir), args.limit)
@@ -150,6 +150,7 @@ def cmd_score(args) -> None:
     from ..scoring import scorer_spec
 
     is_sharded(args.method, args.ranks)  # unknown or unshardable methods fail before any loading
+    pair_options = _pair_options(args)  # pair flags for a method without pairs, or bad values, fail now too
     _check_device(args)
     out = _check_out(args.out, kind="scores") if args.ranks.is_main else None
     spec = scorer_spec(args.method)
@@ -168,7 +169,7 @@ def cmd_score(args) -> None:
             bank = _bank_for(args, model)
         extra = {"progress": args.ranks.is_main and not args.quiet} if spec.progress else {}
         scores = score_distributed(args.method, bank, model=model, seed=args.seed, device=args.device,
-                                   ranks=args.ranks, **extra, **_pair_options(args))
+                                   ranks=args.ranks, **extra, **pair_options)
         if not args.ranks.is_main:
             return
         scores = with_source(scores, bank)
@@ -221,16 +222,16 @@ def _steering_for(args):
 
     _check_device(args)
     if getattr(args, "steering", None):
-        steering = Steering.load(args.steering)
+        steering = Steering.load(args.steering, allow_unverified=args.allow_unverified)
         if args.alpha is not None:
             steering = steering.with_alpha(args.alpha)
         recorded = _recorded_model_name(steering.meta)
     else:
-        scores = ModuleScores.load(args.scores)
+        scores = ModuleScores.load(args.scores, allow_unverified=args.allow_unverified)
         bank_dir = args.bank or scores.meta.get("bank")
         if not bank_dir:
             raise RealLensError(f"{args.scores} does not record its bank; pass --bank DIR (the bank it was scored on)")
-        bank = ActivationBank.load(bank_dir)
+        bank = ActivationBank.load(bank_dir, allow_unverified=args.allow_unverified)
         check_scores_bank(scores, bank, scores_dir=args.scores, bank_dir=bank_dir)
         steering = build_steering(bank, scores.select(min(args.top_k, scores.n_modules), strengths=args.strengths),
                                   alpha=15.0 if args.alpha is None else args.alpha)
@@ -274,27 +275,41 @@ def cmd_inspect(args) -> None:
                          prompt_length=args.prompt_length))
 
 
-def cmd_export(args) -> None:
-    from pathlib import Path
+def _check_export_out(args):
+    """``export --out`` checked before any loading, by the rules of every writer: a directory artifact
+    (vectors, steering) is new, empty or an earlier one of its kind; an lm-eval file is a .pt/.pth
+    path that is not a directory or a symlink."""
+    from ..artifacts import check_output_file, check_output_path
+    from ..export import LM_EVAL_SUFFIXES, VECTORS_FILES, VECTORS_KIND
+    from ..steering import STEERING_FILE, STEERING_KIND, STEERING_META_FILE
 
-    from ..export import save_lm_eval_steering, to_layer_vectors
-    from ..io import write_json, write_tensors
-
-    steering, model = _steering_for(args)
-    out = Path(args.out)
     if args.format == "lm-eval":
-        save_lm_eval_steering(model, steering, out)
+        return check_output_file(args.out, suffixes=LM_EVAL_SUFFIXES,
+                                 what="an lm-evaluation-harness steering file (lm_eval reads .pt or .pth)")
+    if args.format == "vectors":
+        return check_output_path(args.out, kind=VECTORS_KIND, replaces=VECTORS_FILES)
+    return check_output_path(args.out, kind=STEERING_KIND, replaces={STEERING_FILE, STEERING_META_FILE})
+
+
+def cmd_export(args) -> None:
+    from ..export import save_layer_vectors, save_lm_eval_steering
+    from ..locks import output_lock
+
+    out = _check_export_out(args)
+    with output_lock(out, wait=False):  # a second export into the same --out fails now, not after loading
+        steering, model = _steering_for(args)
+        if args.format == "lm-eval":
+            save_lm_eval_steering(model, steering, out)
+        elif args.format == "vectors":
+            vectors = save_layer_vectors(model, steering, out)
+        else:
+            steering.save(out)
+    if args.format == "lm-eval":
         print(f"wrote {out}; evaluate any lm-evaluation-harness task under this steering with\n"
               f"  lm_eval --model steered --model_args pretrained=<the Hugging Face model>,steer_path={out} --tasks <task>")
     elif args.format == "vectors":
-        vectors = to_layer_vectors(model, steering)
-        write_tensors(out / "vectors.safetensors", {f"layer.{layer}": v for layer, v in vectors.vectors.items()})
-        write_json(out / "vectors.json", {"site": vectors.site, "hook": hooks.hook_template(vectors.site),
-                                          "layers": sorted(vectors.vectors), "alpha": steering.alpha,
-                                          "method": steering.method, "meta": steering.meta})
         print(f"wrote {out}: {len(vectors.vectors)} per-layer vectors at {hooks.hook_template(vectors.site)}")
     else:
-        steering.save(out)
         print(f"wrote {out}: {len(steering.modules)} modules at {steering.site}, alpha {steering.alpha:g}")
 
 

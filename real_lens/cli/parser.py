@@ -88,6 +88,24 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+UNVERIFIED_HELP = ("read a bank, scores or steering that has no manifest.json (written by an older real-lens, or "
+                   "its manifest deleted): nothing then detects damage; refused without this flag")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..activations import READOUTS
     from ..experiment import ExperimentConfig
@@ -151,8 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("score", help="score every module of a bank with one method (scores + heatmap PNG)")
     model_arg(p)
-    p.add_argument("--bank", default=None, help="an activation bank made by `real-lens collect`")
-    p.add_argument("--task", default=None, help="collect first: truthfulqa, or file:<path>")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--bank", default=None, help="an activation bank made by `real-lens collect`")
+    source.add_argument("--task", default=None, help="collect first: truthfulqa, or file:<path> (instead of --bank)")
+    p.add_argument("--allow-unverified", action="store_true", help=UNVERIFIED_HELP)
     p.add_argument("--limit", type=_positive_int, default=None)
     bank_arg(p)
     p.add_argument("--data-dir", default=None)
@@ -164,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="questions to pair (default: patching 8, attribution 64)")
     pairs.add_argument("--n-demos", type=_positive_int, default=None,
                        help="demonstrations before each question (default 3)")
-    pairs.add_argument("--min-gap", type=float, default=None,
+    pairs.add_argument("--min-gap", type=_non_negative_float, default=None,
                        help="drop pairs whose |clean - corrupted| gap is below this many nats (default 0.5)")
     pairs.add_argument("--positions", default=None, choices=("answer", "question"),
                        help="patch at the answer's positions (default) or the whole question as well")
@@ -176,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         if saved:
             source.add_argument("--steering", help="a steering saved with Steering.save (instead of --scores)")
         p.add_argument("--bank", default=None, help="bank for the directions (default: the one the scores came from)")
+        p.add_argument("--allow-unverified", action="store_true", help=UNVERIFIED_HELP)
         p.add_argument("--top-k", type=_positive_int, default=16, help="number of modules (heads) to steer (default 16)")
         p.add_argument("--alpha", type=_finite_float, default=None,
                        help="steering strength (default 15" + ("; with --steering, the saved one)" if saved else ")"))
@@ -198,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-tokens", type=_positive_int, default=10, help="next-token candidates to show (default 10)")
     p.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
     p.add_argument("--prompt-length", type=_positive_int, default=None, help="for --positions prompt/generated")
-    p.add_argument("--warn-ratio", type=float, default=1.0,
+    p.add_argument("--warn-ratio", type=_positive_float, default=1.0,
                    help="flag modules whose added vector is longer than this times their mean activation norm")
     p.set_defaults(run=commands.cmd_inspect)
 

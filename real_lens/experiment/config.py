@@ -18,7 +18,9 @@ from typing import Any
 
 from .._version import __version__
 from ..configs import build_config
-from ..errors import RealLensError
+from .. import hooks
+from ..activations import READOUTS
+from ..errors import RealLensError, unknown_name_error
 from ..io import read_json
 from ..models import DEFAULT_MODEL
 from ..scoring.registry import method_names
@@ -97,6 +99,13 @@ class ExperimentConfig:
         if self.sigma_bank == "tuning" and self.task != "truthfulqa":
             raise RealLensError(f"sigma_bank 'tuning' is the REAL release's TruthfulQA tuning bank; found task "
                                 f"{self.task!r}. Use --sigma-bank scoring for other tasks")
+        if self.site not in hooks.SITES:
+            raise unknown_name_error("site", self.site, hooks.SITES)
+        if self.readout not in READOUTS:
+            raise unknown_name_error("readout", self.readout, READOUTS)
+        if isinstance(self.pair_min_gap, bool) or not isinstance(self.pair_min_gap, (int, float)) \
+                or not 0 <= self.pair_min_gap < math.inf:
+            raise RealLensError(f"pair_min_gap must be a finite number of nats >= 0 (e.g. 0.5); got {self.pair_min_gap!r}")
         if self.mc_prompt not in MC_PROMPT_STYLES:
             raise RealLensError(f"unknown MC prompt {self.mc_prompt!r}; expected one of {list(MC_PROMPT_STYLES)}")
         # Counts the command line passes straight through (real_lens.configs derives one option per field).

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..errors import ArtifactError, RealLensError, ScoringError
-from ..io import atomic_write, notice, read_json, read_sealed_json, write_sealed_json
+from ..io import atomic_write, notice, read_json, read_sealed_json, sha256_file, write_sealed_json
 from ..locks import output_lock
 from ..provenance import with_source
 from ..scoring import SCORERS, ModuleScores, method_names, score_modules
@@ -162,7 +162,9 @@ def scorer_options(cfg: ExperimentConfig, method: str) -> dict:
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    """``rows`` as a CSV, written atomically; the columns are the first row's keys."""
+    """``rows`` as a CSV, written atomically; the columns are the first row's keys. The table's SHA-256
+    is sealed beside it (``NAME.seal``), so a command that reads it later (``transfer``) refuses an
+    edited or damaged table instead of trusting it; the CSV's own bytes stay plain."""
     def write(tmp):
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -170,10 +172,26 @@ def write_rows(path: Path, rows: list[dict]) -> None:
             writer.writerows(rows)
 
     atomic_write(path, write)
+    write_sealed_json(seal_path(path), {"file": path.name, "file_sha256": sha256_file(path)})
 
 
-def read_rows(path: Path) -> list[dict]:
-    """The rows of a results table :func:`write_rows` wrote (values as text, as the CSV holds them)."""
+def seal_path(path: Path) -> Path:
+    """Where :func:`write_rows` seals the table at ``path``."""
+    return path.with_name(path.name + ".seal")
+
+
+def read_rows(path: Path, *, verified: bool = False) -> list[dict]:
+    """The rows of a results table :func:`write_rows` wrote (values as text, as the CSV holds them).
+
+    ``verified``: first check the table against its seal (ArtifactError if it was edited, damaged, or
+    has no seal)."""
+    if verified:
+        seal = seal_path(path)
+        if not seal.is_file():
+            raise ArtifactError(f"{path} has no seal ({seal.name}; written by an older real-lens, or removed), so it "
+                                "cannot be verified")
+        if read_sealed_json(seal).get("file_sha256") != sha256_file(path):
+            raise ArtifactError(f"{path} does not match its seal {seal.name} (edited or damaged after the run wrote it)")
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 

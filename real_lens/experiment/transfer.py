@@ -16,7 +16,6 @@ target test question was seen during selection.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from .config import METHODS, ExperimentConfig, arm_name, fit_parts
 from .report import summary_table, timing_lines
 from .setup import cell_is_current, evaluate_cell, prepare, result_row
 from .stats import Arm, summarise
-from .store import Timer, cached_cell, start_run_dir, write_rows
+from .store import Timer, cached_cell, read_rows, start_run_dir, write_rows
 
 
 @dataclass(frozen=True)
@@ -70,8 +69,11 @@ def load_source_run(source_dir) -> tuple[ExperimentConfig, list[dict]]:
     if unknown:
         raise RealLensError(f"{source}/config.json has settings this real-lens does not know: {unknown}")
     cfg = ExperimentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
-    with open(source / "results.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:  # the chosen K and α are read from this table: an edited one must not steer the target
+        rows = read_rows(source / "results.csv", verified=True)
+    except ArtifactError as exc:
+        raise RealLensError(f"{exc}; run `real-lens run --config {source} --out {source}` again (it reuses the cached, "
+                            "verified cells and writes the table anew)") from None
     return cfg, rows
 
 

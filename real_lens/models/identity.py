@@ -8,8 +8,11 @@ model whose *weights fingerprint* differs from a recorded one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
+
+from ..io import read_json, sha256_file, write_json
 
 FINGERPRINTS: dict[str, str] = {}
 
@@ -40,12 +43,37 @@ def names_match(recorded, model) -> bool:
     return str(recorded) in names
 
 
-def dir_fingerprint(path: Path) -> str:
-    """Names, sizes and mtimes of the weight files (hashing GBs of weights on every load is too slow)."""
-    entries = sorted(
-        (p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in path.iterdir() if p.is_file()
-    )
+def dir_fingerprint(path: Path, *, cache_file: Path | None = None) -> str:
+    """A digest of the SHA-256 of every file in a local model directory (weights, config, tokenizer).
+
+    Hashing GBs of weights on every load is slow, so each file's SHA-256 is remembered in
+    ``cache_file`` under its (device, inode, mtime and ctime in ns, size): changed weights written
+    back with the old size and the old mtime (``touch -d``) still get a new ctime, which no user can
+    set, so they are hashed again, never trusted."""
+    known = _read_hash_cache(cache_file)
+    entries, changed = [], False
+    for file in sorted(p for p in Path(path).iterdir() if p.is_file()):
+        st = file.stat()
+        key = f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_size}"
+        digest = known.get(key)
+        if digest is None:
+            digest = known[key] = sha256_file(file)
+            changed = True
+        entries.append((file.name, digest))
+    if changed and cache_file is not None:
+        with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
+            write_json(cache_file, known)
     return hashlib.sha256(repr(entries).encode()).hexdigest()[:16]
+
+
+def _read_hash_cache(cache_file: Path | None) -> dict[str, str]:
+    if cache_file is None:
+        return {}
+    try:
+        cached = read_json(cache_file)
+    except (OSError, ValueError):  # absent or damaged: hash again
+        return {}
+    return {k: v for k, v in cached.items() if isinstance(v, str)} if isinstance(cached, dict) else {}
 
 
 def weights_fingerprint(model) -> str:

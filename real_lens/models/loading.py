@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
-from .embedded import EMBEDDED, embedded_gguf_path, gguf_model_name, load_gguf
+from .embedded import EMBEDDED, cache_root, embedded_gguf_path, gguf_model_name, load_gguf
 from .hf import DEFAULT_MODEL, from_pretrained
 from .identity import FINGERPRINTS, dir_fingerprint, weights_fingerprint
 from .placement import check_device, dtype_name, resolve_dtype, resolve_placement
@@ -76,7 +76,7 @@ def load_hf(name: str, *, dtype: torch.dtype, device_map=None, max_memory=None):
         return *load_gguf(path, key_name=name, **load), gguf_model_name(path)
     if path.is_dir():
         check_model_directory(path)
-        FINGERPRINTS[name] = f"dir:{path.resolve()}:{dir_fingerprint(path)}"
+        FINGERPRINTS[name] = f"dir:{path.resolve()}:{dir_fingerprint(path, cache_file=cache_root() / 'file-hashes.json')}"
         return *from_pretrained(str(path), what=f"local model directory {path}", **load), str(path)
     check_hub_name(name)
     FINGERPRINTS[name] = f"hub:{name}"

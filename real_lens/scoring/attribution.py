@@ -68,11 +68,11 @@ def _experiment_options(experiment) -> dict:
                                      min_gap=experiment.pair_min_gap)}
 
 
-@register_scorer(METHOD, config=AttributionConfig, accepts=PairConfig, needs_model=True,
+@register_scorer(METHOD, config=AttributionConfig, accepts=PairConfig, needs_model=True, progress=True,
                  experiment_settings=("attribution_pairs", "pair_demos", "pair_min_gap"),
                  experiment_options=_experiment_options)
 def attribution_scorer(
-    bank, *, model=None, seed: int = 0, device=None, cfg: PairConfig | None = None
+    bank, *, model=None, seed: int = 0, device=None, cfg: PairConfig | None = None, progress: bool = True
 ) -> ModuleScores:
     """Attribution patching at the bank's site, on contrast pairs built from its examples.
 
@@ -80,7 +80,8 @@ def attribution_scorer(
     activations. Runs where the model is (``device`` is unused).
     """
     return score_with_pairs(
-        bank, model, seed=seed, cfg=cfg or AttributionConfig(), effects_fn=attribute_pairs, method=METHOD, unit=SCORE_UNIT
+        bank, model, seed=seed, cfg=cfg or AttributionConfig(), effects_fn=attribute_pairs, method=METHOD, unit=SCORE_UNIT,
+        progress=progress,
     )
 
 

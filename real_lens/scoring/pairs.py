@@ -415,12 +415,13 @@ def check_model_for_bank(bank, model, *, method: str) -> None:
         raise ScoringError(f"{method} needs the model in evaluation mode; call model.eval() first")
 
 
-def score_with_pairs(bank, model, *, seed: int, cfg: PairConfig, effects_fn, method: str, unit: str) -> ModuleScores:
+def score_with_pairs(bank, model, *, seed: int, cfg: PairConfig, effects_fn, method: str, unit: str,
+                     progress: bool = True) -> ModuleScores:
     """The body shared by the patching-style scorers: build the bank's contrast pairs, measure
     per-pair module effects with ``effects_fn`` (activation or attribution patching), normalise."""
     check_model_for_bank(bank, model, method=method)
     pairs = build_contrast_pairs(bank.examples, model, n_pairs=cfg.n_pairs, n_demos=cfg.n_demos, seed=seed)
-    effects, gaps = effects_fn(model, pairs, site=bank.site, cfg=cfg)
+    effects, gaps = effects_fn(model, pairs, site=bank.site, cfg=cfg, progress=progress)
     return scores_from_pair_effects(
         effects, gaps, pairs, min_gap=cfg.min_gap, method=method, unit=unit,
         site=bank.site, seed=seed, config=asdict(cfg), bank_meta=bank.meta,

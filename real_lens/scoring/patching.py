@@ -93,11 +93,11 @@ def _experiment_options(experiment) -> dict:
                               min_gap=experiment.pair_min_gap)}
 
 
-@register_scorer(METHOD, config=PatchingConfig, accepts=PairConfig, needs_model=True,
+@register_scorer(METHOD, config=PatchingConfig, accepts=PairConfig, needs_model=True, progress=True,
                  experiment_settings=("patching_pairs", "pair_demos", "pair_min_gap"),
                  experiment_options=_experiment_options)
 def patching_scorer(
-    bank, *, model=None, seed: int = 0, device=None, cfg: PairConfig | None = None
+    bank, *, model=None, seed: int = 0, device=None, cfg: PairConfig | None = None, progress: bool = True
 ) -> ModuleScores:
     """Activation patching at the bank's site, on contrast pairs built from its examples.
 
@@ -106,7 +106,8 @@ def patching_scorer(
     :class:`PatchingConfig`'s ``modules_per_batch``.
     """
     cfg = as_patching_config(cfg)
-    return score_with_pairs(bank, model, seed=seed, cfg=cfg, effects_fn=patch_pairs, method=METHOD, unit=SCORE_UNIT)
+    return score_with_pairs(bank, model, seed=seed, cfg=cfg, effects_fn=patch_pairs, method=METHOD, unit=SCORE_UNIT,
+                            progress=progress)
 
 
 def as_patching_config(cfg: PairConfig | None) -> PatchingConfig:

@@ -141,10 +141,12 @@ class ModuleScores:
         return directory
 
     @classmethod
-    def load(cls, directory, *, allow_unverified: bool = True) -> "ModuleScores":
+    def load(cls, directory, *, allow_unverified: bool = False) -> "ModuleScores":
         """The scores saved at ``directory``, after checking their manifest (ScoringError if anything is off).
 
-        Scores written before manifests existed are read with a notice when ``allow_unverified``."""
+        Scores written before manifests existed are read with a notice only when ``allow_unverified``
+        (the CLI's ``--allow-unverified``); refused by default, since a deleted manifest would otherwise hide
+        any damage."""
         return load_verified(directory, SCORES_ARTIFACT, read=cls._read, allow_unverified=allow_unverified)
 
     @classmethod

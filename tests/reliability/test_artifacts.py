@@ -98,10 +98,12 @@ def test_a_data_region_bit_flip_is_caught_only_by_the_checksum(tmp_path):
         ActivationBank.load(tmp_path)
 
 
-def test_older_artifacts_without_manifest_load_with_a_notice(tmp_path, capsys):
+def test_older_artifacts_without_manifest_load_only_when_allowed_with_a_notice(tmp_path, capsys):
     synthetic_bank(0).save(tmp_path / "b")
     (tmp_path / "b" / MANIFEST).unlink()
-    assert ActivationBank.load(tmp_path / "b").digest == synthetic_bank(0).digest
+    with pytest.raises(BankError, match="cannot be verified; pass --allow-unverified"):
+        ActivationBank.load(tmp_path / "b")
+    assert ActivationBank.load(tmp_path / "b", allow_unverified=True).digest == synthetic_bank(0).digest
     assert "without verification" in capsys.readouterr().err
 
 
