@@ -1,35 +1,64 @@
-"""Does a module's score predict its causal effect? Steer single heads and compare.
+"""Does a module's score predict its causal effect? Steer single heads at one matched dose and compare.
 
-For one fold of a finished run: take each method's top-``n_top`` heads plus ``n_random`` heads
-drawn uniformly (seeded), steer each head *alone* (strength 1, the run's steering recipe: mean
-difference direction from the fold's train+val activations, α·σ) and measure the change of the
-task's selection metric on the fold's **val** questions (never test). A single head's effect does
-not depend on which method picked it, so each head is evaluated once; every method's scores are
-then compared with the same effects: Spearman ρ between a method's score and the effect over
-all evaluated heads, and the mean effect of its top heads vs the random heads.
+For one fold of a finished main-job run (KL-target protocol; an α-grid run is refused): take each
+method's top-``n_top`` heads plus the top head of each of ``n_random`` seeded random rankings (the
+random null's draws, :func:`real_lens.null.random_null_scores`), and steer each head *alone*
+(strength 1, the run's recipe: mean-difference direction and σ from the activations the run fitted
+on) at **one matched small dose**: α calibrated per head so that KL(unsteered ‖ steered) on the run's
+held-apart WikiText-2 paragraphs is ``kl`` nats per token (:func:`real_lens.evaluation.dose.calibrate_alpha`,
+the job's settings), so head effects are comparable. Each head is evaluated once, on the fold's
+questions that fitted nothing (val when the run fitted on train only, test when it fitted on
+train+val; the analysis selects nothing), with the run's standard MC prompt, and gets:
 
-Caveat, stated with the numbers: the evaluated heads are the methods' top heads plus a few random
-ones, not a uniform sample, so ρ is over a selected set (it rewards a method whose top heads move
-the metric more than the other methods' top heads do).
+- its effect on the task's selection metric (MC2 for TruthfulQA), paired per question against
+  unsteered (:func:`real_lens.evaluation.paired.compare_paired`: CI, sign-flip p, Holm across heads);
+- for MC tasks, β_truth and β_len of the per-answer decomposition against unsteered
+  (:func:`real_lens.evaluation.decomposition.decompose`): the nats the head adds to true answers beyond
+  what their length predicts.
+
+Every method's scores are then compared with the same effects: Spearman ρ(score, effect) over the
+evaluated heads whose calibration reached the dose, with a percentile bootstrap CI over heads.
+Caveat: the heads are the methods' top heads plus a few random ones, not a uniform sample, so ρ is
+over a selected set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
-from analyses.common import new_figure, run_analysis, run_dir, run_main, style
-from real_lens.activations import collect_activations
+import real_lens as rl
+from analyses.common import (
+    check_protocol,
+    fmt,
+    new_figure,
+    paired_table,
+    protocol,
+    run_analysis,
+    run_dir,
+    run_main,
+    style,
+)
+from real_lens.evaluation.decomposition import answer_deltas, decompose
+from real_lens.evaluation.dose import CALIBRATION, calibrate_alpha
 from real_lens.evaluation.suite import eval_items
-from real_lens.experiment import METHODS, load_source_run, prepare
-from real_lens.experiment.setup import evaluate_cell
+from real_lens.experiment import (
+    METHODS,
+    cached_cell,
+    evaluate_cell,
+    fit_parts,
+    load_config,
+    prepare,
+)
+from real_lens.null import random_null_scores
 from real_lens.plotting import SCORE_UNITS, metric_label, save_figure
-from real_lens.scoring import ModuleScores, Selection
-from real_lens.steering import build_steering
+
+NULL_SEED_OFFSET = 2_000_003  # this analysis' random heads: other seeds than the run's steered null
 
 
 @dataclass(frozen=True)
@@ -37,101 +66,185 @@ class Config:
     run: str = "runs/truthfulqa"  # a finished `real-lens run`; "" = the quick run on the tiny model
     fold: int = 0
     n_top: int = 6  # per method
-    n_random: int = 8
-    alpha: float = 15.0  # the larger α of the main job's grid: single heads need a strong push
-    n_questions: int = 20  # val questions of the fold
+    n_random: int = 8  # random rankings whose top head is evaluated
+    kl: float = 0.02  # the matched per-head dose, nats per token on the held-apart paragraphs
+    n_questions: int = 40  # questions of the fold part that fitted nothing
+    n_boot: int = 1000
     seed: int = 0
 
 
 CONFIG = Config()
-QUICK = Config(run="", n_top=2, n_random=2, alpha=8.0, n_questions=4)
+QUICK = Config(run="", n_top=2, n_random=2, kl=0.001, n_questions=4, n_boot=200)  # tiny model: a tiny dose
 
 
-def analyse(cfg: Config, run: Path, progress: bool = True) -> dict:
-    run_cfg, _ = load_source_run(run)
+def spearman_ci(x, y, *, n_boot: int, seed: int, level: float = 0.95) -> dict:
+    """Spearman ρ of ``x`` and ``y`` with a percentile bootstrap CI over their pairs (resamples whose
+    ranks are constant, where ρ is undefined, are left out and counted)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    nan = {"rho": math.nan, "p": math.nan, "ci": [math.nan, math.nan], "n": int(x.size), "n_boot_valid": 0}
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return nan
+    full = spearmanr(x, y)
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))
+    rx, ry = rankdata(x[idx], axis=1), rankdata(y[idx], axis=1)  # ρ = Pearson r of the ranks, per resample
+    rx -= rx.mean(1, keepdims=True)
+    ry -= ry.mean(1, keepdims=True)
+    denominator = np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
+    valid = denominator > 0
+    rho = (rx * ry).sum(1)[valid] / denominator[valid]
+    tail = (1 - level) / 2
+    ci = np.quantile(rho, [tail, 1 - tail]).tolist() if rho.size else [math.nan, math.nan]
+    return {"rho": float(full.statistic), "p": float(full.pvalue), "ci": ci, "n": int(x.size),
+            "n_boot_valid": int(valid.sum())}
+
+
+def analyse(cfg: Config, run: Path, work: Path, progress: bool = True) -> dict:
+    run_cfg = load_config(run)
+    check_protocol(run_cfg, run)
     setup = prepare(run_cfg)
-    task, metric = setup.task, setup.select_metric
+    task, metric, evaluation = setup.task, setup.select_metric, setup.evaluation
     fold = task.folds[cfg.fold]
-    bank = collect_activations(setup.model, task, site=run_cfg.site, readout=run_cfg.readout,
-                               batch_size=run_cfg.batch_size, progress=progress).select(fold.train | fold.val)
-    items = eval_items(setup.evaluation, task, fold.val, cfg.n_questions, cfg.seed)
-    methods = run_cfg.methods
-    scores = {m: ModuleScores.load(run / "scores" / f"fold{cfg.fold}" / m) for m in methods}
-    any_scores = next(iter(scores.values()))
-    heads = {m: [tuple(h) for h in s.ranking()[:cfg.n_top]] for m, s in scores.items()}
-    rng = np.random.default_rng(cfg.seed)
-    everything = any_scores.ranking()
-    random_heads = [tuple(everything[i]) for i in rng.choice(len(everything), size=cfg.n_random, replace=False)]
-    evaluated = list(dict.fromkeys([h for m in methods for h in heads[m]] + random_heads))
+    fitted = fit_parts(run_cfg)
+    split = "val" if "val" not in fitted else "test"  # questions that entered no fitting
+    bank = rl.collect(setup.model, task, site=run_cfg.site, readout=run_cfg.readout, batch_size=run_cfg.batch_size,
+                      progress=progress).select(set().union(*(getattr(fold, p) for p in fitted)))
+    items = eval_items(evaluation, task, getattr(fold, split), cfg.n_questions, cfg.seed)
+    methods = [m for m in run_cfg.methods if (run / "scores" / f"fold{cfg.fold}" / m).is_dir()]
+    scores = {m: rl.ModuleScores.load(run / "scores" / f"fold{cfg.fold}" / m) for m in methods}
+    top = {m: [tuple(h) for h in s.ranking()[:cfg.n_top]] for m, s in scores.items()}
+    draws = random_null_scores(bank.module_shape, n_draws=cfg.n_random, fold=cfg.fold,
+                               seed=run_cfg.seed + NULL_SEED_OFFSET)
+    random_heads = list(dict.fromkeys(tuple(d.ranking()[0]) for d in draws))
+    evaluated = list(dict.fromkeys([h for m in methods for h in top[m]] + random_heads))
 
-    base = evaluate_cell(setup, items, None, run_cfg)[metric]
-    effects = {}
+    def cell(**key):
+        return cached_cell(work, run_cfg, cfg.fold, {"split": split, "n": cfg.n_questions, "seed": cfg.seed,
+                                                               **key})
+
+    base = cell(method="unsteered", k=0, alpha=0.0)(lambda: evaluate_cell(setup, items, None, run_cfg))
+    reference = setup.kl_reference()  # the unsteered log-probs on the held-apart paragraphs, shared by every head
+    results = []
     for i, head in enumerate(evaluated):
-        steering = build_steering(bank, Selection((head,), (1.0,), "single"), alpha=cfg.alpha)
-        effects[head] = evaluate_cell(setup, items, steering, run_cfg)[metric] - base
-        if progress:
-            print(f"head L{head[0]}H{head[1]}: Δ{metric} {effects[head]:+.4f} ({i + 1}/{len(evaluated)})", flush=True)
+        unit = rl.build_steering(bank, rl.Selection((head,), (1.0,), "single"), alpha=1.0)
 
+        def compute(unit=unit):
+            dose = calibrate_alpha(setup.model, unit, setup.calibration, cfg.kl, reference=reference,
+                                   max_tokens=run_cfg.side_effect_tokens, **CALIBRATION)
+            return {**evaluate_cell(setup, items, unit.with_alpha(dose.alpha), run_cfg),
+                    "calibration": {k: v for k, v in dataclasses.asdict(dose).items() if k != "trace"}}
+
+        results.append(cell(method=f"L{head[0]}H{head[1]}", k=1, dose=f"kl{cfg.kl:g}")(compute))
+        if progress:
+            c = results[-1]["calibration"]
+            print(f"head L{head[0]}H{head[1]}: α {c['alpha']:.3g} (KL {c['kl']:.3g}), "
+                  f"Δ{metric} {results[-1][metric] - base[metric]:+.4f} ({i + 1}/{len(evaluated)})", flush=True)
+
+    arrays = {"unsteered": np.asarray(base["per_item"][metric])}
+    arrays.update({f"L{h[0]}H{h[1]}": np.asarray(r["per_item"][metric]) for h, r in zip(evaluated, results)})
+    paired = paired_table(arrays, [(name, "unsteered") for name in list(arrays)[1:]], n_boot=cfg.n_boot, seed=cfg.seed)
+    heads = []
+    for head, result, row in zip(evaluated, results, paired):
+        entry = {"head": list(head), "alpha": result["calibration"]["alpha"], "calibration_kl": result["calibration"]["kl"],
+                 "reached": result["calibration"]["reached"], "effect": row["difference"], "effect_ci": row["ci"],
+                 "p": row["p"], "p_holm": row["p_holm"], "min_detectable": row["min_detectable"],
+                 "beta_truth": math.nan, "beta_truth_ci": [math.nan, math.nan], "beta_len": math.nan}
+        if "per_answer" in result:
+            answers = result["per_answer"]
+            fit = decompose(answers["group"], answers["true"], answers["tokens"],
+                            answer_deltas(answers, base["per_answer"]), n_boot=cfg.n_boot, seed=cfg.seed)
+            entry.update(beta_truth=fit.beta_truth, beta_truth_ci=list(fit.ci_truth), beta_len=fit.beta_len,
+                         p_truth=fit.p_truth)
+        heads.append(entry)
+
+    matched = [i for i, h in enumerate(heads) if h["reached"]]
     per_method = {}
     for m in methods:
         x = [float(scores[m].scores[h]) for h in evaluated]
-        y = [effects[h] for h in evaluated]
-        constant = len(set(x)) < 2 or len(set(y)) < 2
-        per_method[m] = {
-            "spearman": math.nan if constant else float(spearmanr(x, y).statistic),
-            "mean_effect_top": float(np.mean([effects[h] for h in heads[m]])),
-            "scores": x,
-        }
-    return {"run": str(run), "task": task.name, "metric": metric, "fold": cfg.fold, "alpha": cfg.alpha,
-            "n_items": len(items), "baseline": base, "heads": [list(h) for h in evaluated],
-            "effects": [effects[h] for h in evaluated], "random_heads": [list(h) for h in random_heads],
-            "top_heads": {m: [list(h) for h in heads[m]] for m in methods},
-            "mean_effect_random": float(np.mean([effects[h] for h in random_heads])), "methods": per_method}
+        per_method[m] = {"scores": x, "mean_effect_top": float(np.mean([heads[evaluated.index(h)]["effect"] for h in top[m]])),
+                         "mean_beta_truth_top": float(np.mean([heads[evaluated.index(h)]["beta_truth"] for h in top[m]]))}
+        for key, target in (("effect", "effect"), ("beta_truth", "beta_truth")):
+            y = [heads[i][target] for i in matched]
+            finite = [j for j, v in enumerate(y) if np.isfinite(v)]
+            per_method[m][f"spearman_{key}"] = spearman_ci([x[matched[j]] for j in finite], [y[j] for j in finite],
+                                                           n_boot=cfg.n_boot, seed=cfg.seed)
+    random_index = [evaluated.index(h) for h in random_heads]
+    return {"run": str(run), "protocol": protocol(run_cfg), "task": task.name, "metric": metric, "fold": cfg.fold,
+            "split": split, "kl": cfg.kl, "n_items": len(items), "n_questions": base["n_questions"],
+            "baseline": base[metric], "heads": heads, "n_matched": len(matched),
+            "random_heads": [list(h) for h in random_heads], "top_heads": {m: [list(h) for h in top[m]] for m in methods},
+            "mean_effect_random": float(np.mean([heads[i]["effect"] for i in random_index])),
+            "mean_beta_truth_random": float(np.mean([heads[i]["beta_truth"] for i in random_index])),
+            "methods": per_method}
+
+
+def _rho(v: dict) -> str:
+    return f"{fmt(v['rho'], '+.2f')} [{fmt(v['ci'][0], '+.2f')}, {fmt(v['ci'][1], '+.2f')}]"
 
 
 def table(data: dict) -> list[str]:
-    lines = [f"# Score vs single-head effect: {data['task']}, fold {data['fold']}, α {data['alpha']:g}",
-             "", f"Effect = change of val {data['metric']} ({data['n_items']} items; unsteered {data['baseline']:.4f}) "
-             f"when one head is steered alone; {len(data['heads'])} heads evaluated.", "",
-             "| method | Spearman ρ (score, effect) | mean effect of its top heads | mean effect of random heads |",
-             "|---|---|---|---|"]
+    metric = data["metric"]
+    lines = [f"# Score vs single-head effect: {data['task']}, fold {data['fold']}, each head at KL {data['kl']:g}",
+             "", f"Effect = change of {data['split']} {metric} ({data['n_questions']} questions; unsteered "
+             f"{data['baseline']:.4f}) when one head is steered alone, α calibrated per head to KL {data['kl']:g} "
+             f"nats/token on the held-apart paragraphs; {len(data['heads'])} heads evaluated, {data['n_matched']} reached "
+             "the dose (ρ is over those). β_truth: nats added to true answers beyond their length (per-answer "
+             "decomposition vs unsteered). CIs: bootstrap over heads.", "",
+             f"| method | Spearman ρ (score, Δ{metric}) [95% CI] | Spearman ρ (score, β_truth) [95% CI] | "
+             f"mean Δ{metric} of its top heads | mean β_truth of its top heads |", "|---|---|---|---|---|"]
     for m, v in data["methods"].items():
-        rho = "n/a" if math.isnan(v["spearman"]) else f"{v['spearman']:+.2f}"
-        lines.append(f"| {m} | {rho} | {v['mean_effect_top']:+.4f} | {data['mean_effect_random']:+.4f} |")
+        lines.append(f"| {m} | {_rho(v['spearman_effect'])} | {_rho(v['spearman_beta_truth'])} | "
+                     f"{fmt(v['mean_effect_top'], '+.4f')} | {fmt(v['mean_beta_truth_top'], '+.3f')} |")
+    lines.append(f"| random heads (null draws' top heads) | | | {fmt(data['mean_effect_random'], '+.4f')} | "
+                 f"{fmt(data['mean_beta_truth_random'], '+.3f')} |")
+    lines += ["", f"## Every head (paired vs unsteered over the {data['split']} questions; Holm across heads)", "",
+              f"| head | α | calibration KL | Δ{metric} [95% CI] | p (Holm) | detectable | β_truth [95% CI] | β_len |",
+              "|---|---|---|---|---|---|---|---|"]
+    for h in data["heads"]:
+        lines.append(f"| L{h['head'][0]}H{h['head'][1]} | {h['alpha']:.3g} | {h['calibration_kl']:.3g}"
+                     f"{'' if h['reached'] else ' (missed)'} | {h['effect']:+.4f} [{h['effect_ci'][0]:+.4f}, "
+                     f"{h['effect_ci'][1]:+.4f}] | {h['p']:.3f} ({h['p_holm']:.3f}) | {fmt(h['min_detectable'], '.4f')} | "
+                     f"{fmt(h['beta_truth'], '+.3f')} [{fmt(h['beta_truth_ci'][0], '+.3f')}, "
+                     f"{fmt(h['beta_truth_ci'][1], '+.3f')}] | {fmt(h['beta_len'], '+.4f')} |")
     return lines
 
 
 def plot(data: dict, path) -> Path:
     # JSON objects come back with sorted keys: draw the methods in the run's usual order.
     methods = sorted(data["methods"], key=lambda m: (METHODS.index(m) if m in METHODS else len(METHODS), m))
+    rows = [("effect", f"Δ {metric_label(data['metric'])} (one head)", "spearman_effect")]
+    if any(np.isfinite(h["beta_truth"]) for h in data["heads"]):
+        rows.append(("beta_truth", "β_truth, nats (one head)", "spearman_beta_truth"))
     cols = min(3, len(methods))
-    rows = -(-len(methods) // cols)
-    fig = new_figure(4.6 * cols, 3.8 * rows)
+    per_metric = -(-len(methods) // cols)  # subplot rows per metric
+    fig = new_figure(4.6 * cols, 3.8 * per_metric * len(rows))
     random_heads = {tuple(h) for h in data["random_heads"]}
-    for i, m in enumerate(methods):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        v = data["methods"][m]
-        top = {tuple(h) for h in data["top_heads"][m]}
-        kinds = [("its top heads", "tab:red", lambda h: h in top),
-                 ("random heads", "tab:grey", lambda h: h in random_heads and h not in top),
-                 ("other methods' top heads", "tab:blue", lambda h: h not in top and h not in random_heads)]
-        for label, colour, keep in kinds:
-            pts = [(s, e) for h, s, e in zip(map(tuple, data["heads"]), v["scores"], data["effects"]) if keep(h)]
-            if pts:
-                ax.scatter(*zip(*pts), s=22, color=colour, label=label)
-        ax.axhline(0.0, color="black", linewidth=0.8)
-        rho = "n/a" if math.isnan(v["spearman"]) else f"{v['spearman']:+.2f}"
-        style(ax, title=f"{m} (Spearman ρ {rho})", xlabel=SCORE_UNITS.get(m, f"{m} score"),
-              ylabel=f"Δ val {metric_label(data['metric'])} (one head)")
-        if i == 0:
-            ax.legend(fontsize=8)
-    fig.suptitle(f"{data['task']}: does the score predict a head's steering effect? (α {data['alpha']:g})", fontsize=12)
+    heads = [tuple(h["head"]) for h in data["heads"]]
+    for r, (key, ylabel, rho_key) in enumerate(rows):
+        for i, m in enumerate(methods):
+            ax = fig.add_subplot(per_metric * len(rows), cols, r * per_metric * cols + i + 1)
+            v = data["methods"][m]
+            top = {tuple(h) for h in data["top_heads"][m]}
+            kinds = [("its top heads", "tab:red", lambda h: h in top),
+                     ("random heads", "tab:grey", lambda h: h in random_heads and h not in top),
+                     ("other methods' top heads", "tab:blue", lambda h: h not in top and h not in random_heads)]
+            for label, colour, keep in kinds:
+                pts = [(s, e[key]) for h, s, e in zip(heads, v["scores"], data["heads"]) if keep(h) and e["reached"]]
+                if pts:
+                    ax.scatter(*zip(*pts), s=22, color=colour, label=label)
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            style(ax, title=f"{m}: ρ {_rho(v[rho_key])}", xlabel=SCORE_UNITS.get(m, f"{m} score"),
+                  ylabel=ylabel if i % cols == 0 else "")
+            if r == 0 and i == 0:
+                ax.legend(fontsize=8)
+    fig.suptitle(f"{data['task']}: does the score predict a head's steering effect? (each head at KL {data['kl']:g}; "
+                 f"{data['n_matched']} of {len(data['heads'])} heads reached it)", fontsize=12)
     return save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
     return run_analysis("score_vs_effect", argv, doc=__doc__, config=CONFIG, quick=QUICK, table=table, plot=plot,
-                        compute=lambda cfg, out, work, progress: analyse(cfg, run_dir(cfg.run, out), progress=progress))
+                        compute=lambda cfg, out, work, progress: analyse(cfg, run_dir(cfg.run, out), work,
+                                                                         progress=progress))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
-"""Cross-domain transfer matrix: heads (and directions, K, α) selected on a source task, steering a
-target task zero-shot, for REAL and ITI (random heads as the reference).
+"""Cross-domain transfer matrix: heads, directions and doses selected on a source task, steering a
+target task zero-shot, each cell tested against the target's own random null.
 
-For every task: a `real-lens run` with this config (selects on its own val questions; the
-diagonal). For every ordered pair source ≠ target: `real-lens transfer` from the source run to
-the target (nothing re-selected; off-diagonal). Every cell is the change of the target's
-selection metric on the target's test questions versus the unsteered model (mean over the
-target's folds); the target's own test sample is identical in its run and in every transfer
-into it, so a column compares like with like. Tasks listed in ``task_folds`` are run and
-evaluated on those folds only. Columns have different metrics (MC2, "contains
-the aligned answer", p(aligned letter)); compare within a column.
+For every task: a `real-lens run` under the main job's protocol (α calibrated per method, fold and
+K to each KL target on the held-apart WikiText-2 paragraphs; the standard MC prompt; the job's
+contrast pairs; ``null_draws`` random head sets at the same K and dose) — the diagonal. For every
+ordered pair source ≠ target: `real-lens transfer` from the source run (nothing re-selected; the
+source's K and its calibrated α per KL target, so the dose, which is measured on the same
+task-independent paragraphs, stays matched) — off the diagonal. The target's own test sample is
+identical in its run and in every transfer into it, so every cell is compared **item by item**
+with the target run's random null at the same K and KL target (per item, the mean over the draws)
+and with the target's unsteered model: paired bootstrap CI, sign-flip p, Holm across the matrix
+(one family per reference), and the difference the design detects (80 % power). Tasks listed in
+``task_folds`` are run and evaluated on those folds only. Columns have different metrics (MC2,
+"contains the aligned answer", p(aligned letter)); compare within a column.
 """
 
 from __future__ import annotations
@@ -18,8 +22,27 @@ from pathlib import Path
 
 import numpy as np
 
-from analyses.common import new_figure, run_analysis, run_main
-from real_lens.experiment import ExperimentConfig, TransferConfig, run_experiment, run_transfer, task_slug
+from analyses.common import (
+    QUICK_KL,
+    fmt,
+    new_figure,
+    null_cells,
+    paired_table,
+    per_item,
+    protocol,
+    run_analysis,
+    run_cell,
+    run_main,
+)
+from real_lens.errors import RealLensError
+from real_lens.experiment import (
+    Dose,
+    TransferConfig,
+    config_for,
+    run_experiment,
+    run_transfer,
+    task_slug,
+)
 from real_lens.io import read_json
 from real_lens.plotting import metric_label, save_figure
 
@@ -28,27 +51,22 @@ from real_lens.plotting import metric_label, save_figure
 class Config:
     model: str = "smollm2-135m-instruct"
     tasks: tuple[str, ...] = ("truthfulqa", "nq-swap", "caa:hallucination")
-    methods: tuple[str, ...] = ("real", "iti", "random")
-    k_grid: tuple[int, ...] = (8, 24)
-    alpha_grid: tuple[float, ...] = (5.0, 15.0)
+    methods: tuple[str, ...] = ("real", "iti", "attribution")  # steered methods; the random null is always run
+    k: int = 16  # one K (the main job's), so the target's null exists at every transferred cell's K
+    kl_grid: tuple[float, ...] = (0.1, 0.3)  # the main job's KL targets
+    null_draws: int = 3
     questions_per_part: int = 40
-    n_val_questions: int | None = 15
     n_test_questions: int = 25
-    real_epochs: int = 20
-    real_prior_epochs: int = 10
-    side_effect_texts: int = 10
-    pair_min_gap: float = 0.5
-    # Folds per task where not all are run: NQ-Swap's greedy generation costs ~2 s per item on a
-    # quiet 2-core CPU (~6 s while the other analyses ran), so only its fold 0 is run and evaluated.
+    preset: str | None = None  # None: the main job's defaults for everything not set here (pairs, epochs, texts)
+    # Folds per task where not all are run: NQ-Swap's greedy generation is most of the time, so fold 0 only.
     task_folds: tuple[tuple[str, tuple[int, ...]], ...] = (("nq-swap", (0,)),)
+    n_boot: int = 1000
 
 
 CONFIG = Config()
-# K is chosen on val, so the scorers fit on train alone: REAL's held-out split needs >= 5 questions there.
-QUICK = Config(model="tiny-llama", tasks=("truthfulqa", "caa:refusal"), k_grid=(1, 3), alpha_grid=(8.0,),
-               questions_per_part=5, n_val_questions=None, n_test_questions=4, real_epochs=2, real_prior_epochs=2,
-               side_effect_texts=2, pair_min_gap=0.0)
-
+# K is fixed (nothing chosen on val), so the scorers fit on train+val.
+QUICK = Config(model="tiny-llama", tasks=("truthfulqa", "caa:refusal"), methods=("real", "iti"), k=2, kl_grid=QUICK_KL,
+               null_draws=2, questions_per_part=5, n_test_questions=4, preset="quick", n_boot=200)
 
 SHORT = {"mc2": "MC2", "contains_aligned": "contains", "p_aligned": "p(aligned)"}  # tick labels
 
@@ -57,77 +75,171 @@ def _folds(cfg: Config, task: str) -> tuple[int, ...] | None:
     return dict(cfg.task_folds).get(task)
 
 
-def experiment_config(cfg: Config, task: str) -> ExperimentConfig:
-    return ExperimentConfig(model=cfg.model, task=task, methods=cfg.methods, folds=_folds(cfg, task), k_grid=cfg.k_grid,
-                            kl_grid=None, alpha_grid=cfg.alpha_grid, questions_per_part=cfg.questions_per_part,
-                            n_val_questions=cfg.n_val_questions, n_test_questions=cfg.n_test_questions,
-                            real_epochs=cfg.real_epochs, real_prior_epochs=cfg.real_prior_epochs,
-                            side_effect_texts=cfg.side_effect_texts, pair_min_gap=cfg.pair_min_gap)
+def experiment_config(cfg: Config, task: str):
+    return config_for(cfg.preset, model=cfg.model, task=task, methods=(*cfg.methods, "random"), folds=_folds(cfg, task),
+                      k_grid=(cfg.k,), kl_grid=cfg.kl_grid, null_draws=cfg.null_draws,
+                      questions_per_part=cfg.questions_per_part, n_test_questions=cfg.n_test_questions)
+
+
+def target_arms(run: Path, rcfg, summary: dict, k: int) -> dict:
+    """The target run's own per-item arms, pooled over its folds: unsteered, each method at each KL target,
+    and the random null at (k, each KL target) (per item, the mean over the draws)."""
+    metric = summary["select_metric"]
+    folds = summary["run"]["folds"]
+    cells = {"unsteered": [run_cell(run, rcfg, f, method="unsteered", split="test", k=0, alpha=0.0) for f in folds]}
+    for t in rcfg.kl_grid:
+        dose = Dose("kl", t)
+        for m in rcfg.methods:
+            if m != "random" and m not in summary["unscorable"]:
+                cells[(m, dose.label)] = [run_cell(run, rcfg, f, method=m, split="test", k=k, dose=dose.label)
+                                          for f in folds]
+    out = {}
+    for key, per_fold in cells.items():
+        out[key] = (sum((c["per_item"]["group"] for c in per_fold), []),
+                    np.concatenate([per_item([c], metric)[1] for c in per_fold]))
+    for t in rcfg.kl_grid:
+        dose = Dose("kl", t)
+        draws = [null_cells(run, rcfg, f, k, dose) for f in folds]
+        out[("null", dose.label)] = (sum((per_item(d, metric)[0] for d in draws), []),
+                                     np.concatenate([per_item(d, metric)[1] for d in draws]))
+        out[("null kl", dose.label)] = float(np.mean([c.get("kl", np.nan) for d in draws for c in d]))
+    return out
 
 
 def analyse(cfg: Config, work: Path, progress: bool = True) -> dict:
-    runs = {t: run_experiment(experiment_config(cfg, t), work / "runs" / task_slug(t), progress=progress) for t in cfg.tasks}
-    summaries = {(t, t): read_json(runs[t] / "summary.json") for t in cfg.tasks}
+    runs = {t: run_experiment(experiment_config(cfg, t), work / "runs" / task_slug(t), progress=progress)
+            for t in cfg.tasks}
+    configs = {t: experiment_config(cfg, t) for t in cfg.tasks}
+    summaries = {t: read_json(runs[t] / "summary.json") for t in cfg.tasks}
+    metrics = {t: summaries[t]["select_metric"] for t in cfg.tasks}
+    own = {t: target_arms(runs[t], configs[t], summaries[t], cfg.k) for t in cfg.tasks}
+    arrays, entries = {}, []
     for source in cfg.tasks:
+        methods = tuple(m for m in cfg.methods if m not in summaries[source]["unscorable"])
         for target in cfg.tasks:
-            if source != target:
-                out = run_transfer(TransferConfig(str(runs[source]), target, methods=cfg.methods,
-                                                  folds=_folds(cfg, target)),
+            if source == target:
+                values = {(m, Dose("kl", t).label): own[target][(m, Dose("kl", t).label)] for m in methods
+                          for t in cfg.kl_grid}
+                described = summaries[target]["methods"]
+            else:
+                out = run_transfer(TransferConfig(str(runs[source]), target, methods=methods, folds=_folds(cfg, target)),
                                    work / "transfer" / f"{task_slug(source)}-to-{task_slug(target)}", progress=progress)
-                summaries[(source, target)] = read_json(out / "summary.json")
-    metrics = {t: summaries[(t, t)]["select_metric"] for t in cfg.tasks}
+                transferred = read_json(out / "summary.json")
+                values = {(m, Dose("kl", t).label): (transferred["per_item"][f"{m} @ KL {t:g}"]["group"],
+                                                     np.asarray(transferred["per_item"][f"{m} @ KL {t:g}"][metrics[target]]))
+                          for m in methods for t in cfg.kl_grid}
+                described = transferred["methods"]
+            for m in methods:
+                for t in cfg.kl_grid:
+                    label = Dose("kl", t).label
+                    groups, value = values[(m, label)]
+                    for reference in ("unsteered", ("null", label)):
+                        if own[target][reference][0] != groups:
+                            raise RealLensError(f"the {source} → {target} cell of {m} was evaluated on other items than "
+                                                f"{target}'s own run; rerun both with this configuration")
+                    name = f"{source} → {target} | {m} | {label}"
+                    arrays[name] = value
+                    e = described[f"{m} @ KL {t:g}"]
+                    entries.append({"name": name, "source": source, "target": target, "method": m, "kl_target": t,
+                                    "metric": metrics[target], "value": float(value.mean()), "k": e["k"],
+                                    "alpha": e["alpha"], "kl": e["kl"]})
+    for t in cfg.tasks:
+        arrays[f"{t} | unsteered"] = own[t]["unsteered"][1]
+        for kl in cfg.kl_grid:
+            arrays[f"{t} | null | {Dose('kl', kl).label}"] = own[t][("null", Dose("kl", kl).label)][1]
+    vs_null = paired_table(arrays, [(e["name"], f"{e['target']} | null | {Dose('kl', e['kl_target']).label}")
+                                    for e in entries], n_boot=cfg.n_boot, seed=0)
+    vs_unsteered = paired_table(arrays, [(e["name"], f"{e['target']} | unsteered") for e in entries],
+                                n_boot=cfg.n_boot, seed=0)
     cells = []
-    for (source, target), s in summaries.items():
-        metric = metrics[target]
-        base = s["methods"]["unsteered"][metric]
-        for method in cfg.methods:
-            e = s["methods"][method]
-            cells.append({"source": source, "target": target, "method": method, "metric": metric,
-                          "value": e[metric], "ci": e[f"{metric}_ci"], "unsteered": base, "delta": e[metric] - base,
-                          "k": e["k"], "alpha": e["alpha"], "kl": e["kl"]})
-    return {"tasks": list(cfg.tasks), "methods": list(cfg.methods), "metrics": metrics, "cells": cells}
+    for e, rn, ru in zip(entries, vs_null, vs_unsteered):
+        label = Dose("kl", e["kl_target"]).label
+        cells.append({**{k: v for k, v in e.items() if k != "name"},
+                      "unsteered": float(own[e["target"]]["unsteered"][1].mean()),
+                      "null": float(own[e["target"]][("null", label)][1].mean()),
+                      "null_kl": own[e["target"]][("null kl", label)],
+                      "vs_null": {k: v for k, v in rn.items() if k not in ("a", "b")},
+                      "vs_unsteered": {k: v for k, v in ru.items() if k not in ("a", "b")}})
+    return {"tasks": list(cfg.tasks), "methods": list(cfg.methods), "kl_grid": list(cfg.kl_grid), "metrics": metrics,
+            "protocol": {t: protocol(configs[t]) for t in cfg.tasks},
+            "unscorable": {t: summaries[t]["unscorable"] for t in cfg.tasks}, "cells": cells}
 
 
-def _cell(data, source, target, method):
-    return next(c for c in data["cells"] if (c["source"], c["target"], c["method"]) == (source, target, method))
+def _cell(data, source, target, method, kl):
+    return next((c for c in data["cells"] if (c["source"], c["target"], c["method"], c["kl_target"])
+                 == (source, target, method, kl)), None)
+
+
+def _entry(c) -> str:
+    if c is None:
+        return "—"
+    v = c["vs_null"]
+    mark = "**" if v["p_holm"] < 0.05 else ""
+    return (f"{mark}{v['difference']:+.3f}{mark} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] p {v['p_holm']:.2f}, "
+            f"det. {fmt(v['min_detectable'])}")
 
 
 def table(data: dict) -> list[str]:
     tasks = data["tasks"]
     lines = ["# Cross-domain transfer (rows: selected on; columns: evaluated on)", "",
-             "Cell: Δ of the target's test metric vs unsteered (steered value in brackets); the diagonal "
-             "selects on the target itself, off-diagonal cells reuse the source's heads, directions, K and α.", ""]
-    for method in data["methods"]:
-        lines += [f"## {method}", "", "| selected on \\ evaluated on | "
-                  + " | ".join(f"{t} ({data['metrics'][t]})" for t in tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
-        for s in tasks:
-            row = [f"{_cell(data, s, t, method)['delta']:+.3f} ({_cell(data, s, t, method)['value']:.3f})" for t in tasks]
-            lines.append(f"| {s} | " + " | ".join(row) + " |")
-        lines.append("")
-    lines.append("Unsteered: " + ", ".join(f"{t} {_cell(data, t, t, data['methods'][0])['unsteered']:.3f}" for t in tasks))
+             "Cell: the target's test metric minus the target's own random null at the same K and KL target (per item, "
+             "the mean over its draws), paired over the target's test items: difference [95% CI], Holm p across the "
+             "matrix, and the difference the design detects (80% power). **Bold**: Holm p < 0.05. The diagonal selects "
+             "on the target itself; off-diagonal cells reuse the source's heads, directions, K and calibrated α.", ""]
+    for kl in data["kl_grid"]:
+        for method in data["methods"]:
+            lines += [f"## {method} at KL {kl:g}", "", "| selected on \\ evaluated on | "
+                      + " | ".join(f"{t} ({data['metrics'][t]})" for t in tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+            for s in tasks:
+                lines.append(f"| {s} | " + " | ".join(_entry(_cell(data, s, t, method, kl)) for t in tasks) + " |")
+            lines.append("")
+    lines += ["## Against unsteered (same cells; Holm across the matrix)", "",
+              "| selected on | evaluated on | method | KL target | value | Δ vs unsteered [95% CI] | Holm p | detectable | "
+              "held-out KL |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in data["cells"]:
+        v = c["vs_unsteered"]
+        lines.append(f"| {c['source']} | {c['target']} | {c['method']} | {c['kl_target']:g} | {c['value']:.3f} | "
+                     f"{v['difference']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] | {v['p_holm']:.2f} | "
+                     f"{fmt(v['min_detectable'])} | {fmt(c['kl'])} |")
+    lines += ["", "Unsteered / null mean: " + ", ".join(
+        f"{t} {_any(data, t)['unsteered']:.3f} / " + " · ".join(
+            f"{_cell_at(data, t, kl)['null']:.3f} (KL {kl:g})" for kl in data["kl_grid"]) for t in tasks)]
     return lines
 
 
+def _any(data, target):
+    return next(c for c in data["cells"] if c["target"] == target)
+
+
+def _cell_at(data, target, kl):
+    return next(c for c in data["cells"] if c["target"] == target and c["kl_target"] == kl)
+
+
 def plot(data: dict, path) -> Path:
-    tasks, methods = data["tasks"], data["methods"]
-    deltas = {m: np.array([[_cell(data, s, t, m)["delta"] for t in tasks] for s in tasks]) for m in methods}
-    bound = max(1e-6, max(float(np.abs(d).max()) for d in deltas.values()))
-    fig = new_figure(4.3 * len(methods) + 1.2, 4.2)
-    for i, m in enumerate(methods):
-        ax = fig.add_subplot(1, len(methods), i + 1)
-        image = ax.imshow(deltas[m], cmap="RdBu", vmin=-bound, vmax=bound)
-        for (r, c), v in np.ndenumerate(deltas[m]):
-            ax.text(c, r, f"{v:+.3f}", ha="center", va="center", fontsize=10,
-                    fontweight="bold" if r == c else "normal")
-        ax.set_xticks(range(len(tasks)), [f"{t}\n({SHORT.get(data['metrics'][t], metric_label(data['metrics'][t]))})"
-                                          for t in tasks], fontsize=8, rotation=20, ha="right")
-        ax.set_yticks(range(len(tasks)), tasks, fontsize=9)
-        ax.set_xlabel("evaluated on (test metric)", fontsize=11)
-        ax.set_ylabel("heads selected on", fontsize=11)
-        ax.set_title(f"{m}", fontsize=12)
+    tasks, methods, doses = data["tasks"], data["methods"], data["kl_grid"]
+    grids = {(m, kl): np.array([[np.nan if _cell(data, s, t, m, kl) is None else _cell(data, s, t, m, kl)["vs_null"]
+                                 ["difference"] for t in tasks] for s in tasks]) for m in methods for kl in doses}
+    bound = max(1e-6, max(float(np.nanmax(np.abs(g))) if np.isfinite(g).any() else 0.0 for g in grids.values()))
+    fig = new_figure(4.3 * len(methods) + 1.2, 4.0 * len(doses))
+    image = None
+    for r, kl in enumerate(doses):
+        for i, m in enumerate(methods):
+            ax = fig.add_subplot(len(doses), len(methods), r * len(methods) + i + 1)
+            image = ax.imshow(grids[(m, kl)], cmap="RdBu", vmin=-bound, vmax=bound)
+            for (row, col), v in np.ndenumerate(grids[(m, kl)]):
+                c = _cell(data, tasks[row], tasks[col], m, kl)
+                significant = c is not None and c["vs_null"]["p_holm"] < 0.05
+                ax.text(col, row, f"{v:+.3f}{'*' if significant else ''}", ha="center", va="center", fontsize=10,
+                        fontweight="bold" if row == col else "normal")
+            ax.set_xticks(range(len(tasks)), [f"{t}\n({SHORT.get(data['metrics'][t], metric_label(data['metrics'][t]))})"
+                                              for t in tasks], fontsize=8, rotation=20, ha="right")
+            ax.set_yticks(range(len(tasks)), tasks, fontsize=9)
+            ax.set_xlabel("evaluated on (test metric)", fontsize=10)
+            ax.set_ylabel("heads selected on", fontsize=10)
+            ax.set_title(f"{m} at KL {kl:g}", fontsize=12)
     bar = fig.colorbar(image, ax=fig.axes)
-    bar.set_label("Δ metric vs unsteered (absolute)", fontsize=11)
-    fig.suptitle("Cross-domain transfer: change of the target's test metric (diagonal: selected in-domain)", fontsize=12)
+    bar.set_label("Δ vs the target's random null (* Holm p < 0.05)", fontsize=10)
+    fig.suptitle("Cross-domain transfer against the target's own random null (diagonal: selected in-domain)", fontsize=12)
     return save_figure(fig, path)
 
 

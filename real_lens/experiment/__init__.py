@@ -22,10 +22,10 @@ from .config import (
     val_selects,
 )
 from .loop import run_experiment
-from .setup import Setup, prepare, prepare_task
+from .setup import Setup, evaluate_cell, prepare, prepare_task
 from .store import cached_cell, cached_scores, start_run_dir
 from .transfer import TransferConfig, load_source_run, run_transfer
 
 __all__ = ["METHODS", "PRESETS", "Dose", "ExperimentConfig", "Setup", "TransferConfig", "cached_cell", "cached_scores",
-           "config_for", "dose_groups", "fit_parts", "load_config", "load_source_run", "prepare", "prepare_task", "run_experiment",
+           "config_for", "dose_groups", "evaluate_cell", "fit_parts", "load_config", "load_source_run", "prepare", "prepare_task", "run_experiment",
            "run_transfer", "start_run_dir", "task_slug", "val_selects"]

@@ -12,6 +12,10 @@ Folds: target fold ``t`` is steered with the selection of source fold ``min(t, n
 ``n`` folds the source run used (TruthfulQA → CAA: CAA's single fold uses TruthfulQA fold 0;
 CAA → TruthfulQA: both folds use CAA's fold). Source and target are different datasets, so no
 target test question was seen during selection.
+
+summary.json keeps every arm's per-item values (``per_item``: fold, group and each metric, in the
+order the target run evaluates them), so a transferred arm can be paired item by item with the
+target run's own arms and random null (``analyses/transfer.py`` does).
 """
 
 from __future__ import annotations
@@ -115,8 +119,15 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
                                    batch_size=src_cfg.batch_size, progress=progress)
     timer.add("collect source activations", t)
 
-    rows, arms = [], {}
+    rows, arms, per_item = [], {}, {}
     evaluation = target.evaluation
+
+    def record(name: str, fold: int, result: dict) -> None:  # per item, so a reader can pair any two arms
+        values = per_item.setdefault(name, {})
+        values.setdefault("fold", []).extend([fold] * len(result["per_item"]["group"]))
+        for key, v in result["per_item"].items():
+            values.setdefault(key, []).extend(v)
+
     for t_fold in target.folds:
         s_fold = src_folds[min(t_fold, len(src_folds) - 1)]
         fold = target.task.folds[t_fold]
@@ -129,6 +140,7 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
         timer.add("evaluate (unsteered)", t)
         rows.append(result_row(evaluation, t_fold, "unsteered", "test", 0, 0.0, base, dose="", source_fold=""))
         arms.setdefault("unsteered", Arm("unsteered")).add(t_fold, base)
+        record("unsteered", t_fold, base)
         src_fold = source.task.folds[s_fold]
         bank = src_bank.select(set().union(*(getattr(src_fold, part) for part in fit_parts(src_cfg))))
         for method in methods:
@@ -145,13 +157,14 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
                 rows.append(result_row(evaluation, t_fold, method, "test", k, alpha, result, dose=group,
                                        source_fold=s_fold))
                 arms.setdefault(arm_name(method, group), Arm(method, group)).add(t_fold, result, k=k, alpha=alpha)
+                record(arm_name(method, group), t_fold, result)
 
     timer.seconds["total"] = time.perf_counter() - started
     write_rows(out / "results.csv", rows)
     summary = summarise(arms, evaluation.metrics, n_boot=tgt_cfg.n_boot, seed=tgt_cfg.seed)
     write_json(out / "summary.json", {"source": src_cfg.task, "source_run": str(source_dir), "target": target.task.name,
                                       "metrics": list(evaluation.metrics), "select_metric": target.select_metric,
-                                      "methods": summary})
+                                      "methods": summary, "per_item": per_item})
     text = "\n".join([
         f"# real-lens transfer: {src_cfg.task} → {target.task.name} on {src_cfg.model}",
         "",

@@ -1,28 +1,51 @@
-"""Every analysis script in its QUICK configuration on the tiny model, then make_figures from its results."""
+"""Every analysis script in its QUICK configuration on the tiny model (the main job's protocol: KL-target
+doses, the random null, paired tests), then make_figures from its results."""
 
 import json
+import math
 
+import numpy as np
 import pytest
 
-from analyses import compare_selection, make_figures, overlap, score_vs_effect, transfer
-from real_lens.tasks.data import resolve_data_dir
+from analyses import (
+    common,
+    compare_selection,
+    make_figures,
+    overlap,
+    score_vs_effect,
+    transfer,
+)
+from real_lens.errors import RealLensError
+from real_lens.experiment import ExperimentConfig
 
-pytestmark = pytest.mark.skipif(resolve_data_dir() is None, reason="../shared/data is not present")
+from ...helpers import needs_data
+
+NAMES = ["overlap", "score_vs_effect", "compare_selection", "transfer"]
+MODULES = {"overlap": overlap, "score_vs_effect": score_vs_effect, "compare_selection": compare_selection,
+           "transfer": transfer}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("results")
     runs = {}
-    for module, name in ((overlap, "overlap"), (score_vs_effect, "score_vs_effect"),
-                         (compare_selection, "compare_selection"), (transfer, "transfer")):
-        out = root / name
-        # overlap and score_vs_effect each make (and cache) the quick run in <out>/run.
-        runs[name] = module.main(["--quick", "--out", str(out), "--figure", str(root / f"{name}.png")])
+    for name in NAMES:
+        # overlap makes (and caches) the quick run in <out>/run; score_vs_effect reads it (--run).
+        reuse = ["--run", str(root / "overlap" / "run")] if name == "score_vs_effect" else []
+        runs[name] = MODULES[name].main(["--quick", "--out", str(root / name), "--figure", str(root / f"{name}.png"),
+                                         *reuse])
     return root, runs
 
 
-@pytest.mark.parametrize("name", ["overlap", "score_vs_effect", "compare_selection", "transfer"])
+def check_paired(row: dict) -> None:
+    """A paired row: a p, its Holm adjustment, a CI around the difference and the detectable difference."""
+    assert 0 <= row["p"] <= row["p_holm"] <= 1
+    assert row["ci"][0] <= row["difference"] <= row["ci"][1]
+    assert row["n"] >= 2 and (math.isnan(row["min_detectable"]) or row["min_detectable"] >= 0)
+
+
+@needs_data
+@pytest.mark.parametrize("name", NAMES)
 def test_analysis_writes_data_table_and_figure(results, name):
     root, _ = results
     data = json.loads((root / name / "data.json").read_text())
@@ -31,45 +54,118 @@ def test_analysis_writes_data_table_and_figure(results, name):
     assert (root / f"{name}.png").stat().st_size > 10_000
 
 
-def test_overlap_is_symmetric_with_a_unit_diagonal(results):
+@needs_data
+def test_every_analysis_records_the_main_jobs_protocol(results):
     _, runs = results
-    for mats in runs["overlap"]["between_methods"].values():
+    protocols = [runs["overlap"]["protocol"], runs["score_vs_effect"]["protocol"], runs["compare_selection"]["protocol"],
+                 *runs["transfer"]["protocol"].values()]
+    for p in protocols:
+        assert p["kl_grid"] == list(common.QUICK_KL)  # KL-target doses, not an α grid
+        assert p["mc_prompt"] == ExperimentConfig().mc_prompt  # the standard MC prompt
+        assert p["null_draws"] >= 2
+
+
+def test_an_alpha_grid_run_is_refused():
+    with pytest.raises(RealLensError, match="fixed α grid"):
+        common.check_protocol(ExperimentConfig(kl_grid=None), "runs/old")
+    common.check_protocol(ExperimentConfig(), "runs/new")  # the default: KL targets
+
+
+def test_paired_table_pairs_item_by_item_with_holm():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=40)
+    arrays = {"base": base, "shifted": base + 0.5 + rng.normal(scale=0.01, size=40), "same": base.copy()}
+    rows = common.paired_table(arrays, [("shifted", "base"), ("same", "base")], n_boot=200, seed=0)
+    assert rows[0]["difference"] == pytest.approx(arrays["shifted"].mean() - base.mean())
+    assert rows[0]["p"] < 0.01 and rows[0]["min_detectable"] < 0.05  # item spread cancels: a tiny SD of d
+    assert rows[1]["difference"] == 0 and rows[1]["p"] == 1 and rows[1]["p_holm"] == 1
+    assert rows[0]["p_holm"] == pytest.approx(min(1, 2 * rows[0]["p"]))  # the smallest of 2 p's: doubled
+
+
+@needs_data
+def test_overlap_is_symmetric_and_placed_in_a_random_null(results):
+    _, runs = results
+    data = runs["overlap"]
+    assert "random" not in data["methods"]  # random is the null, not a method
+    for f, mats in data["between_methods"].items():
         n = len(mats["jaccard"])
         for i in range(n):
             assert mats["jaccard"][i][i] == 1.0
             for j in range(n):
                 assert mats["jaccard"][i][j] == mats["jaccard"][j][i]
+        for m in data["methods"]:
+            band = data["vs_null"][f][m]["jaccard"]
+            assert band["n_draws"] == overlap.QUICK.n_null and band["low"] <= band["mean"] <= band["high"]
+    for v in data["between_folds"].values():
+        assert 0 <= v["jaccard_percentile"] <= 100
 
 
-def test_score_vs_effect_evaluates_each_head_once(results):
+def test_spearman_ci_is_exact_for_monotone_and_undefined_for_constant_data():
+    x = np.arange(10.0)
+    up = score_vs_effect.spearman_ci(x, x**3, n_boot=200, seed=0)
+    assert up["rho"] == pytest.approx(1) and up["ci"] == pytest.approx([1, 1])
+    down = score_vs_effect.spearman_ci(x, -x, n_boot=200, seed=0)
+    assert down["rho"] == pytest.approx(-1) and down["ci"] == pytest.approx([-1, -1])
+    noisy = score_vs_effect.spearman_ci(x, x + np.random.default_rng(0).normal(scale=3, size=10), n_boot=500, seed=0)
+    assert noisy["ci"][0] < noisy["rho"] < noisy["ci"][1] and noisy["n_boot_valid"] == 500
+    assert math.isnan(score_vs_effect.spearman_ci(x, np.ones(10), n_boot=200, seed=0)["rho"])
+
+
+@needs_data
+def test_score_vs_effect_steers_each_head_once_at_the_matched_dose(results):
     _, runs = results
-    data = runs["score_vs_effect"]
-    heads = [tuple(h) for h in data["heads"]]
-    assert len(heads) == len(set(heads)) == len(data["effects"])
+    data, cfg = runs["score_vs_effect"], score_vs_effect.QUICK
+    heads = [tuple(h["head"]) for h in data["heads"]]
+    assert len(heads) == len(set(heads)) and data["kl"] == cfg.kl
+    assert len(data["random_heads"]) >= 1 and {tuple(h) for h in data["random_heads"]} <= set(heads)
+    for h in data["heads"]:
+        assert h["reached"] == (abs(h["calibration_kl"] / cfg.kl - 1) <= 0.05)  # the job's 5 % tolerance
+        assert 0 <= h["p"] <= h["p_holm"] <= 1 and h["effect_ci"][0] <= h["effect"] <= h["effect_ci"][1]
+        assert math.isfinite(h["beta_truth"])  # TruthfulQA is answer-scored: β_truth for every head
+    assert data["n_matched"] == sum(h["reached"] for h in data["heads"]) >= 3
     for m, v in data["methods"].items():
-        assert len(v["scores"]) == len(heads)
-        assert {tuple(h) for h in data["top_heads"][m]} <= set(heads)
+        assert {tuple(h) for h in data["top_heads"][m]} <= set(heads) and len(v["scores"]) == len(heads)
+        for key in ("spearman_effect", "spearman_beta_truth"):
+            rho = v[key]
+            assert rho["n"] <= data["n_matched"]
+            if not math.isnan(rho["rho"]):
+                assert -1 <= rho["ci"][0] <= rho["ci"][1] <= 1
 
 
-def test_compare_selection_covers_every_cell_and_seed(results):
+@needs_data
+def test_compare_selection_covers_every_cell_with_its_null_and_paired_tests(results):
     _, runs = results
     data, cfg = runs["compare_selection"], compare_selection.QUICK
-    cells = {(c["method"], c["k"], c["alpha"]) for c in data["cells"]}
-    assert cells == {(m, k, a) for m in cfg.methods for k in cfg.k_grid for a in cfg.alpha_grid}
+    cells = {(c["method"], c["k"], c["kl_target"]) for c in data["cells"]}
+    assert cells == {(m, k, kl) for m in cfg.methods for k in cfg.k_grid for kl in cfg.kl_grid}
     for c in data["cells"]:
-        assert len(c["per_seed"]) == len(cfg.seeds) and c["seed_min"] <= c["mean"] <= c["seed_max"]
-        assert c["ci"][0] <= c["ci"][1]
+        assert len(c["per_seed"]) == len(c["alpha"]) == len(c["calibration_kl"]) == len(cfg.seeds)
+        assert c["seed_min"] <= c["mean"] <= c["seed_max"] and c["ci"][0] <= c["ci"][1]
+        assert len(c["null_per_draw"]) == len(cfg.seeds) * cfg.null_draws  # every seed's draws
+        assert c["vs_null"]["difference"] == pytest.approx(c["mean"] - c["null"])
+        assert c["vs_unsteered"]["difference"] == pytest.approx(c["mean"] - data["unsteered"]["mean"])
+        check_paired(c["vs_null"])
+        check_paired(c["vs_unsteered"])
 
 
-def test_transfer_matrix_is_complete(results):
+@needs_data
+def test_transfer_matrix_is_complete_and_paired_with_the_targets_null(results):
     _, runs = results
     data, cfg = runs["transfer"], transfer.QUICK
-    pairs = {(c["source"], c["target"], c["method"]) for c in data["cells"]}
-    assert pairs == {(s, t, m) for s in cfg.tasks for t in cfg.tasks for m in cfg.methods}
+    pairs = {(c["source"], c["target"], c["method"], c["kl_target"]) for c in data["cells"]}
+    assert pairs == {(s, t, m, kl) for s in cfg.tasks for t in cfg.tasks for m in cfg.methods for kl in cfg.kl_grid}
     for c in data["cells"]:
-        assert c["delta"] == pytest.approx(c["value"] - c["unsteered"])
+        assert c["metric"] == data["metrics"][c["target"]]
+        assert c["vs_null"]["difference"] == pytest.approx(c["value"] - c["null"])
+        assert c["vs_unsteered"]["difference"] == pytest.approx(c["value"] - c["unsteered"])
+        check_paired(c["vs_null"])
+        check_paired(c["vs_unsteered"])
+    # One null per target and dose: every cell into a target is compared with the same one.
+    for t in cfg.tasks:
+        assert len({c["null"] for c in data["cells"] if c["target"] == t}) == len(cfg.kl_grid)
 
 
+@needs_data
 def test_make_figures_regenerates_from_saved_results_only(results, tmp_path, monkeypatch):
     root, _ = results
     from real_lens import models
@@ -85,5 +181,10 @@ def test_make_figures_regenerates_from_saved_results_only(results, tmp_path, mon
     assert code == 0
     names = {p.name for p in figures.glob("*.png")}
     assert {"overlap.png", "score_vs_effect.png", "compare_selection.png", "transfer.png",
-            "truthfulqa_heatmaps_fold0.png", "truthfulqa_mc2_vs_k.png"} <= names
+            "truthfulqa_heatmaps_fold0.png", "truthfulqa_mc2_vs_kl.png"} <= names
     assert make_figures.main(["--results", str(tmp_path / "empty"), "--figures", str(figures)]) == 1
+
+
+def test_run_is_refused_by_an_analysis_that_runs_its_own_experiments(tmp_path):
+    with pytest.raises(RealLensError, match="runs its own experiments"):
+        transfer.main(["--quick", "--run", "runs/truthfulqa", "--out", str(tmp_path)])

@@ -30,6 +30,12 @@ def test_transfer_reuses_the_source_selection(quick_run, tmp_path, monkeypatch):
         assert (r["k"], r["alpha"]) == chosen[("0", r["method"], r["dose"])]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["source"] == "truthfulqa" and summary["target"] == "caa:refusal"
+    # Every arm's per-item values, in the target's item order, so arms can be paired item by item.
+    by_arm = {(r["method"], r["dose"]): r for r in rows}
+    for name, values in summary["per_item"].items():
+        method, _, dose = name.partition(" @ ")
+        assert values["group"] == summary["per_item"]["unsteered"]["group"] and values["fold"] == [0] * len(values["group"])
+        assert sum(values["p_aligned"]) / len(values["p_aligned"]) == pytest.approx(float(by_arm[(method, dose)]["p_aligned"]))
     assert "nothing was re-selected" in (out / "summary.md").read_text()
 
 
