@@ -9,7 +9,7 @@ the same K and dose as the methods; :func:`null_band` summarises the draws' metr
 :func:`percentile_in_null` places a method among them.
 
     null = random_null_scores(bank.module_shape, n_draws=10, fold=0, seed=cfg.seed)
-    values = [evaluate(build_steering(bank, s.top_k(k), alpha=...)) for s in null]
+    values = [evaluate(build_steering(bank, s.select(k), alpha=...)) for s in null]
     band = null_band(values)                  # mean and 5–95 % band
     percentile_in_null(method_value, values)  # e.g. 85.0
 """
