@@ -8,8 +8,8 @@
 # What it runs with: the machine's own `python3` (override with PYTHON=...), which on this project's
 # device image holds torch, transformers, safetensors, jaxtyping, numpy, scipy, scikit-learn,
 # matplotlib, tqdm, tokenizers and einops (checked below, not assumed). real-lens itself is not
-# installed: it is imported from this checkout (PYTHONPATH). What the image lacks (transformer-lens
-# and the few packages it needs that the image does not hold, datasets, gguf) travels as wheels in
+# installed: it is imported from this checkout (PYTHONPATH). What the image lacks (transformer-lens,
+# datasets and the two packages datasets needs that the image does not hold) travels as wheels in
 # .whl/ (git-ignored; the device call names it in `carry`), made beforehand on a machine with
 # network by `--fetch-wheels`, and is installed offline into /tmp/site (pip --no-index, --target:
 # the image's own packages stay as they are). The data (TruthfulQA, WikiText-2) is read from
@@ -23,11 +23,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 
-# Wheels for what the device image lacks: the names (and versions this project is tested with).
-WHEELS=(
-  "transformer-lens==4.3.0" "beartype" "fancy-einsum" "typeguard" "transformers-stream-generator"
-  "datasets" "dill" "multiprocess" "gguf"
-)
+# Wheels for what the device image lacks and real-lens imports, at the versions this project is tested
+# with (installed without their dependencies: transformer-lens 4.3 imports none of its other declared
+# needs that the image lacks, e.g. wandb, typeguard, transformers-stream-generator, which has no wheel;
+# gguf is only for the embedded model, whose package cannot travel).
+WHEELS=("transformer-lens==4.3.0" "datasets==5.2.0" "dill==0.4.1" "multiprocess==0.70.19")
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
   mkdir -p .whl .gpu-data
