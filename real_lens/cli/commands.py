@@ -336,10 +336,15 @@ def cmd_run(args) -> None:
     cfg = ExperimentConfig(**{**base, **overrides})
     default_out = f"runs/{task_slug(cfg.task)}" + (f"-{preset}" if preset else "")  # a preset never meets the default run
     out = run_experiment(cfg, _check_run_out(args.out if args.out is not None else default_out), progress=not args.quiet,
-                         device=args.rank_device if args.ranks.is_distributed else None)
+                         **_rank_device(args))
     if args.ranks.is_main:
         print((out / "summary.md").read_text())
         print(f"outputs in {out}" + _ranks_note(args.ranks))
+
+
+def _rank_device(args) -> dict:
+    """Under torchrun, ``{"device": this rank's device}`` (cuda:LOCAL_RANK on a GPU node); one process: {}."""
+    return {"device": args.rank_device} if args.ranks.is_distributed else {}
 
 
 def _field_values(cfg) -> dict:
@@ -356,8 +361,7 @@ def cmd_transfer(args) -> None:
     tcfg = TransferConfig(args.source_run, args.task, methods=_grid(args.methods, str),
                           n_test_questions=args.test_questions)
     out = args.out if args.out is not None else f"runs/transfer-{task_slug(source_cfg.task)}-to-{task_slug(args.task)}"
-    out = run_transfer(tcfg, _check_run_out(out), progress=not args.quiet,
-                       device=args.rank_device if args.ranks.is_distributed else None)
+    out = run_transfer(tcfg, _check_run_out(out), progress=not args.quiet, **_rank_device(args))
     if args.ranks.is_main:
         print((out / "summary.md").read_text())
         print(f"outputs in {out}" + _ranks_note(args.ranks))
