@@ -79,12 +79,14 @@ def test_deferrable_swallows_only_while_planning():
 @needs_data
 def test_planning_finds_exactly_the_missing_cells(tmp_path, tiny_model):
     """Deleting cells of a finished run: a planning replay records those that can be computed now — never
-    one whose calibration is missing — and computing them in waves restores every file byte for byte."""
-    cfg = config_for("quick", model="tiny-llama", k_grid=(1, 3), kl_grid=(0.001, 0.004), methods=("real", "iti", "random"))
+    one whose calibration, or whose calibration's starting α, is missing — and computing them in waves
+    restores every file byte for byte."""
+    cfg = config_for("quick", model="tiny-llama", k_grid=(1, 3), kl_grid=(0.001, 0.004), methods=("iti", "random"))
     out = run_experiment(cfg, tmp_path, progress=False)
     cells = {p.name: p.read_bytes() for p in (out / "cells").iterdir()}
     first_target = sorted(n for n in cells if "-iti-calibration-k3-kl0.001-" in n)
-    deleted = [*first_target, *sorted(n for n in cells if "-real-val-" in n)[:2],
+    second_target = sorted(n for n in cells if "-iti-calibration-k3-kl0.004-" in n)  # starts from the first's α
+    deleted = [*first_target, *second_target, *sorted(n for n in cells if "-iti-val-k1-" in n)[:2],
                *sorted(n for n in cells if "-random-test-" in n)[:1]]
     for name in deleted:
         (out / "cells" / name).unlink()
@@ -104,6 +106,8 @@ def test_planning_finds_exactly_the_missing_cells(tmp_path, tiny_model):
             write_sealed_json(work.path, work.compute())
     assert set(waves[0]) <= set(deleted)
     assert set(first_target) <= set(waves[0])  # calibrations whose chain starts with them are ready now
+    assert not set(second_target) & set(waves[0])  # these wait for the α they start from
+    assert set(second_target) <= set(waves[1])
     assert sorted(n for w in waves for n in w) == sorted(deleted)  # nothing else recomputed, each once
     assert {p.name: p.read_bytes() for p in (out / "cells").iterdir()} == cells
 
