@@ -1,6 +1,7 @@
 """TruthfulQA MC scoring under the standard prompt: demonstrations run once vs once per question.
 
     python benchmarks/bench_mc.py [--model M] [--questions N] [--fold F] [--mc-prompt STYLE] [--repeats R]
+                                  [--device cuda] [--dtype bfloat16]
 
 Three sides score the same answers (each question's mc1 ∪ mc2 choices) of the first N test
 questions of fold F, in the same chunks of Q questions (``--questions-per-batch``, as
@@ -33,7 +34,8 @@ from real_lens.models import DEFAULT_MODEL, load_model
 from real_lens.tasks.truthfulqa import ANSWER_FORMAT, DEFAULT_MC_PROMPT, MC_PROMPT_STYLES, load_truthfulqa
 
 
-def main() -> None:
+def main(argv=None) -> dict[str, float]:
+    """Prints the comparison; returns the best seconds of each side and the answers scored."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--questions", type=int, default=24)
@@ -41,9 +43,12 @@ def main() -> None:
     parser.add_argument("--mc-prompt", default=DEFAULT_MC_PROMPT, choices=[s for s in MC_PROMPT_STYLES if s != "plain"])
     parser.add_argument("--questions-per-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+    parser.add_argument("--device", default=None, help="torch device (default: TransformerLens's choice)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    args = parser.parse_args(argv)
 
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    device = next(model.parameters()).device
     task = load_truthfulqa()
     questions = select_mc_questions(task, task.folds[args.fold].test)[: args.questions]
     styles = {name: task.eval_data["mc_prompts"][name] for name in (args.mc_prompt, "plain")}
@@ -79,13 +84,15 @@ def main() -> None:
             for name, fn in sides.items():
                 start = time.perf_counter()
                 results[name] = fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - start)
     best = {k: min(v) for k, v in times.items()}
     diff = max(abs(a - b) for qa, qb in zip(results["shared demonstrations"], results["demonstrations per question"])
                for a, b in zip(qa, qb))
     n_prefix = len(SharedPrefix.build(model, styles[args.mc_prompt].prefix, [p for p, _ in long_items]))
     n_answers = sum(len(f) for _, f in long_items)
-    print(f"model {args.model}, fold {args.fold}: {len(questions)} questions, {n_answers} answers, "
+    print(f"model {args.model} ({args.dtype} on {device}), fold {args.fold}: {len(questions)} questions, {n_answers} answers, "
           f"prompt {args.mc_prompt} ({n_prefix} shared prefix tokens; bare prompts "
           f"{sum(len(p) for p, _ in bare_items) / len(bare_items):.0f} tokens on average), "
           f"{per_batch} questions per batch, best of {args.repeats}, {torch.get_num_threads()} threads")
@@ -95,6 +102,7 @@ def main() -> None:
           "  (target >= 1.5)")
     print(f"cost of the standard prompt, shared / bare: {best['shared demonstrations'] / best['bare prompt']:.2f}")
     print(f"max |log-prob difference| shared vs per question: {diff:.2e}")
+    return {**best, "answers": n_answers}
 
 
 if __name__ == "__main__":

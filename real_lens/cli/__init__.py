@@ -29,7 +29,7 @@ __all__ = ["EXIT_BUG", "EXIT_USAGE", "build_parser", "main"]
 
 
 # Commands that split their work over the processes torchrun starts (real_lens/distributed.py).
-DISTRIBUTED_COMMANDS = ("collect", "score")
+DISTRIBUTED_COMMANDS = ("collect", "score", "run", "transfer")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if env_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
             raise RealLensError(
-                f"only {' and '.join(DISTRIBUTED_COMMANDS)} run under torchrun; run `real-lens {args.command}` "
+                f"only {', '.join(DISTRIBUTED_COMMANDS[:-1])} and {DISTRIBUTED_COMMANDS[-1]} run under torchrun; "
+                f"run `real-lens {args.command}` "
                 "as one process"
             )
         model_parallel = getattr(args, "device_map", None) is not None or (getattr(args, "n_devices", None) or 1) > 1
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                 logging_redirect_tqdm(loggers=[package_logger]), \
                 (_library_bars_off() if library_bars_off else contextlib.nullcontext()):  # log lines do not tear bars
             if hasattr(args, "device"):
-                args.device = device
+                args.given_device, args.device = args.device, device  # as typed, and this rank's
+            args.rank_device = device
             args.ranks = ranks
             args.run(args)
     except KeyboardInterrupt:

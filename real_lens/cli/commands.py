@@ -345,11 +345,21 @@ def cmd_run(args) -> None:
         raise RealLensError(f"--config and --{preset} both set the whole configuration; give one (options may "
                             "follow --config to change single fields)")
     base = _field_values(load_config(args.config)) if args.config else dict(PRESETS.get(preset, {}))
-    cfg = ExperimentConfig(**{**base, **read_overrides(args, ExperimentConfig)})
+    overrides = read_overrides(args, ExperimentConfig)
+    if "device" in overrides:  # the configuration keeps --device as typed (it is in the cells' digests)
+        overrides["device"] = args.given_device
+    cfg = ExperimentConfig(**{**base, **overrides})
     default_out = f"runs/{task_slug(cfg.task)}" + (f"-{preset}" if preset else "")  # a preset never meets the default run
-    out = run_experiment(cfg, _check_run_out(args.out if args.out is not None else default_out), progress=not args.quiet)
-    print((out / "summary.md").read_text())
-    print(f"outputs in {out}")
+    out = run_experiment(cfg, _check_run_out(args.out if args.out is not None else default_out), progress=not args.quiet,
+                         **_rank_device(args))
+    if args.ranks.is_main:
+        print((out / "summary.md").read_text())
+        print(f"outputs in {out}" + _ranks_note(args.ranks))
+
+
+def _rank_device(args) -> dict:
+    """Under torchrun, ``{"device": this rank's device}`` (cuda:LOCAL_RANK on a GPU node); one process: {}."""
+    return {"device": args.rank_device} if args.ranks.is_distributed else {}
 
 
 def _field_values(cfg) -> dict:
@@ -366,9 +376,10 @@ def cmd_transfer(args) -> None:
     tcfg = TransferConfig(args.source_run, args.task, methods=_grid(args.methods, str),
                           n_test_questions=args.test_questions)
     out = args.out if args.out is not None else f"runs/transfer-{task_slug(source_cfg.task)}-to-{task_slug(args.task)}"
-    out = run_transfer(tcfg, _check_run_out(out), progress=not args.quiet)
-    print((out / "summary.md").read_text())
-    print(f"outputs in {out}")
+    out = run_transfer(tcfg, _check_run_out(out), progress=not args.quiet, **_rank_device(args))
+    if args.ranks.is_main:
+        print((out / "summary.md").read_text())
+        print(f"outputs in {out}" + _ranks_note(args.ranks))
 
 
 def cmd_tasks(args) -> None:

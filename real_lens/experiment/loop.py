@@ -12,6 +12,7 @@ summary.md (:mod:`.report`) are computed from the pooled cells at the end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -38,6 +39,20 @@ from .config import (
     val_selects,
 )
 from .report import draw_frontier, render_summary
+from .shard import (
+    CALIBRATE,
+    CALIBRATION_EVALUATIONS,
+    Deferred,
+    Plan,
+    RankShare,
+    balance,
+    deferrable,
+    gather_shares,
+    items_cost,
+    plan_cell,
+    run_cells,
+    texts_cost,
+)
 from .setup import (
     LENGTH_ONLY,
     Setup,
@@ -63,8 +78,8 @@ from .stats import (
 )
 from .store import (
     Timer,
-    cached_cell,
     cached_scores,
+    read_cached_scores,
     read_rows,
     record_timing,
     start_run_dir,
@@ -74,12 +89,17 @@ from .store import (
 logger = logging.getLogger(__name__)
 
 
-def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> Path:
+def run_experiment(cfg: ExperimentConfig, out_dir, *, progress: bool = True, device: str | None = None) -> Path:
     """Run (or resume) the experiment; returns ``out_dir`` holding results.csv, summary.md, figures.
 
-    The run directory is locked for the whole run: a second run into it fails at once with one line."""
-    with output_lock(out_dir, wait=False):
-        return _run(cfg, out_dir, progress=progress)
+    The run directory is locked for the whole run: a second run into it fails at once with one line.
+    Under ``torchrun`` (an initialised process group) the ranks split the cells (:mod:`.shard`), each
+    on its own ``device`` (default ``cfg.device``), and rank 0 writes the outputs; the lock is rank 0's."""
+    from ..distributed import current_ranks
+
+    ranks = current_ranks()
+    with output_lock(out_dir, wait=False) if ranks.is_main else contextlib.nullcontext():
+        return _run(cfg, out_dir, progress=progress, device=device, ranks=ranks)
 
 
 @dataclass
@@ -99,9 +119,24 @@ class FoldLoop:
     alphas: dict[tuple, tuple[float, float]] = field(default_factory=dict)  # (fold, method, K, draw) -> (KL, α)
     tuning_bank: Any = None  # cfg.sigma_bank "tuning": the whole task's tuning bank (σ of every steering)
     sigma_banks: dict[int, Any] = field(default_factory=dict)  # fold -> its part of the tuning bank
+    plan: Plan | None = None  # planning mode under torchrun (.shard): missing cells are recorded, not computed
+    undecided: set = field(default_factory=set)  # planning: folds where some method's choice waits for val cells
 
-    def cell(self, fold: int, **key):
-        return cached_cell(self.out, self.cfg, fold, key)
+    def cell(self, fold: int, *, step: str, cost: float, ready: bool = True, **key):
+        return plan_cell(self.plan, self.out, self.cfg, fold, key, step=step, cost=cost, ready=ready)
+
+    def evaluation_cost(self, items, side_effects: bool) -> float:
+        """A cell's expected cost (:mod:`.shard`): its items, and its CE/KL paragraphs on test."""
+        texts = texts_cost(self.setup.texts, self.cfg.side_effect_tokens) if side_effects else 0.0
+        return items_cost(items) + texts
+
+    def fold_bank(self, fold_index: int, full_bank):
+        """The part of the task's bank that fits this fold's scores and directions."""
+        fold = self.setup.task.folds[fold_index]
+        fitted_on = set().union(*(getattr(fold, part) for part in fit_parts(self.cfg)))
+        if self.tuning_bank is not None:  # σ from the fold's part of the tuning bank (cfg.sigma_bank "tuning")
+            self.sigma_banks[fold_index] = self.tuning_bank.select(fitted_on)
+        return full_bank.select(fitted_on)
 
     def current(self, result: dict) -> bool:
         """Whether a cached evaluation cell holds what this version records (else it is recomputed)."""
@@ -122,17 +157,27 @@ class FoldLoop:
         from ..evaluation.dose import calibrate_alpha
 
         key = dict(method=method, split="calibration", k=k, dose=dose.label, **({} if draw is None else {"draw": draw}))
+        chain = (fold, method, k, draw)  # a missing calibration in it: the next one's start is not known yet
+        ready = self.plan is None or chain not in self.plan.blocked
         # Start from the α this steering needed for another target, scaled by KL ∝ α² (saves bracket steps).
         known = self.alphas.get((fold, method, k, draw))
         start = None if known is None else min(max(known[1] * math.sqrt(dose.value / known[0]),
                                                     CALIBRATION["alpha_min"]), CALIBRATION["alpha_max"])
         t = time.perf_counter()
-        calibration = self.cell(fold, **key)(lambda: dataclasses.asdict(calibrate_alpha(
-            self.setup.model, unit, self.setup.calibration, dose.value, reference=self.setup.kl_reference(),
-            max_tokens=self.cfg.side_effect_tokens, alpha_start=start, **CALIBRATION)))
-        self.timer.add("calibrate α", t)
+        cost = CALIBRATION_EVALUATIONS * texts_cost(self.setup.calibration, self.cfg.side_effect_tokens)
+        try:
+            calibration = self.cell(fold, step=CALIBRATE, cost=cost, ready=ready, **key)(
+                lambda: dataclasses.asdict(calibrate_alpha(
+                    self.setup.model, unit, self.setup.calibration, dose.value, reference=self.setup.kl_reference(),
+                    max_tokens=self.cfg.side_effect_tokens, alpha_start=start, **CALIBRATION)))
+        except Deferred:
+            self.plan.blocked.add(chain)  # the chain's next target starts from this α
+            raise
+        self.timer.add(CALIBRATE, t)
         if calibration["reached"]:
             self.alphas[(fold, method, k, draw)] = (dose.value, calibration["alpha"])
+            if self.plan is not None:  # the chain's next start is known again
+                self.plan.blocked.discard(chain)
         self.calibrations[(fold, method, k, dose.label, draw)] = calibration  # val and test share it
         if not calibration["reached"]:
             logger.info("fold %d %s K %d%s: KL target %g not reached (%s); steered at the closest point, α %.3g "
@@ -150,9 +195,9 @@ class FoldLoop:
                                    progress=self.progress)
             return {**result, "alpha": alpha, "calibration_kl": None if calibration is None else calibration["kl"]}
 
-        t = time.perf_counter()
-        result = self.cell(fold, **key)(compute, current=self.current)
-        self.timer.add(f"evaluate ({split}{', null' if draw is not None else ''})", t)
+        t, step = time.perf_counter(), f"evaluate ({split}{', null' if draw is not None else ''})"
+        result = self.cell(fold, step=step, cost=self.evaluation_cost(items, split == "test"), **key)(compute, current=self.current)
+        self.timer.add(step, t)
         extra = {"dose": dose.label, "draw": "" if draw is None else draw,
                  "target_kl": dose.value if dose.kind == "kl" else "",
                  "calibration_kl": "" if result["calibration_kl"] is None else result["calibration_kl"]}
@@ -163,10 +208,7 @@ class FoldLoop:
     def run_fold(self, fold_index: int, full_bank) -> None:
         cfg, setup, evaluation = self.cfg, self.setup, self.setup.evaluation
         fold = setup.task.folds[fold_index]
-        fitted_on = set().union(*(getattr(fold, part) for part in fit_parts(cfg)))
-        bank = full_bank.select(fitted_on)
-        if self.tuning_bank is not None:
-            self.sigma_banks[fold_index] = self.tuning_bank.select(fitted_on)
+        bank = self.fold_bank(fold_index, full_bank)
         self.bank_sizes[fold_index] = len(bank.examples)
         selects = val_selects(cfg)
         val_items = eval_items(evaluation, setup.task, fold.val, cfg.n_val_questions, cfg.seed)
@@ -175,18 +217,23 @@ class FoldLoop:
                     fold_index, len(bank.examples), "+".join(fit_parts(cfg)),
                     len({evaluation.group_of(i) for i in val_items}), len({evaluation.group_of(i) for i in test_items}))
 
-        t = time.perf_counter()
-        base_test = self.cell(fold_index, method="unsteered", split="test", k=0, alpha=0.0)(
-            lambda: evaluate_cell(setup, test_items, None, cfg, side_effects=True, progress=self.progress),
-            current=self.current)
-        self.row(fold_index, "unsteered", "test", 0, 0.0, base_test)
+        t, step = time.perf_counter(), "evaluate (unsteered)"
+        with deferrable(self.plan):
+            base_test = self.cell(fold_index, step=step, cost=self.evaluation_cost(test_items, True), method="unsteered",
+                                  split="test", k=0, alpha=0.0)(
+                lambda: evaluate_cell(setup, test_items, None, cfg, side_effects=True, progress=self.progress),
+                current=self.current)
+            self.row(fold_index, "unsteered", "test", 0, 0.0, base_test)
         if selects:
-            base_val = self.cell(fold_index, method="unsteered", split="val", k=0, alpha=0.0)(
-                lambda: evaluate_cell(setup, val_items, None, cfg, progress=self.progress), current=self.current)
-            self.row(fold_index, "unsteered", "val", 0, 0.0, base_val)
-        self.timer.add("evaluate (unsteered)", t)
-        self.arm("unsteered").add(fold_index, base_test)
-        if evaluation.kind == "mc":  # the content-blind reference on the same test questions
+            with deferrable(self.plan):
+                base_val = self.cell(fold_index, step=step, cost=self.evaluation_cost(val_items, False),
+                                     method="unsteered", split="val", k=0, alpha=0.0)(
+                    lambda: evaluate_cell(setup, val_items, None, cfg, progress=self.progress), current=self.current)
+                self.row(fold_index, "unsteered", "val", 0, 0.0, base_val)
+        self.timer.add(step, t)
+        if self.plan is None:
+            self.arm("unsteered").add(fold_index, base_test)
+        if evaluation.kind == "mc" and self.plan is None:  # the content-blind reference on the same test questions
             reference = length_only_cell(setup, val_items, test_items)
             self.row(fold_index, LENGTH_ONLY, "test", 0, 0.0, reference)
             self.arm(LENGTH_ONLY).add(fold_index, reference)
@@ -213,14 +260,19 @@ class FoldLoop:
             units = {k: build_steering(bank, scores.select(min(k, scores.n_modules)), alpha=1.0,
                                        sigma_bank=self.sigma_banks.get(fold_index)) for k in cfg.k_grid}
             for group, doses in dose_groups(cfg):
-                best = self.choose(fold_index, method, group, doses, units, val_items)
+                try:
+                    best = self.choose(fold_index, method, group, doses, units, val_items)
+                except Deferred:  # planning: val cells missing, so neither the test cell nor the null is known yet
+                    self.undecided.add(fold_index)
+                    continue
                 k, dose = best
-                result = self.steered(fold_index, method, "test", k, dose, units[k], test_items)
-                logger.info("fold %d %s%s: %s K %d at α %.3g; test %s", fold_index, method,
-                            f" ({group})" if group else "", "chose" if selects else "fixed", k, result["alpha"],
-                            ", ".join(f"{m} {result[m]:.4f}" for m in (*evaluation.metrics, "ce", "kl") if m in result))
                 self.outcome.chosen[(fold_index, method, group)] = best
-                self.arm(method, group).add(fold_index, result, k=k, alpha=result["alpha"])
+                with deferrable(self.plan):
+                    result = self.steered(fold_index, method, "test", k, dose, units[k], test_items)
+                    logger.info("fold %d %s%s: %s K %d at α %.3g; test %s", fold_index, method,
+                                f" ({group})" if group else "", "chose" if selects else "fixed", k, result["alpha"],
+                                ", ".join(f"{m} {result[m]:.4f}" for m in (*evaluation.metrics, "ce", "kl") if m in result))
+                    self.arm(method, group).add(fold_index, result, k=k, alpha=result["alpha"])
         if "random" in cfg.methods:
             self.run_null(fold_index, bank, test_items)
 
@@ -232,8 +284,11 @@ class FoldLoop:
         metric = self.setup.select_metric
         val = {}
         for k, dose in candidates:
-            val[(k, dose)] = self.steered(fold, method, "val", k, dose, units[k], val_items)[metric]
-            logger.info("fold %d %s: val K %d %s -> %s %.4f", fold, method, k, dose.label, metric, val[(k, dose)])
+            with deferrable(self.plan):
+                val[(k, dose)] = self.steered(fold, method, "val", k, dose, units[k], val_items)[metric]
+                logger.info("fold %d %s: val K %d %s -> %s %.4f", fold, method, k, dose.label, metric, val[(k, dose)])
+        if len(val) < len(candidates):
+            raise Deferred(f"fold {fold} {method}: val cells")
         # Ties go to the smaller K, then the smaller dose: the least intervention that does as well.
         return max(candidates, key=lambda c: (val[c], -c[0], -c[1].value))
 
@@ -242,6 +297,8 @@ class FoldLoop:
         (every candidate when no other method ran), on the test questions."""
         from ..null import random_null_scores
 
+        if fold in self.undecided:  # planning: some method has not chosen its (K, dose) yet
+            return
         points = {(k, dose) for (f, _, _), (k, dose) in self.outcome.chosen.items() if f == fold}
         if not points:
             points = {(k, dose) for k in self.cfg.k_grid for _, doses in dose_groups(self.cfg) for dose in doses}
@@ -252,36 +309,51 @@ class FoldLoop:
             for draw, scores in enumerate(draws):
                 unit = build_steering(bank, scores.select(min(k, scores.n_modules)), alpha=1.0,
                                       sigma_bank=self.sigma_banks.get(fold))
-                results.append(self.steered(fold, "random", "test", k, dose, unit, test_items, draw=draw))
+                with deferrable(self.plan):
+                    results.append(self.steered(fold, "random", "test", k, dose, unit, test_items, draw=draw))
             self.outcome.null[(fold, k, dose.label)] = results
 
 
-def _run(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> Path:
-    out = start_run_dir(out_dir, cfg)
+def _run(cfg: ExperimentConfig, out_dir, *, progress: bool = True, device: str | None = None, ranks=None) -> Path:
+    from ..distributed import Ranks
+
+    ranks = ranks or Ranks()
+    out = start_run_dir(out_dir, cfg) if ranks.is_main else Path(out_dir)
+    if ranks.is_distributed:
+        import torch.distributed as dist
+
+        dist.barrier()  # config.json is written (or the run refused) before any rank computes
+    progress = progress and ranks.is_main
     timer, started = Timer(), time.perf_counter()
 
     t = time.perf_counter()
-    setup = prepare(cfg)
+    setup = prepare(cfg, device=device)
     timer.add("load model + data", t)
     model, task = setup.model, setup.task
     doses = ", ".join(f"KL {t:g}" for t in cfg.kl_grid) if cfg.kl_grid else f"α {list(cfg.alpha_grid)}"
-    logger.info("run %s: %s on %s (%d layers x %d heads), %d questions, folds %s, methods %s, K %s, doses %s",
-                out, task.name, cfg.model, model.cfg.n_layers, model.cfg.n_heads, len(task.groups), list(setup.folds),
-                ",".join(cfg.methods), list(cfg.k_grid), doses)
+    (logger.info if ranks.is_main else logger.debug)(
+        "run %s: %s on %s (%d layers x %d heads), %d questions, folds %s, methods %s, K %s, doses %s%s", out, task.name, cfg.model, model.cfg.n_layers, model.cfg.n_heads, len(task.groups), list(setup.folds),
+                ",".join(cfg.methods), list(cfg.k_grid), doses,
+                f"; {ranks.world_size} ranks split the cells" if ranks.is_distributed else "")
     run = FoldLoop(cfg, setup, out, timer, progress, Outcome(cfg, setup.task.name, setup.folds))
     t = time.perf_counter()
     # One bank for the whole task (each fold's fitting part is a part of it), collected or loaded once.
     full_bank = collect_activations(model, task, site=cfg.site, readout=cfg.readout,
-                                    batch_size=cfg.batch_size, progress=progress)
+                                    batch_size=cfg.batch_size, progress=progress, shard=ranks.is_distributed)
     timer.add("collect activations", t)
-    logger.info("activations %s at %s (%.0f s)", list(full_bank.acts.shape), full_bank.meta["hook"],
-                time.perf_counter() - t)
+    (logger.info if ranks.is_main else logger.debug)("activations %s at %s (%.0f s)", list(full_bank.acts.shape),
+                                                     full_bank.meta["hook"], time.perf_counter() - t)
     if cfg.sigma_bank == "tuning":  # the release's σ: an unlabelled `Q: {q} A: {a} Q: {other q}` bank
         t = time.perf_counter()
         run.tuning_bank = collect_activations(model, tuning_examples(task.examples), site=cfg.site, readout=cfg.readout,
-                                              batch_size=cfg.batch_size, progress=progress)
+                                              batch_size=cfg.batch_size, progress=progress, shard=ranks.is_distributed)
         timer.add("collect activations (tuning bank)", t)
-    for fold_index in setup.folds:
+    shares = None
+    if ranks.is_distributed:
+        shares = compute_cells(run, full_bank, ranks, device=device)
+        if not ranks.is_main:
+            return out
+    for fold_index in setup.folds:  # under torchrun: every cell is read from its file
         run.run_fold(fold_index, full_bank)
 
     timer.seconds["total"] = time.perf_counter() - started
@@ -290,13 +362,99 @@ def _run(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> Path:
         notice(f"{len(missed)} of {len(run.calibrations)} α calibrations did not reach their KL target (the largest "
                f"miss: KL {max(missed, key=lambda c: abs(c['kl'] / c['target_kl'] - 1))['kl']:.3g}); those cells are "
                "steered at the closest point and counted in summary.md")
-    write_outputs(run)
+    write_outputs(run, ranks=shares)
     logger.info("wrote %s (%.0f s in all)", out, timer.seconds["total"])
     return out
 
 
-def write_outputs(run: FoldLoop) -> None:
-    """results.csv, the heatmaps, summary.json (every statistic), timing.json, and summary.md rendered from them."""
+def compute_cells(run: FoldLoop, full_bank, ranks, *, device=None) -> list[dict]:
+    """Under torchrun: every fold's scores (sharded where the scorer allows), then waves of cells split over
+    the ranks (:mod:`.shard`); returns every rank's busy time. Rank 0's step times gain the ranks' cell times."""
+    import torch.distributed as dist
+
+    from ..scoring import SCORERS
+
+    cfg, out = run.cfg, run.out
+    share = RankShare(ranks.rank)
+    # Scores first: a sharded scorer runs on every rank together; one that runs whole goes to one rank.
+    whole = []
+    for fold in run.setup.folds:
+        bank = run.fold_bank(fold, full_bank)
+        for method in cfg.methods:
+            if read_cached_scores(out, cfg, fold, method, bank) is not None:
+                continue
+            spec = SCORERS[method]
+            if spec.shardable and not spec.every_rank and method != "random":  # random: the null's draw 0
+                t = time.perf_counter()
+                cached_scores(out, cfg, fold, method, bank, run.setup.model, device=device, score=_score_sharded,
+                              save=ranks.is_main, progress=run.progress)
+                share.add(f"score: {method}", t)
+            else:
+                whole.append((fold, method, bank))
+    owners = balance([_scoring_cost(cfg, method, bank) for _, method, bank in whole], ranks.world_size)
+    for (fold, method, bank), owner in zip(whole, owners):
+        if owner == ranks.rank:
+            t = time.perf_counter()
+            cached_scores(out, cfg, fold, method, bank, run.setup.model, device=device)
+            share.add(f"score: {method}", t)
+    dist.barrier()
+
+    def plan_once(plan: Plan) -> None:
+        loop = FoldLoop(cfg, run.setup, out, Timer(), False, Outcome(cfg, run.setup.task.name, run.setup.folds), plan=plan)
+        with _quiet(logger):  # a replay: its log lines would repeat every wave
+            for fold in run.setup.folds:
+                loop.run_fold(fold, full_bank)
+
+    worklog = out / "ranks" / f"rank{ranks.rank}.jsonl"
+    worklog.parent.mkdir(parents=True, exist_ok=True)
+    waves = run_cells(plan_once, ranks, share, worklog=worklog)
+    shares = gather_shares(share, ranks)
+    if ranks.is_main:
+        logger.info("%d wave(s) of cells; busy seconds per rank: %s", waves,
+                    ", ".join(f"{sum(s['seconds'].values()):.0f}" for s in shares))
+    for other in shares:  # the session's steps: summed over the ranks
+        for step, seconds in other["seconds"].items():
+            run.timer.seconds[step] = run.timer.seconds.get(step, 0.0) + seconds
+    return shares
+
+
+def _scoring_cost(cfg: ExperimentConfig, method: str, bank) -> float:
+    """A whole-run scorer's expected cost in forward passes (a proxy, to balance them over the ranks): activation
+    patching runs one per pair and module, attribution patching three per pair, ``random`` none."""
+    n_modules = bank.flat().shape[1]
+    if method == "random":
+        return 0.0
+    if method == "patching":
+        return cfg.patching_pairs * (cfg.pair_demos + 1) * n_modules
+    if method == "attribution":
+        return cfg.attribution_pairs * (cfg.pair_demos + 1) * 3
+    return float(len(bank.examples) * n_modules)
+
+
+def _score_sharded(bank, method, *, model=None, seed=0, device=None, progress=False, **options):
+    """:func:`~real_lens.scoring.score_modules` with the module axis split over the ranks."""
+    from ..distributed import score_distributed
+    from ..scoring import scorer_config, scorer_spec
+
+    spec = scorer_spec(method)
+    cfg = scorer_config(spec, options)
+    kwargs = {**({"progress": progress} if spec.progress else {}), **({"cfg": cfg} if cfg is not None else {})}
+    return score_distributed(method, bank, model=model, seed=seed, device=device, **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet(log: logging.Logger):
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def write_outputs(run: FoldLoop, *, ranks: list[dict] | None = None) -> None:
+    """results.csv, the heatmaps, summary.json (every statistic), timing.json, and summary.md rendered from them;
+    ``ranks``: under torchrun, each rank's busy time (into timing.json and summary.md)."""
     from ..plotting import plot_metric_vs_k, plot_score_heatmaps
 
     cfg, setup, out, outcome = run.cfg, run.setup, run.out, run.outcome
@@ -331,6 +489,6 @@ def write_outputs(run: FoldLoop) -> None:
                      "n_report_texts": len(setup.texts), "n_calibration_texts": len(setup.calibration),
                      "bank_sizes": {str(f): n for f, n in run.bank_sizes.items()}}}
     write_json(out / "summary.json", saved)
-    sessions = record_timing(out, run.timer)
-    text = render_summary(cfg, read_json(out / "summary.json"), read_rows(out / "results.csv"), sessions)
+    sessions = record_timing(out, run.timer, ranks=ranks)
+    text = render_summary(cfg, read_json(out / "summary.json"), read_rows(out / "results.csv"), sessions, ranks=ranks)
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))

@@ -51,8 +51,10 @@ def protocol_lines(cfg: ExperimentConfig, run: dict, select_metric: str) -> list
                            " (val chooses nothing here).")]
 
 
-def render_summary(cfg: ExperimentConfig, saved: dict, rows: list[dict], sessions: list[dict[str, float]]) -> str:
-    """summary.md from what the run saved: its ``summary.json`` (``saved``), results rows and session timings."""
+def render_summary(cfg: ExperimentConfig, saved: dict, rows: list[dict], sessions: list[dict[str, float]], *,
+                   ranks: list[dict] | None = None) -> str:
+    """summary.md from what the run saved: its ``summary.json`` (``saved``), results rows and session timings
+    (``ranks``: this session's busy time per rank, under torchrun)."""
     run, metrics = saved["run"], saved["metrics"]
     summary = {name: saved["methods"][name] for name in run["order"]}  # JSON files sort keys; the table keeps run order
     paired, bands, calibration = (saved.get(k) for k in ("paired", "null", "calibration"))
@@ -127,7 +129,7 @@ def render_summary(cfg: ExperimentConfig, saved: dict, rows: list[dict], session
         "- steering σ from " + SIGMA_SOURCES[cfg.sigma_bank],
         f"- side effects: {run['n_report_texts']} WikiText-2 paragraphs, ≤{cfg.side_effect_tokens} tokens each"
         + (f" (the {run['n_calibration_texts']} that calibrate α are others)" if run["n_calibration_texts"] else ""),
-        *timing_lines(sessions),
+        *timing_lines(sessions, ranks=ranks),
     ]
     if "real-release" in cfg.methods:
         lines += release_difference_lines()
@@ -185,8 +187,22 @@ def release_difference_lines() -> list[str]:
     return lines + [""]
 
 
-def timing_lines(sessions: list[dict[str, float]]) -> list[str]:
-    """Seconds per step: summed over every session of the run (``sessions``), or this one's."""
+def timing_lines(sessions: list[dict[str, float]], *, ranks: list[dict] | None = None) -> list[str]:
+    """Seconds per step: summed over every session of the run (``sessions``), or this one's; under torchrun,
+    then each rank's busy time this session (``ranks``: :class:`~.shard.RankShare` dicts), so the balance shows."""
+    lines = _step_lines(sessions)
+    if ranks:
+        busy = [sum(r["seconds"].values()) for r in ranks]
+        lines += [f"This session ran on {len(ranks)} ranks (torchrun); step times above are summed over them. "
+                  "Each rank's busy time (scoring and the cells it computed; the rest it waited):", "",
+                  "| rank | busy seconds | cells | expected cost (share) |", "|---|---|---|---|"]
+        total_cost = sum(r["cost"] for r in ranks) or 1.0
+        lines += [f"| {r['rank']} | {b:.1f} | {r['cells']} | {r['cost'] / total_cost:.0%} |" for r, b in zip(ranks, busy)]
+        lines += ["", f"(busiest rank / mean: {max(busy) / max(sum(busy) / len(busy), 1e-9):.2f})", ""]
+    return lines
+
+
+def _step_lines(sessions: list[dict[str, float]]) -> list[str]:
     total: dict[str, float] = {}
     for session in sessions:
         for step, seconds in session.items():

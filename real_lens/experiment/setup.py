@@ -47,11 +47,12 @@ class Setup:
         return self._kl_reference
 
 
-def prepare(cfg: ExperimentConfig, *, task_name: str | None = None, model=None) -> Setup:
-    """The task (``cfg.task`` unless named), checked against ``cfg`` before the model (unless given) is loaded."""
+def prepare(cfg: ExperimentConfig, *, task_name: str | None = None, model=None, device: str | None = None) -> Setup:
+    """The task (``cfg.task`` unless named), checked against ``cfg`` before the model (unless given) is loaded
+    on ``device`` (default ``cfg.device``; under torchrun, the rank's own)."""
     task, evaluation, metric, folds = prepare_task(cfg, task_name=task_name)
     texts, calibration = side_effect_texts(cfg)
-    model = model if model is not None else load_model(cfg.model, device=cfg.device)
+    model = model if model is not None else load_model(cfg.model, device=cfg.device if device is None else device)
     return Setup(model, task, evaluation, metric, folds, texts, cfg.mc_prompt, calibration, cfg.side_effect_tokens)
 
 

@@ -85,13 +85,11 @@ def _has_results(out: Path) -> bool:
         p.is_file() for sub in ("cells", "scores") if (out / sub).is_dir() for p in (out / sub).rglob("*"))
 
 
-def cached_cell(out: Path, cfg, fold: int, key: dict):
-    """``cell(key)(compute)`` → the cached result for this cell, computing it once.
-
-    ``key`` names the cell (method, split, K, and its ``alpha`` or ``dose``, a null ``draw``, ...);
-    the file name also carries a digest of every setting that changes a cell's value. A scorer's own
-    settings (pairs, demonstrations, epochs) enter only its own cells' digests, so changing one scorer
-    recomputes that method's cells and keeps everyone else's."""
+def cell_path(out: Path, cfg, fold: int, key: dict) -> Path:
+    """The sealed file of one cell: ``key`` names it (method, split, K, and its ``alpha`` or ``dose``, a null
+    ``draw``, ...); the file name also carries a digest of every setting that changes a cell's value. A
+    scorer's own settings (pairs, demonstrations, epochs) enter only its own cells' digests, so changing one
+    scorer recomputes that method's cells and keeps everyone else's."""
     ignored = ("methods", "k_grid", "alpha_grid", "kl_grid", "null_draws", "folds", "n_boot", *scorer_settings())
     relevant = {k: v for k, v in jsonable(cfg).items()
                 if k not in ignored and not (k in DIGEST_NEUTRAL_DEFAULTS and v == DIGEST_NEUTRAL_DEFAULTS[k])}
@@ -101,53 +99,86 @@ def cached_cell(out: Path, cfg, fold: int, key: dict):
     named = ("method", "split", "k", "alpha", "dose")
     name = "-".join(f"{v}".replace(":", "_") for k, v in key.items() if k not in named)
     dose = key["dose"] if "dose" in key else f"a{key['alpha']:g}"
-    path = out / "cells" / (f"fold{fold}-{key['method']}-{key['split']}-k{key['k']}-{dose}"
+    return out / "cells" / (f"fold{fold}-{key['method']}-{key['split']}-k{key['k']}-{dose}"
                             + (f"-{name}" if name else "") + f"-{digest}.json")
+
+
+def read_cell(path: Path) -> dict | None:
+    """A cached cell's result, or None when it is not computed yet (or fails its check, said once)."""
+    if path.is_file():
+        try:
+            return read_sealed_json(path)
+        except ArtifactError as exc:
+            notice(f"recomputing cached cells that fail their check (e.g. {exc})", once=f"cells:{path.parent}")
+    return None
+
+
+def cached_cell(out: Path, cfg, fold: int, key: dict):
+    """``cell(key)(compute)`` → the cached result for this cell (:func:`cell_path`), computing it once."""
+    path = cell_path(out, cfg, fold, key)
 
     def get(compute, *, current=None):
         """The cached cell, or ``compute()``; ``current(result)`` False marks a cell an older version wrote."""
-        if path.is_file():
-            try:
-                result = read_sealed_json(path)
-                if current is None or current(result):
-                    return result
-                notice("recomputing cached cells written before this version's records (e.g. per-answer log-probs)",
-                       once=f"cells-old:{path.parent}")
-            except ArtifactError as exc:
-                notice(f"recomputing cached cells that fail their check (e.g. {exc})", once=f"cells:{path.parent}")
-        result = compute()
-        write_sealed_json(path, result)
+        result = read_cell(path)
+        if result is not None and current is not None and not current(result):
+            notice("recomputing cached cells written before this version's records (e.g. per-answer log-probs)",
+                   once=f"cells-old:{path.parent}")
+            result = None
+        if result is None:
+            result = compute()
+            write_sealed_json(path, result)
         return result
 
     return get
 
 
 def cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank, model, *,
-                  progress: bool = False) -> ModuleScores:
+                  progress: bool = False, device=None, score=None, save: bool = True) -> ModuleScores:
     """The fold's scores by ``method``, computed once; cached scores that fail verification are recomputed.
 
     ``random`` is the random null's draw 0 of this fold (:func:`real_lens.null.random_null_scores`), saved
-    like any method's scores so heatmaps, transfer and the analyses can read one random ranking per fold."""
-    folder = out / "scores" / f"fold{fold}" / method
-    key = {"bank": bank.meta.get("cache_key"), "n": len(bank.examples), "seed": cfg.seed,
-           "options": jsonable(scorer_options(cfg, method)), **({"null_draw": 0} if method == "random" else {})}
-    if folder.exists():
-        try:
-            scores = ModuleScores.load(folder, allow_unverified=False)
-            if read_json(folder / "key.json") == key:  # verified with the scores (it is in their manifest)
-                return scores
-        except (ScoringError, OSError, ValueError) as exc:
-            notice(f"recomputing the cached {method} scores of fold {fold}: {exc}")
+    like any method's scores so heatmaps, transfer and the analyses can read one random ranking per fold.
+    ``device``: where the scorer computes (default ``cfg.device``); ``score``: what computes them (default
+    :func:`~real_lens.scoring.score_modules`; under torchrun the sharded scorer); ``save=False``: a rank
+    that computes its share but leaves the writing to rank 0."""
+    scores = read_cached_scores(out, cfg, fold, method, bank)
+    if scores is not None:
+        return scores
     if method == "random":
         from ..null import random_null_scores
 
         scores = random_null_scores(bank.module_shape, n_draws=1, fold=fold, seed=cfg.seed)[0]
     else:
-        scores = score_modules(bank, method, model=model, seed=cfg.seed, device=cfg.device, progress=progress,
-                               **scorer_options(cfg, method))
+        scores = (score or score_modules)(bank, method, model=model, seed=cfg.seed,
+                                          device=cfg.device if device is None else device, progress=progress,
+                                          **scorer_options(cfg, method))
     scores = with_source(scores, bank)
-    scores.save(folder, extra_json={"key.json": key})
+    if save:
+        scores.save(_scores_folder(out, fold, method), extra_json={"key.json": _scores_key(cfg, method, bank)})
     return scores
+
+
+def _scores_folder(out: Path, fold: int, method: str) -> Path:
+    return out / "scores" / f"fold{fold}" / method
+
+
+def _scores_key(cfg: ExperimentConfig, method: str, bank) -> dict:
+    return {"bank": bank.meta.get("cache_key"), "n": len(bank.examples), "seed": cfg.seed,
+            "options": jsonable(scorer_options(cfg, method)), **({"null_draw": 0} if method == "random" else {})}
+
+
+def read_cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank) -> ModuleScores | None:
+    """The fold's cached scores by ``method`` if they verify and were computed from ``bank`` with these
+    settings; None otherwise (damaged ones said so)."""
+    folder = _scores_folder(out, fold, method)
+    if folder.exists():
+        try:
+            scores = ModuleScores.load(folder, allow_unverified=False)
+            if read_json(folder / "key.json") == _scores_key(cfg, method, bank):  # verified with the scores
+                return scores
+        except (ScoringError, OSError, ValueError) as exc:
+            notice(f"recomputing the cached {method} scores of fold {fold}: {exc}")
+    return None
 
 
 def scorer_settings() -> tuple[str, ...]:
@@ -196,16 +227,23 @@ def read_rows(path: Path, *, verified: bool = False) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def record_timing(out: Path, timer: Timer) -> list[dict[str, float]]:
+def record_timing(out: Path, timer: Timer, *, ranks: list[dict] | None = None) -> list[dict[str, float]]:
     """Append this session's step times to the run's ``timing.json`` and return every session's, so a
-    resumed run still reports what the computation cost (a resumed session reuses cached steps in ~0 s)."""
+    resumed run still reports what the computation cost (a resumed session reuses cached steps in ~0 s).
+
+    ``ranks``: under torchrun, each rank's busy time this session (:class:`~.shard.RankShare` as a dict),
+    kept in ``timing.json``'s ``"ranks"`` (one entry per session, None for a one-process session)."""
     path = out / "timing.json"
-    sessions = []
+    sessions, shares = [], []
     if path.is_file():
         try:
-            sessions = list(read_sealed_json(path, allow_unsealed=True)["sessions"])
+            stored = read_sealed_json(path, allow_unsealed=True)
+            sessions = list(stored["sessions"])
+            shares = list(stored.get("ranks") or [None] * len(sessions))
         except (ArtifactError, KeyError, TypeError) as exc:
             notice(f"{path} is damaged ({exc}); the time of earlier sessions is not counted")
+            sessions, shares = [], []
     sessions.append(dict(timer.seconds))
-    write_sealed_json(path, {"sessions": sessions})
+    shares.append(ranks)
+    write_sealed_json(path, {"sessions": sessions, **({"ranks": shares} if any(shares) else {})})
     return sessions

@@ -20,6 +20,7 @@ target run's own arms and random null (``analyses/transfer.py`` does).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -38,7 +39,8 @@ from .config import METHODS, ExperimentConfig, arm_name, fit_parts
 from .report import summary_table, timing_lines
 from .setup import cell_is_current, evaluate_cell, prepare, result_row
 from .stats import Arm, summarise
-from .store import Timer, cached_cell, read_rows, start_run_dir, write_rows
+from .shard import Plan, RankShare, deferrable, gather_shares, items_cost, plan_cell, run_cells, texts_cost
+from .store import Timer, read_rows, start_run_dir, write_rows
 
 
 @dataclass(frozen=True)
@@ -81,15 +83,19 @@ def load_source_run(source_dir) -> tuple[ExperimentConfig, list[dict]]:
     return cfg, rows
 
 
-def run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Path:
+def run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True, device: str | None = None) -> Path:
     """Evaluate the source run's selections on ``tcfg.target``'s test questions; returns ``out_dir``.
 
-    The output directory is locked for the whole transfer: a second one into it fails at once."""
-    with output_lock(out_dir, wait=False):
-        return _run_transfer(tcfg, out_dir, progress=progress)
+    The output directory is locked for the whole transfer: a second one into it fails at once. Under
+    ``torchrun`` the ranks split the cells (:mod:`.shard`), each on its own ``device``; rank 0 writes."""
+    from ..distributed import current_ranks
+
+    ranks = current_ranks()
+    with output_lock(out_dir, wait=False) if ranks.is_main else contextlib.nullcontext():
+        return _run_transfer(tcfg, out_dir, progress=progress and ranks.is_main, device=device, ranks=ranks)
 
 
-def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Path:
+def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True, device=None, ranks=None) -> Path:
     source_dir = Path(tcfg.source_run)
     src_cfg, src_rows = load_source_run(source_dir)
     chosen = {}  # (source fold, method, dose group) -> (K, α)
@@ -106,58 +112,89 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
         raise RealLensError(f"the source run {source_dir} has no chosen K/α for {missing}; "
                             f"it ran {sorted({m for _, m, _ in chosen})}")
 
-    out = start_run_dir(out_dir, tcfg)
+    out = start_run_dir(out_dir, tcfg) if ranks.is_main else Path(out_dir)
+    if ranks.is_distributed:
+        import torch.distributed as dist
+
+        dist.barrier()  # config.json is written before any rank computes
     timer, started = Timer(), time.perf_counter()
     t = time.perf_counter()
     tgt_cfg = dataclasses.replace(src_cfg, task=tcfg.target, folds=tcfg.folds, select_metric=None,
                                   n_test_questions=tcfg.n_test_questions or src_cfg.n_test_questions)
-    target = prepare(tgt_cfg)
+    target = prepare(tgt_cfg, device=device)
     source = prepare(dataclasses.replace(src_cfg, side_effect_texts=0), model=target.model)  # CE/KL texts: target's
     timer.add("load model + data", t)
     t = time.perf_counter()
     src_bank = collect_activations(target.model, source.task, site=src_cfg.site, readout=src_cfg.readout,
-                                   batch_size=src_cfg.batch_size, progress=progress)
+                                   batch_size=src_cfg.batch_size, progress=progress, shard=ranks.is_distributed)
     timer.add("collect source activations", t)
-
-    rows, arms, per_item = [], {}, {}
     evaluation = target.evaluation
+    side_cost = texts_cost(target.texts, tgt_cfg.side_effect_tokens)
 
-    def record(name: str, fold: int, result: dict) -> None:  # per item, so a reader can pair any two arms
-        values = per_item.setdefault(name, {})
-        values.setdefault("fold", []).extend([fold] * len(result["per_item"]["group"]))
-        for key, v in result["per_item"].items():
-            values.setdefault(key, []).extend(v)
+    current = partial(cell_is_current, evaluation)
 
-    for t_fold in target.folds:
-        s_fold = src_folds[min(t_fold, len(src_folds) - 1)]
-        fold = target.task.folds[t_fold]
-        items = eval_items(evaluation, target.task, fold.test, tgt_cfg.n_test_questions, tgt_cfg.seed)
-        cell = lambda **key: cached_cell(out, tgt_cfg, t_fold, key)  # noqa: E731
-        current = partial(cell_is_current, evaluation)
-        t = time.perf_counter()
-        base = cell(method="unsteered", split="test", k=0, alpha=0.0)(
-            lambda: evaluate_cell(target, items, None, tgt_cfg, side_effects=True), current=current)
-        timer.add("evaluate (unsteered)", t)
-        rows.append(result_row(evaluation, t_fold, "unsteered", "test", 0, 0.0, base, dose="", source_fold=""))
-        arms.setdefault("unsteered", Arm("unsteered")).add(t_fold, base)
-        record("unsteered", t_fold, base)
-        src_fold = source.task.folds[s_fold]
-        bank = src_bank.select(set().union(*(getattr(src_fold, part) for part in fit_parts(src_cfg))))
-        for method in methods:
-            scores = ModuleScores.load(source_dir / "scores" / f"fold{s_fold}" / method)
-            check_same_model(scores.meta.get("model"), target.model, what=f"the {method} scores of {source_dir}",
-                             fix="transfer with the model the source run used (its config.json), or run the source again")
-            for group in groups:
-                k, alpha = chosen[(s_fold, method, group)]
-                t = time.perf_counter()
-                steering = build_steering(bank, scores.select(min(k, scores.n_modules)), alpha=alpha)
-                result = cell(method=method, split="test", k=k, alpha=alpha, source=src_cfg.task, source_fold=s_fold)(
-                    lambda: evaluate_cell(target, items, steering, tgt_cfg, side_effects=True), current=current)
-                timer.add("evaluate (transferred)", t)
-                rows.append(result_row(evaluation, t_fold, method, "test", k, alpha, result, dose=group,
-                                       source_fold=s_fold))
-                arms.setdefault(arm_name(method, group), Arm(method, group)).add(t_fold, result, k=k, alpha=alpha)
-                record(arm_name(method, group), t_fold, result)
+    def evaluate_all(timer: Timer, plan: Plan | None) -> tuple[list[dict], dict, dict]:
+        """Every target fold's cells (in planning mode: those missing are recorded, :mod:`.shard`), and each
+        arm's per-item values (so a reader can pair any two arms, e.g. with the target's own null)."""
+        rows, arms, per_item = [], {}, {}
+
+        def record(name: str, fold: int, result: dict) -> None:
+            values = per_item.setdefault(name, {})
+            values.setdefault("fold", []).extend([fold] * len(result["per_item"]["group"]))
+            for key, v in result["per_item"].items():
+                values.setdefault(key, []).extend(v)
+        for t_fold in target.folds:
+            s_fold = src_folds[min(t_fold, len(src_folds) - 1)]
+            fold = target.task.folds[t_fold]
+            items = eval_items(evaluation, target.task, fold.test, tgt_cfg.n_test_questions, tgt_cfg.seed)
+            cost = items_cost(items) + side_cost
+
+            def cell(step, t_fold=t_fold, cost=cost, **key):
+                return plan_cell(plan, out, tgt_cfg, t_fold, key, step=step, cost=cost)
+
+            t, step = time.perf_counter(), "evaluate (unsteered)"
+            with deferrable(plan):
+                base = cell(step, method="unsteered", split="test", k=0, alpha=0.0)(
+                    lambda items=items: evaluate_cell(target, items, None, tgt_cfg, side_effects=True), current=current)
+                rows.append(result_row(evaluation, t_fold, "unsteered", "test", 0, 0.0, base, dose="", source_fold=""))
+                arms.setdefault("unsteered", Arm("unsteered")).add(t_fold, base)
+                record("unsteered", t_fold, base)
+            timer.add(step, t)
+            src_fold = source.task.folds[s_fold]
+            bank = src_bank.select(set().union(*(getattr(src_fold, part) for part in fit_parts(src_cfg))))
+            for method in methods:
+                scores = ModuleScores.load(source_dir / "scores" / f"fold{s_fold}" / method)
+                check_same_model(scores.meta.get("model"), target.model, what=f"the {method} scores of {source_dir}",
+                                 fix="transfer with the model the source run used (its config.json), or run the source again")
+                for group in groups:
+                    k, alpha = chosen[(s_fold, method, group)]
+                    t, step = time.perf_counter(), "evaluate (transferred)"
+                    steering = build_steering(bank, scores.select(min(k, scores.n_modules)), alpha=alpha)
+                    with deferrable(plan):
+                        result = cell(step, method=method, split="test", k=k, alpha=alpha, source=src_cfg.task,
+                                      source_fold=s_fold)(
+                            lambda items=items, steering=steering: evaluate_cell(target, items, steering, tgt_cfg,
+                                                                                 side_effects=True), current=current)
+                        rows.append(result_row(evaluation, t_fold, method, "test", k, alpha, result, dose=group,
+                                               source_fold=s_fold))
+                        arms.setdefault(arm_name(method, group), Arm(method, group)).add(t_fold, result, k=k, alpha=alpha)
+                        record(arm_name(method, group), t_fold, result)
+                    timer.add(step, t)
+        return rows, arms, per_item
+
+    shares = None
+    if ranks.is_distributed:  # the ranks compute the missing cells; then rank 0 reads them all below
+        share = RankShare(ranks.rank)
+        worklog = out / "ranks" / f"rank{ranks.rank}.jsonl"
+        worklog.parent.mkdir(parents=True, exist_ok=True)
+        run_cells(lambda plan: evaluate_all(Timer(), plan), ranks, share, worklog=worklog)
+        shares = gather_shares(share, ranks)
+        for other in shares:
+            for step, seconds in other["seconds"].items():
+                timer.seconds[step] = timer.seconds.get(step, 0.0) + seconds
+        if not ranks.is_main:
+            return out
+    rows, arms, per_item = evaluate_all(timer, None)
 
     timer.seconds["total"] = time.perf_counter() - started
     write_rows(out / "results.csv", rows)
@@ -175,7 +212,7 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True) -> Pa
         + f"); 95% CIs bootstrap the pooled test items ({tgt_cfg.n_boot} resamples).",
         "",
         *summary_table(summary, evaluation.metrics),
-        *timing_lines([timer.seconds]),
+        *timing_lines([timer.seconds], ranks=shares),
     ])
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))
     return out

@@ -215,7 +215,7 @@ def test_commands_that_do_not_shard_are_refused_under_torchrun(monkeypatch, caps
     assert main(["hooks", "--model", "tiny-llama", "--estimate-only"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert "real-lens hooks (rank 1 of 2): error: only collect and score run under torchrun" in err
+    assert "real-lens hooks (rank 1 of 2): error: only collect, score, run and transfer run under torchrun" in err
 
 
 def test_device_map_with_several_processes_per_node_is_refused(monkeypatch):
