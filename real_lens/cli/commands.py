@@ -9,8 +9,11 @@ import math
 from .. import hooks
 from ..configs import read_overrides
 from ..errors import RealLensError
+from ..threads import state_threads
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_ALPHA = 15.0  # steer/inspect/export without --alpha or --kl-target (README: prefer --kl-target)
 
 
 def load_model_for(args):
@@ -97,6 +100,7 @@ def cmd_collect(args) -> None:
     # A second command writing the same --out fails now, not after its work (rank 0 writes under torchrun).
     with output_lock(out, wait=False) if out is not None else contextlib.nullcontext():
         task = _limited(load_task(args.task, data_dir=args.data_dir), args.limit)
+        state_threads()
         model = load_model_for(args)
         bank = collect_activations(
             model, task, site=args.site, readout=args.readout, batch_size=args.batch_size,
@@ -115,7 +119,7 @@ def cmd_generate(args) -> None:
 
     _check_device(args)
     model = load_model_for(args)
-    chat = False if args.no_chat else None
+    chat = False if args.raw_prompt else None
     _check_fits_context(model, args.prompt, args.max_new_tokens, chat=chat)
     print(generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens, chat=chat))
 
@@ -155,6 +159,7 @@ def cmd_score(args) -> None:
     spec = scorer_spec(args.method)
     needs_model = spec.needs_model
     with output_lock(out, wait=False) if out is not None else contextlib.nullcontext():
+        state_threads()
         if args.bank:
             bank = _bank_for(args)
             if args.model is None:  # the bank's metadata names the model it came from
@@ -225,6 +230,7 @@ def _steering_for(args):
         if args.alpha is not None:
             steering = steering.with_alpha(args.alpha)
         recorded = _recorded_model_name(steering.meta)
+        bank = None
     else:
         scores = ModuleScores.load(args.scores)
         bank_dir = args.bank or scores.meta.get("bank")
@@ -233,7 +239,7 @@ def _steering_for(args):
         bank = ActivationBank.load(bank_dir)
         check_scores_bank(scores, bank, scores_dir=args.scores, bank_dir=bank_dir)
         steering = build_steering(bank, scores.select(min(args.top_k, scores.n_modules), strengths=args.strengths),
-                                  alpha=15.0 if args.alpha is None else args.alpha)
+                                  alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha)
         recorded = _recorded_model_name(scores.meta) or _recorded_model_name(bank.meta)
     from_metadata = args.model is None and recorded
     if from_metadata:
@@ -243,17 +249,33 @@ def _steering_for(args):
     if from_metadata:
         logger.info("model %s (recorded in the %s; --model overrides)", recorded,
                     "steering" if getattr(args, "steering", None) else "scores")
+    if args.kl_target is not None:
+        steering = _calibrated(model, steering, args.kl_target, data_dir=args.data_dir)
     return steering, model
+
+
+def _calibrated(model, steering, kl: float, *, data_dir=None):
+    """``steering`` at the α that reaches ``kl`` (the main job's calibration), with one line saying what it got."""
+    from ..evaluation.dose import N_CALIBRATION_TEXTS, calibrate
+
+    steering = calibrate(model, steering, kl=kl, data_dir=data_dir)
+    c = steering.meta["calibration"]
+    print(f"calibrated α {c['alpha']:.4g} for the KL target {kl:g} nats per token on {N_CALIBRATION_TEXTS} held-apart "
+          f"WikiText-2 paragraphs: KL {c['kl']:.4g}, "
+          + ("target reached" if c["reached"] else f"target NOT reached ({c['reason']}; the closest point evaluated)")
+          + f", {c['n_evaluations']} evaluations", flush=True)
+    return steering
 
 
 def cmd_steer(args) -> None:
     from ..generation import generate_text
 
     steering, model = _steering_for(args)
-    _check_fits_context(model, args.prompt, args.max_new_tokens)
-    unsteered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens)
+    chat = False if args.raw_prompt else None
+    _check_fits_context(model, args.prompt, args.max_new_tokens, chat=chat)
+    unsteered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens, chat=chat)
     with steering.applied(model):
-        steered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens)
+        steered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens, chat=chat)
     strengths = ", ".join(f"{s:.2f}" for s in steering.strengths.tolist()[:8])
     print(f"prompt: {args.prompt}\n\n[unsteered]\n{unsteered}\n\n[steered: {steering.method}, top {len(steering.modules)}, "
           f"alpha {steering.alpha:g}, strengths {args.strengths} ({strengths}{' ...' if len(steering.modules) > 8 else ''})]"
@@ -285,7 +307,8 @@ def cmd_export(args) -> None:
     if args.format == "lm-eval":
         save_lm_eval_steering(model, steering, out)
         print(f"wrote {out}; evaluate any lm-evaluation-harness task under this steering with\n"
-              f"  lm_eval --model steered --model_args pretrained=<the Hugging Face model>,steer_path={out} --tasks <task>")
+              f"  lm_eval --model steered --model_args pretrained={_hub_name(model, steering)},steer_path={out} "
+              "--tasks <task>")
     elif args.format == "vectors":
         vectors = to_layer_vectors(model, steering)
         write_tensors(out / "vectors.safetensors", {f"layer.{layer}": v for layer, v in vectors.vectors.items()})
@@ -296,6 +319,18 @@ def cmd_export(args) -> None:
     else:
         steering.save(out)
         print(f"wrote {out}: {len(steering.modules)} modules at {steering.site}, alpha {steering.alpha:g}")
+
+
+def _hub_name(model, steering) -> str:
+    """The model's name for lm_eval's ``pretrained=``: the Hugging Face name the steering records (for the
+    embedded model, the Hub model it embeds), else the name the model was loaded by."""
+    from ..models import model_identity
+
+    recorded, identity = steering.meta.get("model"), model_identity(model)
+    candidates = [*((recorded.get("hf_name"), recorded.get("name")) if isinstance(recorded, dict) else (recorded,)),
+                  identity.get("hf_name"), identity.get("name")]
+    names = [n for n in candidates if isinstance(n, str) and n]
+    return names[0] if names else "<the Hugging Face model>"
 
 
 def _grid(text, cast):

@@ -10,7 +10,9 @@ import argparse
 import math
 
 from .. import hooks
+from .._version import __version__
 from ..configs import add_config_options
+from ..tasks import TASK_DESCRIPTIONS
 from . import commands
 
 EXIT_USAGE = 2
@@ -36,6 +38,10 @@ RUN_HELP = {
     "device": "torch device (default: the bridge's choice)",
     "data_dir": "data folder (default $REAL_LENS_DATA or ../shared/data)",
 }
+
+# Every task `load_task` knows, for --help (`real-lens tasks` says where each one's data comes from).
+TASK_NAMES = tuple(TASK_DESCRIPTIONS)
+TASK_HELP = f"one of {', '.join(TASK_NAMES)}"
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeding both accept [0, 2**32)
 MAX_NEW_TOKENS = 1_000_000  # before the model is loaded; then prompt + new tokens must fit its context
@@ -85,6 +91,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..activations import READOUTS
     from ..experiment import ExperimentConfig
@@ -92,15 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
     from ..models import DEFAULT_MODEL, DEVICE_MAP_STRATEGIES, DTYPES
     from ..scoring import STRENGTHS
 
-    parser = _Parser(prog="real-lens", description="Find and steer the attention heads that govern a behaviour.")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars and no INFO logs (errors still print)")
+    parser = _Parser(prog="real-lens", description="Find and steer the attention heads that govern a behaviour.",
+                     epilog=f"tasks: {', '.join(TASK_NAMES)} (see `real-lens tasks`)")
+    parser.add_argument("--version", action="version", version=f"real-lens {__version__}")
+    # Global options, accepted before or after the command; after it, SUPPRESS keeps a sub-command
+    # from resetting one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    for p, default in ((parser, None), (common, argparse.SUPPRESS)):
+        p.add_argument("--quiet", action="store_true", default=default or False,
+                       help="no progress bars and no INFO logs (errors still print)")
+        p.add_argument("--threads", type=_positive_int, default=default, metavar="N",
+                       help="CPU threads torch computes with (default: the physical cores, divided among torchrun's "
+                            "processes on a node, or $OMP_NUM_THREADS; on a busy shared machine try 1)")
+        p.add_argument("--log-file", default=default, metavar="PATH",
+                       help="also append the INFO log to this file (even with --quiet)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    # --quiet is also accepted after the command; SUPPRESS keeps a sub-command from resetting one given before it.
-    quiet = argparse.ArgumentParser(add_help=False)
-    quiet.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, parents=[quiet])
+        return sub.add_parser(name, help=help, parents=[common])
 
     def model_arg(p, default_help=f"default {DEFAULT_MODEL}"):
         p.add_argument("--model", default=None, help=f"embedded name, local dir/.gguf, or Hub name ({default_help})")
@@ -113,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "such as '{\"model.layers.0\": 0, \"lm_head\": 1}' (exclusive with --device)")
         p.add_argument("--n-devices", type=_positive_int, default=None,
                        help="spread the model evenly over this many CUDA devices (a 'balanced' device map)")
+
+    def raw_prompt_arg(p):
+        p.add_argument("--raw-prompt", "--no-chat", dest="raw_prompt", action="store_true",
+                       help="give the model the prompt as typed; by default a model with a chat template (the "
+                            "embedded SmolLM2) reads it wrapped in that template as a user turn (banks are "
+                            "collected on raw text)")
 
     def bank_arg(p):
         p.add_argument("--bank-dtype", default="float32", choices=tuple(DTYPES), help="how the bank stores activations")
@@ -129,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("collect", help="collect an activation bank for a task")
     model_arg(p)
-    p.add_argument("--task", required=True, help="truthfulqa, or file:<path>")
+    p.add_argument("--task", required=True, help=TASK_HELP)
     p.add_argument("--site", default="head_z", choices=hooks.SITES)
     p.add_argument("--readout", default="last", choices=READOUTS)
     p.add_argument("--limit", type=_positive_int, default=None, help="at most N examples, whole questions only")
@@ -139,17 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory to write the bank to")
     p.set_defaults(run=commands.cmd_collect)
 
-    p = command("generate", help="greedy generation (chat template when the model has one)")
+    p = command("generate", help="greedy generation (chat template when the model has one; --raw-prompt: none)")
     model_arg(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=_token_count, default=64)
-    p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    raw_prompt_arg(p)
     p.set_defaults(run=commands.cmd_generate)
 
     p = command("score", help="score every module of a bank with one method (scores + heatmap PNG)")
     model_arg(p)
     p.add_argument("--bank", default=None, help="an activation bank made by `real-lens collect`")
-    p.add_argument("--task", default=None, help="collect first: truthfulqa, or file:<path>")
+    p.add_argument("--task", default=None, help=f"collect first: {TASK_HELP}")
     p.add_argument("--limit", type=_positive_int, default=None)
     bank_arg(p)
     p.add_argument("--data-dir", default=None)
@@ -174,8 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
             source.add_argument("--steering", help="a steering saved with Steering.save (instead of --scores)")
         p.add_argument("--bank", default=None, help="bank for the directions (default: the one the scores came from)")
         p.add_argument("--top-k", type=_positive_int, default=16, help="number of modules (heads) to steer (default 16)")
-        p.add_argument("--alpha", type=_finite_float, default=None,
-                       help="steering strength (default 15" + ("; with --steering, the saved one)" if saved else ")"))
+        dose = p.add_mutually_exclusive_group()
+        dose.add_argument("--alpha", type=_finite_float, default=None,
+                          help="steering strength (default 15" + ("; with --steering, the saved one)" if saved else ")"))
+        dose.add_argument("--kl-target", type=_positive_float, default=None, metavar="KL",
+                          help="steer at the α where KL(unsteered || steered) reaches KL nats per token on the main "
+                               "job's held-apart WikiText-2 paragraphs (as `real-lens run` calibrates; e.g. 0.1)")
+        p.add_argument("--data-dir", default=None, help="data folder for --kl-target's paragraphs "
+                                                        "(default $REAL_LENS_DATA or ../shared/data)")
         p.add_argument("--strengths", choices=STRENGTHS, default="method",
                        help="per-module strengths: 'method' (default) = the method's own rule (REAL: score/max, "
                             "ITI/patching/attribution/random: 1); 'score' = score/max; 'uniform' = 1"
@@ -186,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     steering_args(p, saved=False)
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=_token_count, default=48)
+    raw_prompt_arg(p)
     p.set_defaults(run=commands.cmd_steer)
 
     p = command("inspect", help="what a steering does at the hook level: hooks, norms, steered vs unsteered logits")

@@ -26,6 +26,7 @@ from ..io import atomic_write, notice, read_json, write_json
 from ..locks import output_lock
 from ..scoring import ModuleScores
 from ..steering import build_steering
+from ..threads import state_threads
 from .config import (
     Dose,
     ExperimentConfig,
@@ -236,6 +237,7 @@ def _run(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> Path:
     timer, started = Timer(), time.perf_counter()
 
     t = time.perf_counter()
+    state_threads()  # what set_threads chose (rl.set_threads / --threads), stated once
     setup = prepare(cfg)
     timer.add("load model + data", t)
     model, task = setup.model, setup.task
