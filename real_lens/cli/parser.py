@@ -12,23 +12,30 @@ import math
 from .. import hooks
 from .._version import __version__
 from ..configs import add_config_options
+from ..experiment.config import METHODS
 from ..tasks import TASK_DESCRIPTIONS
 from . import commands
 
 EXIT_USAGE = 2
 
+# Every task `load_task` knows, for --help (`real-lens tasks` says where each one's data comes from).
+TASK_NAMES = tuple(TASK_DESCRIPTIONS)
+TASK_HELP = f"one of {', '.join(TASK_NAMES)}"
+
 # Help for `run` options whose ExperimentConfig field has no comment of its own (real_lens.configs
 # derives one option per field; a field's trailing comment is its help unless named here).
 RUN_HELP = {
     "model": "embedded name, local dir/.gguf, or Hub name",
-    "task": "a task from `real-lens tasks`",
-    "methods": "comma-separated subset of real,real-release,iti,patching,attribution,random (random = the null)",
+    "task": TASK_HELP,
+    "methods": f"comma-separated, of {','.join(METHODS)} (random = the null) or a registered scorer",
     "k_grid": "numbers of modules (heads) to keep, comma-separated; several = K chosen on val",
     "kl_grid": "target KL(unsteered||steered) per token, comma-separated: every method steered at each; "
                "'none' = the alpha grid (the paper's protocol)",
     "alpha_grid": "fixed steering strengths alpha, comma-separated (used when --kl-grid none)",
-    "site": f"where modules are read and steered: {', '.join(hooks.SITES)}",
-    "readout": "which token's activation is read: last or mean_answer",
+    "site": "where modules are read and steered",
+    "readout": "which token's activation is read",
+    "device_map": "spread the model over devices: auto, balanced, balanced_low_0, sequential, or a JSON map "
+                  "(exclusive with --device)",
     "patching_pairs": "contrast pairs per fold for activation patching",
     "real_epochs": "REAL VQ-AE epochs",
     "real_prior_epochs": "REAL GRU prior epochs",
@@ -38,10 +45,6 @@ RUN_HELP = {
     "device": "torch device (default: the bridge's choice)",
     "data_dir": "data folder (default $REAL_LENS_DATA or ../shared/data)",
 }
-
-# Every task `load_task` knows, for --help (`real-lens tasks` says where each one's data comes from).
-TASK_NAMES = tuple(TASK_DESCRIPTIONS)
-TASK_HELP = f"one of {', '.join(TASK_NAMES)}"
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeding both accept [0, 2**32)
 MAX_NEW_TOKENS = 1_000_000  # before the model is loaded; then prompt + new tokens must fit its context
@@ -101,6 +104,7 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     from ..activations import READOUTS
     from ..experiment import ExperimentConfig
+    from ..tasks.truthfulqa import MC_PROMPT_STYLES
     from ..inspection import DEFAULT_HOOKS_PROMPT
     from ..models import DEFAULT_MODEL, DEVICE_MAP_STRATEGIES, DTYPES
     from ..scoring import STRENGTHS
@@ -253,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     preset.add_argument("--full", action="store_true", help="the paper's protocol at full size (for a GPU)")
     # One option per ExperimentConfig field (real_lens.configs): --k-grid 8,24, --questions-per-part none, ...
     add_config_options(p, ExperimentConfig, aliases={"n_val_questions": ["--val-questions"],
-                                                     "n_test_questions": ["--test-questions"]}, help=RUN_HELP)
+                                                     "n_test_questions": ["--test-questions"]}, help=RUN_HELP,
+                       choices={"site": hooks.SITES, "readout": READOUTS, "mc_prompt": tuple(MC_PROMPT_STYLES),
+                                "dtype": tuple(DTYPES)})
     p.add_argument("--out", default=None, help="run directory, reused to resume (default runs/<task>, runs/<task>-<preset> with a preset)")
     p.set_defaults(run=commands.cmd_run)
 

@@ -20,7 +20,7 @@ from .._version import __version__
 from ..configs import build_config
 from ..errors import RealLensError
 from ..io import read_json
-from ..models import DEFAULT_MODEL
+from ..models import DEFAULT_MODEL, DTYPES, parse_device_map
 from ..scoring.registry import method_names
 from ..tasks.truthfulqa import DEFAULT_MC_PROMPT, MC_PROMPT_STYLES
 
@@ -63,6 +63,8 @@ class ExperimentConfig:
     batch_size: int = 16
     seed: int = 0
     device: str | None = None
+    dtype: str = "float32"  # the model's weights (float32, bfloat16, float16); not float32 = other cells
+    device_map: str | None = None  # spread the model over devices (auto, balanced, ... or a JSON map); exclusive with device
     data_dir: str | None = None
 
     def __post_init__(self):
@@ -83,6 +85,13 @@ class ExperimentConfig:
             raise RealLensError(f"expected an integer seed from 0 to {2**32 - 1}; got {self.seed!r}")
         if self.folds is not None and (not self.folds or min(self.folds) < 0):
             raise RealLensError(f"folds must be fold indices (0, 1, ...); got {self.folds}")
+        if self.dtype not in DTYPES:
+            raise RealLensError(f"unknown dtype {self.dtype!r}; expected one of {list(DTYPES)}")
+        if self.device_map is not None:
+            parse_device_map(self.device_map)  # a strategy or a JSON map, said in one line otherwise
+            if self.device is not None:
+                raise RealLensError(f"device {self.device!r} and device_map {self.device_map!r} both place the model; "
+                                    "give one (--device for one device, --device-map to spread it)")
         if self.mc_prompt not in MC_PROMPT_STYLES:
             raise RealLensError(f"unknown MC prompt {self.mc_prompt!r}; expected one of {list(MC_PROMPT_STYLES)}")
         # Counts the command line passes straight through (real_lens.configs derives one option per field).
@@ -166,6 +175,11 @@ def arm_name(method: str, group: str) -> str:
 def task_slug(task: str) -> str:
     """A task name as a folder name (``caa:refusal`` -> ``caa-refusal``)."""
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in task)
+
+
+# Fields added after runs were made, with the default those runs had: left at it, a field is not in the
+# cells' digests (store.cached_cell) and an older config.json without it is the same configuration.
+LATER_FIELDS = {"dtype": "float32", "device_map": None}
 
 
 def jsonable(obj):

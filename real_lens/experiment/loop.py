@@ -235,7 +235,25 @@ class FoldLoop:
 def _run(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> Path:
     out = start_run_dir(out_dir, cfg)
     timer, started = Timer(), time.perf_counter()
+    try:
+        run = _compute(cfg, out, timer, progress=progress, started=started)
+    except BaseException:  # an error or an interrupt: this session's time still counts when the run resumes
+        timer.seconds["total"] = time.perf_counter() - started
+        record_timing(out, timer)
+        raise
+    timer.seconds["total"] = time.perf_counter() - started
+    missed = [c for c in run.calibrations.values() if not c["reached"]]
+    if missed:
+        notice(f"{len(missed)} of {len(run.calibrations)} α calibrations did not reach their KL target (the largest "
+               f"miss: KL {max(missed, key=lambda c: abs(c['kl'] / c['target_kl'] - 1))['kl']:.3g}); those cells are "
+               "steered at the closest point and counted in summary.md")
+    write_outputs(run)
+    logger.info("wrote %s (%.0f s in all)", out, timer.seconds["total"])
+    return out
 
+
+def _compute(cfg: ExperimentConfig, out: Path, timer: Timer, *, progress: bool, started: float) -> "FoldLoop":
+    """Every fold's cells; the session's timing is recorded after each fold (a later stop still counts it)."""
     t = time.perf_counter()
     state_threads()  # what set_threads chose (rl.set_threads / --threads), stated once
     setup = prepare(cfg)
@@ -255,16 +273,9 @@ def _run(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> Path:
                 time.perf_counter() - t)
     for fold_index in setup.folds:
         run.run_fold(fold_index, full_bank)
-
-    timer.seconds["total"] = time.perf_counter() - started
-    missed = [c for c in run.calibrations.values() if not c["reached"]]
-    if missed:
-        notice(f"{len(missed)} of {len(run.calibrations)} α calibrations did not reach their KL target (the largest "
-               f"miss: KL {max(missed, key=lambda c: abs(c['kl'] / c['target_kl'] - 1))['kl']:.3g}); those cells are "
-               "steered at the closest point and counted in summary.md")
-    write_outputs(run)
-    logger.info("wrote %s (%.0f s in all)", out, timer.seconds["total"])
-    return out
+        timer.seconds["total"] = time.perf_counter() - started
+        record_timing(out, timer)
+    return run
 
 
 def write_outputs(run: FoldLoop) -> None:

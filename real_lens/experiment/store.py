@@ -19,15 +19,16 @@ from .._version import __version__
 from ..errors import ArtifactError, RealLensError, ScoringError
 from ..io import atomic_write, notice, read_json, read_sealed_json, write_sealed_json
 from ..locks import output_lock
-from ..provenance import with_source
+from ..provenance import environment, with_source
 from ..scoring import SCORERS, ModuleScores, method_names, score_modules
-from .config import ExperimentConfig, jsonable
+from .config import LATER_FIELDS, ExperimentConfig, jsonable
 from .setup import prepare_task
 
 
 @dataclass
 class Timer:
     seconds: dict[str, float] = field(default_factory=dict)
+    session: int | None = None  # this session's place in timing.json, once recorded (record_timing)
 
     def add(self, what: str, start: float) -> None:
         self.seconds[what] = self.seconds.get(what, 0.0) + time.perf_counter() - start
@@ -45,13 +46,17 @@ def start_run_dir(out_dir, cfg) -> Path:
     with output_lock(out, wait=False):
         previous = out / "config.json"
         stored = _stored_config(previous)
+        if isinstance(stored, dict) and isinstance(cfg, ExperimentConfig):  # an older run: the fields it predates
+            stored = {**LATER_FIELDS, **stored}
         if stored is not None and stored != jsonable(cfg) and _has_results(out):
             raise RealLensError(
                 f"{out} holds a run with another configuration (see its config.json); "
                 "use a new --out directory or delete that one"
             )
         out.mkdir(parents=True, exist_ok=True)
-        write_sealed_json(previous, {"config": jsonable(cfg), "real_lens_version": __version__})
+        # What computed it sits beside the configuration, not in it (the "config" key alone says "same run").
+        write_sealed_json(previous, {"config": jsonable(cfg), "real_lens_version": __version__,
+                                     "environment": environment()})
     return out
 
 
@@ -80,7 +85,8 @@ def cached_cell(out: Path, cfg, fold: int, key: dict):
     settings (pairs, demonstrations, epochs) enter only its own cells' digests, so changing one scorer
     recomputes that method's cells and keeps everyone else's."""
     ignored = ("methods", "k_grid", "alpha_grid", "kl_grid", "null_draws", "folds", "n_boot", *scorer_settings())
-    relevant = {k: v for k, v in jsonable(cfg).items() if k not in ignored}
+    relevant = {k: v for k, v in jsonable(cfg).items()
+                if k not in ignored and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     relevant["dose_protocol"] = "kl" if getattr(cfg, "kl_grid", None) else "alpha"  # it changes the CE/KL texts
     scorer = jsonable(scorer_options(cfg, key["method"]))
     digest = hashlib.sha256(json.dumps([relevant, fold, key, scorer], sort_keys=True).encode()).hexdigest()[:16]
@@ -160,8 +166,12 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def record_timing(out: Path, timer: Timer) -> list[dict[str, float]]:
-    """Append this session's step times to the run's ``timing.json`` and return every session's, so a
-    resumed run still reports what the computation cost (a resumed session reuses cached steps in ~0 s)."""
+    """Record this session's step times in the run's ``timing.json`` and return every session's, so a
+    resumed run reports what the whole computation cost (a resumed session reuses cached steps in ~0 s).
+
+    Called as a session goes (after each fold, and when it stops on an error or an interrupt) as well
+    as at its end: the first call appends the session, later ones update it, so a session that never
+    finished still counts."""
     path = out / "timing.json"
     sessions = []
     if path.is_file():
@@ -169,6 +179,9 @@ def record_timing(out: Path, timer: Timer) -> list[dict[str, float]]:
             sessions = list(read_sealed_json(path, allow_unsealed=True)["sessions"])
         except (ArtifactError, KeyError, TypeError) as exc:
             notice(f"{path} is damaged ({exc}); the time of earlier sessions is not counted")
-    sessions.append(dict(timer.seconds))
+    if timer.session is None or timer.session >= len(sessions):
+        timer.session = len(sessions)
+        sessions.append({})
+    sessions[timer.session] = dict(timer.seconds)
     write_sealed_json(path, {"sessions": sessions})
     return sessions
