@@ -177,6 +177,7 @@ def cmd_score(args) -> None:
         if not args.ranks.is_main:
             return
         scores = with_source(scores, bank)
+        scores.meta["n_tied_at_top"] = scores.n_tied_at_top
         if args.bank:
             scores.meta["bank"] = str(Path(args.bank).resolve())
         scores.save(out)
@@ -186,6 +187,12 @@ def cmd_score(args) -> None:
     print(f"wrote {args.out} and {png}{_ranks_note(args.ranks)}; top modules by {args.method}: "
           + ", ".join(f"{hooks.module_label(layer, head)} ({float(flat[layer * n_heads + (head or 0)]):.3f})"
                       for layer, head in top))
+    if scores.n_tied_at_top > 1:
+        print(f"{scores.n_tied_at_top} modules share the top score; ties are ordered by "
+              f"{scores.tie_break or 'module index'} (a larger task separates them)")
+    if isinstance(scores.meta.get("heldout"), dict):
+        held = scores.meta["heldout"]
+        print(f"the AUCs rest on {held['n_questions']} held-out questions ({held['n_examples']} examples)")
     if "pairs" in scores.meta:
         info = scores.meta["pairs"]
         print(f"contrast pairs: {info['n_built']} built, {info['n_kept']} kept (|gap| >= {info['min_gap_nats']:g} nats), "
@@ -230,7 +237,7 @@ def _steering_for(args):
         if args.alpha is not None:
             steering = steering.with_alpha(args.alpha)
         recorded = _recorded_model_name(steering.meta)
-        bank = None
+        ties = None
     else:
         scores = ModuleScores.load(args.scores)
         bank_dir = args.bank or scores.meta.get("bank")
@@ -238,7 +245,9 @@ def _steering_for(args):
             raise RealLensError(f"{args.scores} does not record its bank; pass --bank DIR (the bank it was scored on)")
         bank = ActivationBank.load(bank_dir)
         check_scores_bank(scores, bank, scores_dir=args.scores, bank_dir=bank_dir)
-        steering = build_steering(bank, scores.select(min(args.top_k, scores.n_modules), strengths=args.strengths),
+        k = min(args.top_k, scores.n_modules)
+        ties = scores.ties_at(k)
+        steering = build_steering(bank, scores.select(k, strengths=args.strengths),
                                   alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha)
         recorded = _recorded_model_name(scores.meta) or _recorded_model_name(bank.meta)
     from_metadata = args.model is None and recorded
@@ -249,6 +258,9 @@ def _steering_for(args):
     if from_metadata:
         logger.info("model %s (recorded in the %s; --model overrides)", recorded,
                     "steering" if getattr(args, "steering", None) else "scores")
+    if ties and ties["decided_by_ties"]:  # said once the steering is known to fit the model
+        logger.warning("the top %d is decided by ties: %d modules share the score %.4g and only %d fit, chosen by %s",
+                       ties["k"], ties["n_tied"], ties["score"], ties["n_inside"], ties["broken_by"])
     if args.kl_target is not None:
         steering = _calibrated(model, steering, args.kl_target, data_dir=args.data_dir)
     return steering, model

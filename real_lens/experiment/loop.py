@@ -35,7 +35,7 @@ from .config import (
     fit_parts,
     val_selects,
 )
-from .report import draw_frontier, render_summary
+from .report import ENOUGH_TEST_QUESTIONS, draw_frontier, render_summary
 from .setup import (
     LENGTH_ONLY,
     Setup,
@@ -93,6 +93,8 @@ class FoldLoop:
     bank_sizes: dict[int, int] = field(default_factory=dict)
     calibrations: dict[tuple, dict] = field(default_factory=dict)  # every α calibration this run used
     alphas: dict[tuple, tuple[float, float]] = field(default_factory=dict)  # (fold, method, K, draw) -> (KL, α)
+    ties: list[dict] = field(default_factory=list)  # every top K that equal scores decided (ModuleScores.ties_at)
+    heldout: dict[str, dict[str, dict]] = field(default_factory=dict)  # method -> fold -> what its AUC rests on
 
     def cell(self, fold: int, **key):
         return cached_cell(self.out, self.cfg, fold, key)
@@ -188,6 +190,7 @@ class FoldLoop:
             scores = cached_scores(self.out, cfg, fold_index, method, bank, setup.model, progress=self.progress)
             self.timer.add(f"score: {method}", t)
             self.scores[fold_index].append(scores)
+            self.note_small_sample(fold_index, method, scores)
             units = {k: build_steering(bank, scores.select(min(k, scores.n_modules)), alpha=1.0) for k in cfg.k_grid}
             for group, doses in dose_groups(cfg):
                 best = self.choose(fold_index, method, group, doses, units, val_items)
@@ -200,6 +203,18 @@ class FoldLoop:
                 self.arm(method, group).add(fold_index, result, k=k, alpha=result["alpha"])
         if "random" in cfg.methods:
             self.run_null(fold_index, bank, test_items)
+
+    def note_small_sample(self, fold: int, method: str, scores: ModuleScores) -> None:
+        """Record (and warn of) every top K that ties decided, and what a held-out AUC rests on."""
+        for k in self.cfg.k_grid:
+            ties = scores.ties_at(min(k, scores.n_modules))
+            if ties["decided_by_ties"]:
+                self.ties.append({"fold": fold, "method": method, **ties})
+                logger.warning("fold %d %s: its top %d is decided by ties: %d modules share the score %.4g and only %d "
+                               "fit, chosen by %s; a larger task separates them", fold, method, ties["k"],
+                               ties["n_tied"], ties["score"], ties["n_inside"], ties["broken_by"])
+        if isinstance(scores.meta.get("heldout"), dict):
+            self.heldout.setdefault(method, {})[str(fold)] = scores.meta["heldout"]
 
     def choose(self, fold: int, method: str, group: str, doses, units, val_items) -> tuple[int, Dose]:
         """The (K, dose) of ``group`` with the best val metric; with one candidate, no val cell is evaluated."""
@@ -310,6 +325,10 @@ def write_outputs(run: FoldLoop) -> None:
              "run": {"folds": list(setup.folds), "evaluation_kind": setup.evaluation.kind, "order": list(summary),
                      "n_report_texts": len(setup.texts), "n_calibration_texts": len(setup.calibration),
                      "bank_sizes": {str(f): n for f, n in run.bank_sizes.items()}}}
+    n_test = [r["n_questions"] for r in run.rows if r["split"] == "test" and r["method"] == "unsteered"]
+    saved["small_sample"] = {"ties": run.ties, "heldout": run.heldout,
+                             "min_test_questions": min(n_test) if n_test else None,
+                             "enough_test_questions": ENOUGH_TEST_QUESTIONS}
     write_json(out / "summary.json", saved)
     sessions = record_timing(out, run.timer)
     text = render_summary(cfg, read_json(out / "summary.json"), read_rows(out / "results.csv"), sessions)

@@ -194,11 +194,7 @@ def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_n
     check_inputs(acts, labels, groups, cfg, module_names)
     device = _resolve_device(device, acts)
     labels = labels.long().cpu()
-    if cfg.variant == "release":
-        split = split_release_heldout(labels, fraction=cfg.heldout_fraction, seed=seed)
-    else:
-        train, heldout = split_heldout(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=seed)
-        split = (train[labels[train] == 1], train[labels[train] == 0], heldout)
+    split = _split(labels, groups, cfg, seed)
     n_modules = acts.shape[1]
     trained = _check_modules(modules, n_modules)
 
@@ -217,6 +213,24 @@ def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_n
     if underflow:
         diagnostics["underflow"] = underflow[0]
     return torch.where(collapsed == 1, torch.zeros_like(auc), auc), diagnostics
+
+
+def _split(labels, groups, cfg: RealConfig, seed: int) -> tuple[Tensor, ...]:
+    """The example split every module shares; its last part is the held-out examples the AUC is computed on."""
+    if cfg.variant == "release":
+        return split_release_heldout(labels, fraction=cfg.heldout_fraction, seed=seed)
+    train, heldout = split_heldout(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=seed)
+    return train[labels[train] == 1], train[labels[train] == 0], heldout
+
+
+def heldout_size(labels, groups, cfg: RealConfig, seed: int = 0) -> dict[str, int]:
+    """What each module's AUC rests on: the held-out examples and the questions (groups) they come from.
+
+    A few held-out questions make the AUC coarse (with 5 questions, 10 examples, it moves in steps
+    of 1/25) and many modules tie; summary.md says so."""
+    heldout = _split(labels.long().cpu(), groups, cfg, seed)[-1].tolist()
+    return {"n_examples": len(heldout), "n_questions": len({groups[i] for i in heldout}),
+            "n_aligned": int(labels.long().cpu()[heldout].sum())}
 
 
 def _score_chunk(x, labels, split, modules: list[int], *, cfg: RealConfig, seed: int) -> Tensor:
@@ -320,7 +334,8 @@ def _score_bank(bank, *, cfg: RealConfig, variant: str, seed: int, device, modul
         progress=progress,
     )
     meta = {k: bank.meta[k] for k in ("site", "model", "task") if k in bank.meta}
-    meta.update(site=bank.site, seed=seed, version=__version__, n_examples=len(bank.examples), variant=cfg.variant)
+    meta.update(site=bank.site, seed=seed, version=__version__, n_examples=len(bank.examples), variant=cfg.variant,
+                heldout=heldout_size(bank.labels, bank.groups, cfg, seed))
     return ModuleScores(
         auc.reshape(shape), cfg.method, asdict(cfg), {k: v.reshape(shape) for k, v in diagnostics.items()}, meta
     )

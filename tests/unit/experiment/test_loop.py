@@ -331,3 +331,15 @@ def test_unknown_select_metric_and_fold_are_refused(tmp_path, tiny_model):
         run_experiment(_quick("truthfulqa", select_metric="mc3"), tmp_path / "a", progress=False)
     with pytest.raises(RealLensError, match="has 1 fold"):
         run_experiment(_quick("caa:refusal", folds=(1,)), tmp_path / "b", progress=False)
+
+
+def test_summary_says_what_the_quick_run_s_size_cannot_support(quick_run):
+    cfg, out = quick_run
+    saved = json.loads((out / "summary.json").read_text())["small_sample"]
+    assert saved["min_test_questions"] == cfg.n_test_questions == 2
+    assert set(saved["heldout"]) == {"real", "real-release"} and set(saved["heldout"]["real"]) == {"0", "1"}
+    summary = (out / "summary.md").read_text()
+    assert "## What this run's size can support" in summary and "2 per fold, fewer than ~20" in summary
+    assert "real's AUC per module rests on its held-out examples: fold 0: " in summary
+    for t in saved["ties"]:
+        assert f"fold {t['fold']} {t['method']}: {t['n_tied']} modules share" in summary
