@@ -102,12 +102,10 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..activations import READOUTS
-    from ..experiment import ExperimentConfig
+    # Torch-free names only (real_lens.names, the configuration): --help and --version answer at once.
+    from ..experiment.config import ExperimentConfig
+    from ..names import DEFAULT_HOOKS_PROMPT, DEFAULT_MODEL, DEVICE_MAP_STRATEGIES, DTYPE_NAMES, READOUTS, STRENGTHS
     from ..tasks.truthfulqa import MC_PROMPT_STYLES
-    from ..inspection import DEFAULT_HOOKS_PROMPT
-    from ..models import DEFAULT_MODEL, DEVICE_MAP_STRATEGIES, DTYPES
-    from ..scoring import STRENGTHS
 
     parser = _Parser(prog="real-lens", description="Find and steer the attention heads that govern a behaviour.",
                      epilog=f"tasks: {', '.join(TASK_NAMES)} (see `real-lens tasks`)")
@@ -132,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default=None, help=f"embedded name, local dir/.gguf, or Hub name ({default_help})")
         p.add_argument("--device", default=None,
                        help="torch device (default: the bridge's choice; under torchrun 'cuda' means cuda:LOCAL_RANK)")
-        p.add_argument("--dtype", default="float32", choices=tuple(DTYPES),
+        p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES,
                        help="weights' dtype (the embedded GGUF is dequantised to float32 once and cast on load)")
         p.add_argument("--device-map", default=None,
                        help=f"spread the model over devices: {', '.join(DEVICE_MAP_STRATEGIES)}, or a JSON map "
@@ -147,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "collected on raw text)")
 
     def bank_arg(p):
-        p.add_argument("--bank-dtype", default="float32", choices=tuple(DTYPES), help="how the bank stores activations")
+        p.add_argument("--bank-dtype", default="float32", choices=DTYPE_NAMES, help="how the bank stores activations")
         p.add_argument("--chunk-size", type=_positive_int, default=64,
                        help="examples per cached chunk; under torchrun each rank collects whole chunks")
 
@@ -259,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, ExperimentConfig, aliases={"n_val_questions": ["--val-questions"],
                                                      "n_test_questions": ["--test-questions"]}, help=RUN_HELP,
                        choices={"site": hooks.SITES, "readout": READOUTS, "mc_prompt": tuple(MC_PROMPT_STYLES),
-                                "dtype": tuple(DTYPES)})
+                                "dtype": DTYPE_NAMES})
     p.add_argument("--out", default=None, help="run directory, reused to resume (default runs/<task>, runs/<task>-<preset> with a preset)")
     p.set_defaults(run=commands.cmd_run)
 

@@ -19,9 +19,7 @@ from typing import Any
 from .._version import __version__
 from ..configs import build_config
 from ..errors import RealLensError
-from ..io import read_json
-from ..models import DEFAULT_MODEL, DTYPES, parse_device_map
-from ..scoring.registry import method_names
+from ..names import DEFAULT_MODEL, DTYPE_NAMES
 from ..tasks.truthfulqa import DEFAULT_MC_PROMPT, MC_PROMPT_STYLES
 
 logger = logging.getLogger(__name__)
@@ -68,6 +66,9 @@ class ExperimentConfig:
     data_dir: str | None = None
 
     def __post_init__(self):
+        from ..models import parse_device_map
+        from ..scoring.registry import method_names  # imports the scorers (and torch): not at --help time
+
         known = method_names()
         unknown = [m for m in self.methods if m not in known]
         if unknown:
@@ -85,8 +86,8 @@ class ExperimentConfig:
             raise RealLensError(f"expected an integer seed from 0 to {2**32 - 1}; got {self.seed!r}")
         if self.folds is not None and (not self.folds or min(self.folds) < 0):
             raise RealLensError(f"folds must be fold indices (0, 1, ...); got {self.folds}")
-        if self.dtype not in DTYPES:
-            raise RealLensError(f"unknown dtype {self.dtype!r}; expected one of {list(DTYPES)}")
+        if self.dtype not in DTYPE_NAMES:
+            raise RealLensError(f"unknown dtype {self.dtype!r}; expected one of {list(DTYPE_NAMES)}")
         if self.device_map is not None:
             parse_device_map(self.device_map)  # a strategy or a JSON map, said in one line otherwise
             if self.device is not None:
@@ -199,6 +200,8 @@ def load_config(path):
     "real_lens_version": ...}`` as ``real-lens run`` writes it (a bare ``{...}`` of settings is
     read too).
     """
+    from ..io import read_json
+
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"

@@ -20,11 +20,11 @@ from torch import Tensor
 from ..artifacts import ArtifactType, artifact_writer, load_verified
 from ..errors import ScoringError, unknown_name_error
 from ..hooks import module_label
+from ..names import STRENGTHS
 from .registry import strength_rule
 from ..io import read_json, read_tensors, write_json, write_tensors
 
 SCORES_FILE, SCORES_META_FILE = "scores.safetensors", "scores.json"
-STRENGTHS = ("method", "score", "uniform")
 
 
 SCORES_KIND = "scores"
