@@ -100,8 +100,8 @@ def cmd_collect(args) -> None:
     # A second command writing the same --out fails now, not after its work (rank 0 writes under torchrun).
     with output_lock(out, wait=False) if out is not None else contextlib.nullcontext():
         task = _limited(load_task(args.task, data_dir=args.data_dir), args.limit)
-        state_threads()
         model = load_model_for(args)
+        state_threads()  # once everything is checked and loaded: a mistake above stays one line
         bank = collect_activations(
             model, task, site=args.site, readout=args.readout, batch_size=args.batch_size,
             chunk_size=args.chunk_size, dtype=args.bank_dtype, shard=True, progress=args.ranks.is_main and not args.quiet,
@@ -159,7 +159,6 @@ def cmd_score(args) -> None:
     spec = scorer_spec(args.method)
     needs_model = spec.needs_model
     with output_lock(out, wait=False) if out is not None else contextlib.nullcontext():
-        state_threads()
         if args.bank:
             bank = _bank_for(args)
             if args.model is None:  # the bank's metadata names the model it came from
@@ -171,6 +170,7 @@ def cmd_score(args) -> None:
         else:
             model = load_model_for(args)
             bank = _bank_for(args, model)
+        state_threads()  # once everything is checked and loaded: a mistake above stays one line
         extra = {"progress": args.ranks.is_main and not args.quiet} if spec.progress else {}
         scores = score_distributed(args.method, bank, model=model, seed=args.seed, device=args.device,
                                    ranks=args.ranks, **extra, **_pair_options(args))

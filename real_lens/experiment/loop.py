@@ -270,9 +270,9 @@ def _run(cfg: ExperimentConfig, out_dir, *, progress: bool = True) -> Path:
 def _compute(cfg: ExperimentConfig, out: Path, timer: Timer, *, progress: bool, started: float) -> "FoldLoop":
     """Every fold's cells; the session's timing is recorded after each fold (a later stop still counts it)."""
     t = time.perf_counter()
-    state_threads()  # what set_threads chose (rl.set_threads / --threads), stated once
     setup = prepare(cfg)
     timer.add("load model + data", t)
+    state_threads()  # what set_threads chose (rl.set_threads / --threads), once the model and data loaded
     model, task = setup.model, setup.task
     doses = ", ".join(f"KL {t:g}" for t in cfg.kl_grid) if cfg.kl_grid else f"α {list(cfg.alpha_grid)}"
     logger.info("run %s: %s on %s (%d layers x %d heads), %d questions, folds %s, methods %s, K %s, doses %s",
