@@ -170,10 +170,11 @@ def cmd_score(args) -> None:
         else:
             model = load_model_for(args)
             bank = _bank_for(args, model)
-        state_threads()  # once everything is checked and loaded: a mistake above stays one line
         extra = {"progress": args.ranks.is_main and not args.quiet} if spec.progress else {}
+        options = _pair_options(args)
+        state_threads()  # once everything is checked and loaded: a mistake above stays one line
         scores = score_distributed(args.method, bank, model=model, seed=args.seed, device=args.device,
-                                   ranks=args.ranks, **extra, **_pair_options(args))
+                                   ranks=args.ranks, **extra, **options)
         if not args.ranks.is_main:
             return
         scores = with_source(scores, bank)
