@@ -32,6 +32,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "build_steering": (".steering", "build_steering"),
     "calibrate": (".evaluation.dose", "calibrate"),
     "generate": (".api", "generate"),
+    "set_threads": (".threads", "set_threads"),
     "evaluate": (".api", "evaluate"),
     # comparing and drawing scores
     "compare_scores": (".compare", "compare_scores"),
@@ -106,3 +107,4 @@ if TYPE_CHECKING:  # for editors and type checkers; never executed
     from .scoring.real_config import RealConfig
     from .steering import Steering, SteeringMismatchError, build_steering
     from .tasks import Example, Task, load_task
+    from .threads import set_threads

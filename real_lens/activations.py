@@ -44,11 +44,11 @@ from .distributed import Ranks, broadcast_tensor, current_ranks, shard_bounds
 from .errors import ArtifactError, BankError, RealLensError, unknown_name_error
 from .io import notice, read_sealed_tensors, write_sealed_tensors
 from .locks import output_lock
+from .names import READOUTS
 from .models import DTYPES as BANK_DTYPES
 from .models import cache_root, dtype_name, model_identity
 from .tasks.base import Example, Task, check_examples
 
-READOUTS = ("last", "mean_answer")
 
 
 @dataclass(frozen=True)

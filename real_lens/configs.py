@@ -71,8 +71,9 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
-def _value_parser(hint, name: str):
-    """``str -> value`` for a field type: scalars, ``tuple[X, ...]`` as ``a,b,c``, ``none`` for optionals."""
+def _value_parser(hint, name: str, choices=None):
+    """``str -> value`` for a field type: scalars, ``tuple[X, ...]`` as ``a,b,c``, ``none`` for optionals;
+    with ``choices``, every value must be one of them."""
     inner, optional = _optional(hint)
     if typing.get_origin(inner) is tuple:
         args = typing.get_args(inner)
@@ -97,6 +98,9 @@ def _value_parser(hint, name: str):
             raise argparse.ArgumentTypeError(f"could not read {text!r} as {kind} ({exc})") from None
         if value == ():
             raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}")
+        wrong = [v for v in (value if isinstance(value, tuple) else (value,)) if choices and v not in choices]
+        if wrong:
+            raise argparse.ArgumentTypeError(f"{wrong[0]!r} is not one of {', '.join(map(str, choices))}")
         return value
 
     return parse_text
@@ -122,11 +126,13 @@ def read_field_comments(cls) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- CLI
 def add_config_options(parser: argparse.ArgumentParser, cls, *, aliases: dict[str, list[str]] | None = None,
-                       help: dict[str, str] | None = None) -> None:
+                       help: dict[str, str] | None = None, choices: dict[str, Any] | None = None) -> None:
     """One ``--field-name`` option per field of the dataclass ``cls``.
 
     ``aliases``: extra option strings per field; ``help``: help text per field (default: the
-    field's trailing comment). Options not given are absent from the parsed namespace
+    field's trailing comment); ``choices``: the allowed values of a field (of each item, for a
+    tuple field), shown in ``--help`` as ``{a,b,c}`` and checked when parsed; a ``Literal`` field's
+    values are its choices. Options not given are absent from the parsed namespace
     (``argparse.SUPPRESS``), so :func:`read_overrides` returns only what the user typed.
     """
     hints = typing.get_type_hints(cls)
@@ -144,12 +150,17 @@ def add_config_options(parser: argparse.ArgumentParser, cls, *, aliases: dict[st
             parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=text)
             continue
-        if typing.get_origin(inner) is tuple:
-            item = typing.get_args(inner)[0]
-            metavar = f"{getattr(item, '__name__', 'VALUE').upper()},..."
+        item = typing.get_args(inner)[0] if typing.get_origin(inner) is tuple else inner
+        allowed = (choices or {}).get(f.name)
+        if allowed is None and typing.get_origin(item) is Literal:
+            allowed = typing.get_args(item)
+        if allowed is not None:
+            metavar = "{" + ",".join(map(str, allowed)) + "}"
         else:
-            metavar = getattr(inner, "__name__", "VALUE").upper()
-        parser.add_argument(*names, dest=f.name, type=_value_parser(hint, f.name), default=argparse.SUPPRESS,
+            metavar = getattr(item, "__name__", "VALUE").upper()
+        if item is not inner:
+            metavar += ",..."
+        parser.add_argument(*names, dest=f.name, type=_value_parser(hint, f.name, allowed), default=argparse.SUPPRESS,
                             metavar=metavar, help=text)
 
 

@@ -21,8 +21,8 @@ from torch import Tensor
 from . import hooks
 from .errors import RealLensError
 from .models import model_identity
+from .names import DEFAULT_HOOKS_PROMPT
 
-DEFAULT_HOOKS_PROMPT = "Q: What is the capital of France? A:"
 
 
 class LargeSteeringWarning(UserWarning):

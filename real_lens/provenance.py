@@ -55,3 +55,39 @@ def check_scores_bank(scores, bank, *, scores_dir, bank_dir) -> None:
 def _short(fingerprint) -> str:
     text = str(fingerprint)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def environment() -> dict:
+    """What computed a result: Python, torch, transformers and TransformerLens versions, and the git commit of
+    the checkout real-lens runs from (None when it is installed from a wheel); ``git_dirty`` when that
+    checkout has uncommitted changes to tracked files."""
+    import importlib.metadata
+    import platform
+    import subprocess
+    from pathlib import Path
+
+    from ._version import __version__
+
+    def version(package: str) -> str | None:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    found = {"real_lens": __version__, "python": platform.python_version(), "torch": version("torch"),
+             "transformers": version("transformers"), "transformer_lens": version("transformer-lens"),
+             "git_commit": None, "git_dirty": None}
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    if (root / ".git").exists():
+        found["git_commit"] = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+        found["git_dirty"] = None if status is None else bool(status)
+    return found

@@ -7,7 +7,8 @@ expected, what was found and the fix, and exits with code 2, without a traceback
 (:func:`real_lens.errors.describe_expected_failure` is that boundary). Options are checked
 before any model is loaded. An unexpected error is a bug: its traceback is shown, with a line
 asking to report it (exit code 1). Progress bars and INFO logs go to stderr; ``--quiet``
-(before or after the command) turns both off.
+(before or after the command) turns both off; ``--log-file PATH`` appends the INFO log to a file
+too; ``--threads N`` sets torch's CPU threads (default: the physical cores, :mod:`real_lens.threads`).
 
 :mod:`.parser` builds the parser, :mod:`.commands` holds what each command does.
 """
@@ -32,21 +33,55 @@ __all__ = ["EXIT_BUG", "EXIT_USAGE", "build_parser", "main"]
 DISTRIBUTED_COMMANDS = ("collect", "score", "run", "transfer")
 
 
+# Commands that compute nothing with torch (--threads does not apply; torch is not even imported).
+TORCH_FREE_COMMANDS = ("tasks",)
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # before torch is imported: --help and --version stay fast
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)  # as real_lens.distributed.env_world_size
+    where = f" (rank {os.environ.get('RANK', '?')} of {world_size})" if world_size > 1 else ""
+    # The library logs under "real_lens"; the CLI shows INFO on stderr for the command's duration
+    # (WARNING with --quiet) and, with --log-file, INFO in that file too.
+    package_logger = logging.getLogger("real_lens")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("real-lens: %(message)s"))
+    handler.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    handlers = [handler]
+    previous_level = package_logger.level
+    package_logger.setLevel(logging.INFO)
+    try:
+        if args.log_file is not None:
+            file_handler = logging.FileHandler(args.log_file, encoding="utf-8")
+            file_handler.setFormatter(logging.Formatter(f"%(asctime)s {args.command}{where}: %(message)s"))
+            handlers.append(file_handler)
+    except OSError as exc:
+        print(f"real-lens {args.command}: error: --log-file {args.log_file} cannot be opened for writing "
+              f"({exc.strerror or exc}); pass a writable file path", file=sys.stderr)
+        package_logger.setLevel(previous_level)
+        return EXIT_USAGE
+    for h in handlers:
+        package_logger.addHandler(h)
+    try:
+        return _run_command(args, package_logger, handler, where)
+    finally:
+        for h in handlers:
+            package_logger.removeHandler(h)
+            if h is not handler:
+                h.close()
+        package_logger.setLevel(previous_level)
+
+
+def _run_command(args, package_logger, stderr_handler, where: str) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from ..distributed import distributed_session, env_world_size
 
-    args = build_parser().parse_args(argv)
-    where = f" (rank {os.environ.get('RANK', '?')} of {env_world_size()})" if env_world_size() > 1 else ""
-    # The library logs under "real_lens"; the CLI shows INFO on stderr for the command's duration.
-    package_logger = logging.getLogger("real_lens")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("real-lens: %(message)s"))
-    previous_level = package_logger.level
-    package_logger.addHandler(handler)
-    package_logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
+        if args.command not in TORCH_FREE_COMMANDS:
+            from ..threads import set_threads
+
+            set_threads(args.threads, state=False)  # stated where a long command starts (threads.state_threads)
         if env_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
             raise RealLensError(
                 f"only {', '.join(DISTRIBUTED_COMMANDS[:-1])} and {DISTRIBUTED_COMMANDS[-1]} run under torchrun; "
@@ -58,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         with distributed_session(getattr(args, "device", None), model_parallel=model_parallel) as (ranks, device), \
                 logging_redirect_tqdm(loggers=[package_logger]), \
                 (_library_bars_off() if library_bars_off else contextlib.nullcontext()):  # log lines do not tear bars
+            for h in package_logger.handlers:  # tqdm's stand-in for the stderr handler keeps its level (--quiet)
+                if h is not stderr_handler and not isinstance(h, logging.FileHandler):
+                    h.setLevel(stderr_handler.level)
             if hasattr(args, "device"):
                 args.given_device, args.device = args.device, device  # as typed, and this rank's
             args.rank_device = device
@@ -75,9 +113,6 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BUG
         print(f"real-lens {args.command}{where}: error: {' '.join(message.split())}", file=sys.stderr)  # one line
         return EXIT_USAGE
-    finally:
-        package_logger.removeHandler(handler)
-        package_logger.setLevel(previous_level)
     return 0
 
 

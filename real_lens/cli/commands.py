@@ -9,8 +9,11 @@ import math
 from .. import hooks
 from ..configs import read_overrides
 from ..errors import RealLensError
+from ..threads import state_threads
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_ALPHA = 15.0  # steer/inspect/export without --alpha or --kl-target (README: prefer --kl-target)
 
 
 def load_model_for(args):
@@ -98,6 +101,7 @@ def cmd_collect(args) -> None:
     with output_lock(out, wait=False) if out is not None else contextlib.nullcontext():
         task = _limited(load_task(args.task, data_dir=args.data_dir), args.limit)
         model = load_model_for(args)
+        state_threads()  # once everything is checked and loaded: a mistake above stays one line
         bank = collect_activations(
             model, task, site=args.site, readout=args.readout, batch_size=args.batch_size,
             chunk_size=args.chunk_size, dtype=args.bank_dtype, shard=True, progress=args.ranks.is_main and not args.quiet,
@@ -115,7 +119,7 @@ def cmd_generate(args) -> None:
 
     _check_device(args)
     model = load_model_for(args)
-    chat = False if args.no_chat else None
+    chat = False if args.raw_prompt else None
     _check_fits_context(model, args.prompt, args.max_new_tokens, chat=chat)
     print(generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens, chat=chat))
 
@@ -168,11 +172,13 @@ def cmd_score(args) -> None:
             model = load_model_for(args)
             bank = _bank_for(args, model)
         extra = {"progress": args.ranks.is_main and not args.quiet} if spec.progress else {}
+        state_threads()  # once everything is checked and loaded: a mistake above stays one line
         scores = score_distributed(args.method, bank, model=model, seed=args.seed, device=args.device,
                                    ranks=args.ranks, **extra, **pair_options)
         if not args.ranks.is_main:
             return
         scores = with_source(scores, bank)
+        scores.meta["n_tied_at_top"] = scores.n_tied_at_top
         if args.bank:
             scores.meta["bank"] = str(Path(args.bank).resolve())
         scores.save(out)
@@ -182,6 +188,12 @@ def cmd_score(args) -> None:
     print(f"wrote {args.out} and {png}{_ranks_note(args.ranks)}; top modules by {args.method}: "
           + ", ".join(f"{hooks.module_label(layer, head)} ({float(flat[layer * n_heads + (head or 0)]):.3f})"
                       for layer, head in top))
+    if scores.n_tied_at_top > 1:
+        print(f"{scores.n_tied_at_top} modules share the top score; ties are ordered by "
+              f"{scores.tie_break or 'module index'} (a larger task separates them)")
+    if isinstance(scores.meta.get("heldout"), dict):
+        held = scores.meta["heldout"]
+        print(f"the AUCs rest on {held['n_questions']} held-out questions ({held['n_examples']} examples)")
     if "pairs" in scores.meta:
         info = scores.meta["pairs"]
         print(f"contrast pairs: {info['n_built']} built, {info['n_kept']} kept (|gap| >= {info['min_gap_nats']:g} nats), "
@@ -226,6 +238,7 @@ def _steering_for(args):
         if args.alpha is not None:
             steering = steering.with_alpha(args.alpha)
         recorded = _recorded_model_name(steering.meta)
+        ties = None
     else:
         scores = ModuleScores.load(args.scores, allow_unverified=args.allow_unverified)
         bank_dir = args.bank or scores.meta.get("bank")
@@ -233,8 +246,10 @@ def _steering_for(args):
             raise RealLensError(f"{args.scores} does not record its bank; pass --bank DIR (the bank it was scored on)")
         bank = ActivationBank.load(bank_dir, allow_unverified=args.allow_unverified)
         check_scores_bank(scores, bank, scores_dir=args.scores, bank_dir=bank_dir)
-        steering = build_steering(bank, scores.select(min(args.top_k, scores.n_modules), strengths=args.strengths),
-                                  alpha=15.0 if args.alpha is None else args.alpha)
+        k = min(args.top_k, scores.n_modules)
+        ties = scores.ties_at(k)
+        steering = build_steering(bank, scores.select(k, strengths=args.strengths),
+                                  alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha)
         recorded = _recorded_model_name(scores.meta) or _recorded_model_name(bank.meta)
     from_metadata = args.model is None and recorded
     if from_metadata:
@@ -244,17 +259,36 @@ def _steering_for(args):
     if from_metadata:
         logger.info("model %s (recorded in the %s; --model overrides)", recorded,
                     "steering" if getattr(args, "steering", None) else "scores")
+    if ties and ties["decided_by_ties"]:  # said once the steering is known to fit the model
+        logger.warning("the top %d is decided by ties: %d modules share the score %.4g and only %d fit, chosen by %s",
+                       ties["k"], ties["n_tied"], ties["score"], ties["n_inside"], ties["broken_by"])
+    if args.kl_target is not None:
+        steering = _calibrated(model, steering, args.kl_target, data_dir=args.data_dir)
     return steering, model
+
+
+def _calibrated(model, steering, kl: float, *, data_dir=None):
+    """``steering`` at the α that reaches ``kl`` (the main job's calibration), with one line saying what it got."""
+    from ..evaluation.dose import N_CALIBRATION_TEXTS, calibrate
+
+    steering = calibrate(model, steering, kl=kl, data_dir=data_dir)
+    c = steering.meta["calibration"]
+    print(f"calibrated α {c['alpha']:.4g} for the KL target {kl:g} nats per token on {N_CALIBRATION_TEXTS} held-apart "
+          f"WikiText-2 paragraphs: KL {c['kl']:.4g}, "
+          + ("target reached" if c["reached"] else f"target NOT reached ({c['reason']}; the closest point evaluated)")
+          + f", {c['n_evaluations']} evaluations", flush=True)
+    return steering
 
 
 def cmd_steer(args) -> None:
     from ..generation import generate_text
 
     steering, model = _steering_for(args)
-    _check_fits_context(model, args.prompt, args.max_new_tokens)
-    unsteered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens)
+    chat = False if args.raw_prompt else None
+    _check_fits_context(model, args.prompt, args.max_new_tokens, chat=chat)
+    unsteered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens, chat=chat)
     with steering.applied(model):
-        steered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens)
+        steered = generate_text(model, args.prompt, max_new_tokens=args.max_new_tokens, chat=chat)
     strengths = ", ".join(f"{s:.2f}" for s in steering.strengths.tolist()[:8])
     print(f"prompt: {args.prompt}\n\n[unsteered]\n{unsteered}\n\n[steered: {steering.method}, top {len(steering.modules)}, "
           f"alpha {steering.alpha:g}, strengths {args.strengths} ({strengths}{' ...' if len(steering.modules) > 8 else ''})]"
@@ -306,11 +340,24 @@ def cmd_export(args) -> None:
             steering.save(out)
     if args.format == "lm-eval":
         print(f"wrote {out}; evaluate any lm-evaluation-harness task under this steering with\n"
-              f"  lm_eval --model steered --model_args pretrained=<the Hugging Face model>,steer_path={out} --tasks <task>")
+              f"  lm_eval --model steered --model_args pretrained={_hub_name(model, steering)},steer_path={out} "
+              "--tasks <task>")
     elif args.format == "vectors":
         print(f"wrote {out}: {len(vectors.vectors)} per-layer vectors at {hooks.hook_template(vectors.site)}")
     else:
         print(f"wrote {out}: {len(steering.modules)} modules at {steering.site}, alpha {steering.alpha:g}")
+
+
+def _hub_name(model, steering) -> str:
+    """The model's name for lm_eval's ``pretrained=``: the Hugging Face name the steering records (for the
+    embedded model, the Hub model it embeds), else the name the model was loaded by."""
+    from ..models import model_identity
+
+    recorded, identity = steering.meta.get("model"), model_identity(model)
+    candidates = [*((recorded.get("hf_name"), recorded.get("name")) if isinstance(recorded, dict) else (recorded,)),
+                  identity.get("hf_name"), identity.get("name")]
+    names = [n for n in candidates if isinstance(n, str) and n]
+    return names[0] if names else "<the Hugging Face model>"
 
 
 def _grid(text, cast):

@@ -10,24 +10,32 @@ import argparse
 import math
 
 from .. import hooks
+from .._version import __version__
 from ..configs import add_config_options
+from ..experiment.config import METHODS
+from ..tasks import TASK_DESCRIPTIONS
 from . import commands
 
 EXIT_USAGE = 2
+
+# Every task `load_task` knows, for --help (`real-lens tasks` says where each one's data comes from).
+TASK_NAMES = tuple(TASK_DESCRIPTIONS)
+TASK_HELP = f"one of {', '.join(TASK_NAMES)}"
 
 # Help for `run` options whose ExperimentConfig field has no comment of its own (real_lens.configs
 # derives one option per field; a field's trailing comment is its help unless named here).
 RUN_HELP = {
     "model": "embedded name, local dir/.gguf, or Hub name",
-    "task": "a task from `real-lens tasks`",
-    "methods": "comma-separated subset of real,real-release,iti,patching,attribution,random (random = the null); "
-               "also real-release-utils",
+    "task": TASK_HELP,
+    "methods": f"comma-separated, of {','.join(METHODS)} (random = the null) or a registered scorer (e.g. real-release-utils)",
     "k_grid": "numbers of modules (heads) to keep, comma-separated; several = K chosen on val",
     "kl_grid": "target KL(unsteered||steered) per token, comma-separated: every method steered at each; "
                "'none' = the alpha grid (the paper's protocol)",
     "alpha_grid": "fixed steering strengths alpha, comma-separated (used when --kl-grid none)",
-    "site": f"where modules are read and steered: {', '.join(hooks.SITES)}",
-    "readout": "which token's activation is read: last or mean_answer",
+    "site": "where modules are read and steered",
+    "readout": "which token's activation is read",
+    "device_map": "spread the model over devices: auto, balanced, balanced_low_0, sequential, or a JSON map "
+                  "(exclusive with --device)",
     "patching_pairs": "contrast pairs per fold for activation patching",
     "real_epochs": "REAL VQ-AE epochs",
     "real_prior_epochs": "REAL GRU prior epochs",
@@ -107,27 +115,35 @@ UNVERIFIED_HELP = ("read a bank, scores or steering that has no manifest.json (w
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..activations import READOUTS
-    from ..experiment import ExperimentConfig
-    from ..inspection import DEFAULT_HOOKS_PROMPT
-    from ..models import DEFAULT_MODEL, DEVICE_MAP_STRATEGIES, DTYPES
-    from ..scoring import STRENGTHS
+    # Torch-free names only (real_lens.names, the configuration): --help and --version answer at once.
+    from ..experiment.config import ExperimentConfig
+    from ..names import DEFAULT_HOOKS_PROMPT, DEFAULT_MODEL, DEVICE_MAP_STRATEGIES, DTYPE_NAMES, READOUTS, STRENGTHS
+    from ..tasks.truthfulqa import MC_PROMPT_STYLES
 
-    parser = _Parser(prog="real-lens", description="Find and steer the attention heads that govern a behaviour.")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars and no INFO logs (errors still print)")
+    parser = _Parser(prog="real-lens", description="Find and steer the attention heads that govern a behaviour.",
+                     epilog=f"tasks: {', '.join(TASK_NAMES)} (see `real-lens tasks`)")
+    parser.add_argument("--version", action="version", version=f"real-lens {__version__}")
+    # Global options, accepted before or after the command; after it, SUPPRESS keeps a sub-command
+    # from resetting one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    for p, default in ((parser, None), (common, argparse.SUPPRESS)):
+        p.add_argument("--quiet", action="store_true", default=default or False,
+                       help="no progress bars and no INFO logs (errors still print)")
+        p.add_argument("--threads", type=_positive_int, default=default, metavar="N",
+                       help="CPU threads torch computes with (default: the physical cores, divided among torchrun's "
+                            "processes on a node, or $OMP_NUM_THREADS; on a busy shared machine try 1)")
+        p.add_argument("--log-file", default=default, metavar="PATH",
+                       help="also append the INFO log to this file (even with --quiet)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    # --quiet is also accepted after the command; SUPPRESS keeps a sub-command from resetting one given before it.
-    quiet = argparse.ArgumentParser(add_help=False)
-    quiet.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, parents=[quiet])
+        return sub.add_parser(name, help=help, parents=[common])
 
     def model_arg(p, default_help=f"default {DEFAULT_MODEL}"):
         p.add_argument("--model", default=None, help=f"embedded name, local dir/.gguf, or Hub name ({default_help})")
         p.add_argument("--device", default=None,
                        help="torch device (default: the bridge's choice; under torchrun 'cuda' means cuda:LOCAL_RANK)")
-        p.add_argument("--dtype", default="float32", choices=tuple(DTYPES),
+        p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES,
                        help="weights' dtype (the embedded GGUF is dequantised to float32 once and cast on load)")
         p.add_argument("--device-map", default=None,
                        help=f"spread the model over devices: {', '.join(DEVICE_MAP_STRATEGIES)}, or a JSON map "
@@ -135,8 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--n-devices", type=_positive_int, default=None,
                        help="spread the model evenly over this many CUDA devices (a 'balanced' device map)")
 
+    def raw_prompt_arg(p):
+        p.add_argument("--raw-prompt", "--no-chat", dest="raw_prompt", action="store_true",
+                       help="give the model the prompt as typed; by default a model with a chat template (the "
+                            "embedded SmolLM2) reads it wrapped in that template as a user turn (banks are "
+                            "collected on raw text)")
+
     def bank_arg(p):
-        p.add_argument("--bank-dtype", default="float32", choices=tuple(DTYPES), help="how the bank stores activations")
+        p.add_argument("--bank-dtype", default="float32", choices=DTYPE_NAMES, help="how the bank stores activations")
         p.add_argument("--chunk-size", type=_positive_int, default=64,
                        help="examples per cached chunk; under torchrun each rank collects whole chunks")
 
@@ -150,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("collect", help="collect an activation bank for a task")
     model_arg(p)
-    p.add_argument("--task", required=True, help="truthfulqa, or file:<path>")
+    p.add_argument("--task", required=True, help=TASK_HELP)
     p.add_argument("--site", default="head_z", choices=hooks.SITES)
     p.add_argument("--readout", default="last", choices=READOUTS)
     p.add_argument("--limit", type=_positive_int, default=None, help="at most N examples, whole questions only")
@@ -160,18 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory to write the bank to")
     p.set_defaults(run=commands.cmd_collect)
 
-    p = command("generate", help="greedy generation (chat template when the model has one)")
+    p = command("generate", help="greedy generation (chat template when the model has one; --raw-prompt: none)")
     model_arg(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=_token_count, default=64)
-    p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    raw_prompt_arg(p)
     p.set_defaults(run=commands.cmd_generate)
 
     p = command("score", help="score every module of a bank with one method (scores + heatmap PNG)")
     model_arg(p)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--bank", default=None, help="an activation bank made by `real-lens collect`")
-    source.add_argument("--task", default=None, help="collect first: truthfulqa, or file:<path> (instead of --bank)")
+    source.add_argument("--task", default=None, help=f"collect first (instead of --bank): {TASK_HELP}")
     p.add_argument("--allow-unverified", action="store_true", help=UNVERIFIED_HELP)
     p.add_argument("--limit", type=_positive_int, default=None)
     bank_arg(p)
@@ -198,8 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--bank", default=None, help="bank for the directions (default: the one the scores came from)")
         p.add_argument("--allow-unverified", action="store_true", help=UNVERIFIED_HELP)
         p.add_argument("--top-k", type=_positive_int, default=16, help="number of modules (heads) to steer (default 16)")
-        p.add_argument("--alpha", type=_finite_float, default=None,
-                       help="steering strength (default 15" + ("; with --steering, the saved one)" if saved else ")"))
+        dose = p.add_mutually_exclusive_group()
+        dose.add_argument("--alpha", type=_finite_float, default=None,
+                          help="steering strength (default 15" + ("; with --steering, the saved one)" if saved else ")"))
+        dose.add_argument("--kl-target", type=_positive_float, default=None, metavar="KL",
+                          help="steer at the α where KL(unsteered || steered) reaches KL nats per token on the main "
+                               "job's held-apart WikiText-2 paragraphs (as `real-lens run` calibrates; e.g. 0.1)")
+        p.add_argument("--data-dir", default=None, help="data folder for --kl-target's paragraphs "
+                                                        "(default $REAL_LENS_DATA or ../shared/data)")
         p.add_argument("--strengths", choices=STRENGTHS, default="method",
                        help="per-module strengths: 'method' (default) = the method's own rule (REAL: score/max, "
                             "ITI/patching/attribution/random: 1); 'score' = score/max; 'uniform' = 1"
@@ -210,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     steering_args(p, saved=False)
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=_token_count, default=48)
+    raw_prompt_arg(p)
     p.set_defaults(run=commands.cmd_steer)
 
     p = command("inspect", help="what a steering does at the hook level: hooks, norms, steered vs unsteered logits")
@@ -242,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     preset.add_argument("--full", action="store_true", help="the paper's protocol at full size (for a GPU)")
     # One option per ExperimentConfig field (real_lens.configs): --k-grid 8,24, --questions-per-part none, ...
     add_config_options(p, ExperimentConfig, aliases={"n_val_questions": ["--val-questions"],
-                                                     "n_test_questions": ["--test-questions"]}, help=RUN_HELP)
+                                                     "n_test_questions": ["--test-questions"]}, help=RUN_HELP,
+                       choices={"site": hooks.SITES, "readout": READOUTS, "mc_prompt": tuple(MC_PROMPT_STYLES),
+                                "dtype": DTYPE_NAMES})
     p.add_argument("--out", default=None, help="run directory, reused to resume (default runs/<task>, runs/<task>-<preset> with a preset)")
     p.set_defaults(run=commands.cmd_run)
 

@@ -9,6 +9,8 @@
 - :mod:`.transfer`: a finished run's selections evaluated on another task.
 """
 
+import importlib
+
 from .config import (
     METHODS,
     PRESETS,
@@ -21,11 +23,31 @@ from .config import (
     task_slug,
     val_selects,
 )
-from .loop import run_experiment
-from .setup import Setup, evaluate_cell, prepare, prepare_task
-from .store import cached_cell, cached_scores, start_run_dir
-from .transfer import TransferConfig, load_source_run, run_transfer
+
+# The rest resolve on first use (PEP 562): the configuration above imports no torch, so the command
+# line can build `run`'s options from ExperimentConfig and answer --help at once.
+_LAZY = {
+    "run_experiment": ".loop", "Setup": ".setup", "evaluate_cell": ".setup", "prepare": ".setup", "prepare_task": ".setup",
+    "cached_cell": ".store", "cached_scores": ".store", "start_run_dir": ".store",
+    "TransferConfig": ".transfer", "load_source_run": ".transfer", "run_transfer": ".transfer",
+}
+_SUBMODULES = ("config", "setup", "store", "loop", "stats", "report", "shard", "transfer")
 
 __all__ = ["METHODS", "PRESETS", "Dose", "ExperimentConfig", "Setup", "TransferConfig", "cached_cell", "cached_scores",
-           "config_for", "dose_groups", "evaluate_cell", "fit_parts", "load_config", "load_source_run", "prepare", "prepare_task", "run_experiment",
-           "run_transfer", "start_run_dir", "task_slug", "val_selects"]
+           "config_for", "dose_groups", "evaluate_cell", "fit_parts", "load_config", "load_source_run", "prepare", "prepare_task",
+           "run_experiment", "run_transfer", "start_run_dir", "task_slug", "val_selects"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

@@ -19,11 +19,8 @@ from typing import Any
 from .._version import __version__
 from ..configs import build_config
 from .. import hooks
-from ..activations import READOUTS
 from ..errors import RealLensError, unknown_name_error
-from ..io import read_json
-from ..models import DEFAULT_MODEL
-from ..scoring.registry import method_names
+from ..names import DEFAULT_MODEL, DTYPE_NAMES, READOUTS
 from ..tasks.truthfulqa import DEFAULT_MC_PROMPT, MC_PROMPT_STYLES
 
 logger = logging.getLogger(__name__)
@@ -33,7 +30,6 @@ METHODS = ("real", "real-release", "iti", "patching", "attribution", "random")
 SIGMA_BANKS = ("scoring", "tuning")  # ExperimentConfig.sigma_bank
 # Fields added after cells were cached: at these values they stay out of a cell's digest (store.cached_cell),
 # so adding them did not recompute anything.
-DIGEST_NEUTRAL_DEFAULTS = {"sigma_bank": "scoring"}
 
 
 @dataclass(frozen=True)
@@ -74,9 +70,14 @@ class ExperimentConfig:
     batch_size: int = 16
     seed: int = 0
     device: str | None = None
+    dtype: str = "float32"  # the model's weights (float32, bfloat16, float16); not float32 = other cells
+    device_map: str | None = None  # spread the model over devices (auto, balanced, ... or a JSON map); exclusive with device
     data_dir: str | None = None
 
     def __post_init__(self):
+        from ..models import parse_device_map
+        from ..scoring.registry import method_names  # imports the scorers (and torch): not at --help time
+
         known = method_names()
         unknown = [m for m in self.methods if m not in known]
         if unknown:
@@ -106,6 +107,13 @@ class ExperimentConfig:
         if isinstance(self.pair_min_gap, bool) or not isinstance(self.pair_min_gap, (int, float)) \
                 or not 0 <= self.pair_min_gap < math.inf:
             raise RealLensError(f"pair_min_gap must be a finite number of nats >= 0 (e.g. 0.5); got {self.pair_min_gap!r}")
+        if self.dtype not in DTYPE_NAMES:
+            raise RealLensError(f"unknown dtype {self.dtype!r}; expected one of {list(DTYPE_NAMES)}")
+        if self.device_map is not None:
+            parse_device_map(self.device_map)  # a strategy or a JSON map, said in one line otherwise
+            if self.device is not None:
+                raise RealLensError(f"device {self.device!r} and device_map {self.device_map!r} both place the model; "
+                                    "give one (--device for one device, --device-map to spread it)")
         if self.mc_prompt not in MC_PROMPT_STYLES:
             raise RealLensError(f"unknown MC prompt {self.mc_prompt!r}; expected one of {list(MC_PROMPT_STYLES)}")
         # Counts the command line passes straight through (real_lens.configs derives one option per field).
@@ -192,6 +200,11 @@ def task_slug(task: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in task)
 
 
+# Fields added after runs were made, with the default those runs had: left at it, a field is not in the
+# cells' digests (store.cached_cell) and an older config.json without it is the same configuration.
+LATER_FIELDS = {"sigma_bank": "scoring", "dtype": "float32", "device_map": None}
+
+
 def jsonable(obj):
     if dataclasses.is_dataclass(obj):
         return jsonable(dataclasses.asdict(obj))
@@ -209,6 +222,8 @@ def load_config(path):
     "real_lens_version": ...}`` as ``real-lens run`` writes it (a bare ``{...}`` of settings is
     read too).
     """
+    from ..io import read_json
+
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"

@@ -30,6 +30,7 @@ from ..locks import output_lock
 from ..scoring import ModuleScores
 from ..steering import build_steering
 from ..tasks.truthfulqa import tuning_examples
+from ..threads import state_threads
 from .config import (
     Dose,
     ExperimentConfig,
@@ -38,7 +39,7 @@ from .config import (
     fit_parts,
     val_selects,
 )
-from .report import draw_frontier, render_summary
+from .report import ENOUGH_TEST_QUESTIONS, draw_frontier, render_summary
 from .shard import (
     CALIBRATE,
     CALIBRATION_EVALUATIONS,
@@ -121,6 +122,8 @@ class FoldLoop:
     sigma_banks: dict[int, Any] = field(default_factory=dict)  # fold -> its part of the tuning bank
     plan: Plan | None = None  # planning mode under torchrun (.shard): missing cells are recorded, not computed
     undecided: set = field(default_factory=set)  # planning: folds where some method's choice waits for val cells
+    ties: list[dict] = field(default_factory=list)  # every top K that equal scores decided (ModuleScores.ties_at)
+    heldout: dict[str, dict[str, dict]] = field(default_factory=dict)  # method -> fold -> what its AUC rests on
 
     def cell(self, fold: int, *, step: str, cost: float, ready: bool = True, **key):
         return plan_cell(self.plan, self.out, self.cfg, fold, key, step=step, cost=cost, ready=ready)
@@ -257,6 +260,7 @@ class FoldLoop:
             finally:
                 self.timer.add(f"score: {method}", t)
             self.scores[fold_index].append(scores)
+            self.note_small_sample(fold_index, method, scores)
             units = {k: build_steering(bank, scores.select(min(k, scores.n_modules)), alpha=1.0,
                                        sigma_bank=self.sigma_banks.get(fold_index)) for k in cfg.k_grid}
             for group, doses in dose_groups(cfg):
@@ -275,6 +279,18 @@ class FoldLoop:
                     self.arm(method, group).add(fold_index, result, k=k, alpha=result["alpha"])
         if "random" in cfg.methods:
             self.run_null(fold_index, bank, test_items)
+
+    def note_small_sample(self, fold: int, method: str, scores: ModuleScores) -> None:
+        """Record (and warn of) every top K that ties decided, and what a held-out AUC rests on."""
+        for k in self.cfg.k_grid:
+            ties = scores.ties_at(min(k, scores.n_modules))
+            if ties["decided_by_ties"]:
+                self.ties.append({"fold": fold, "method": method, **ties})
+                logger.warning("fold %d %s: its top %d is decided by ties: %d modules share the score %.4g and only %d "
+                               "fit, chosen by %s; a larger task separates them", fold, method, ties["k"],
+                               ties["n_tied"], ties["score"], ties["n_inside"], ties["broken_by"])
+        if isinstance(scores.meta.get("heldout"), dict):
+            self.heldout.setdefault(method, {})[str(fold)] = scores.meta["heldout"]
 
     def choose(self, fold: int, method: str, group: str, doses, units, val_items) -> tuple[int, Dose]:
         """The (K, dose) of ``group`` with the best val metric; with one candidate, no val cell is evaluated."""
@@ -325,10 +341,33 @@ def _run(cfg: ExperimentConfig, out_dir, *, progress: bool = True, device: str |
         dist.barrier()  # config.json is written (or the run refused) before any rank computes
     progress = progress and ranks.is_main
     timer, started = Timer(), time.perf_counter()
+    try:
+        run, shares = _compute(cfg, out, timer, progress=progress, started=started, device=device, ranks=ranks)
+    except BaseException:  # an error or an interrupt: this session's time still counts when the run resumes
+        timer.seconds["total"] = time.perf_counter() - started
+        record_timing(out, timer)
+        raise
+    if run is None:  # a rank other than 0 under torchrun: its cells are written, rank 0 writes the outputs
+        return out
+    timer.seconds["total"] = time.perf_counter() - started
+    missed = [c for c in run.calibrations.values() if not c["reached"]]
+    if missed:
+        notice(f"{len(missed)} of {len(run.calibrations)} α calibrations did not reach their KL target (the largest "
+               f"miss: KL {max(missed, key=lambda c: abs(c['kl'] / c['target_kl'] - 1))['kl']:.3g}); those cells are "
+               "steered at the closest point and counted in summary.md")
+    write_outputs(run, ranks=shares)
+    logger.info("wrote %s (%.0f s in all)", out, timer.seconds["total"])
+    return out
 
+
+def _compute(cfg: ExperimentConfig, out: Path, timer: Timer, *, progress: bool, started: float, device, ranks):
+    """``(run, shares)``: every fold's cells (under torchrun, split over the ranks first: ``shares`` is each
+    rank's busy time; ``run`` is None on ranks other than 0); the session's timing is recorded after each
+    fold, so a later stop still counts it."""
     t = time.perf_counter()
     setup = prepare(cfg, device=device)
     timer.add("load model + data", t)
+    state_threads()  # what set_threads chose (rl.set_threads / --threads), once the model and data loaded
     model, task = setup.model, setup.task
     doses = ", ".join(f"KL {t:g}" for t in cfg.kl_grid) if cfg.kl_grid else f"α {list(cfg.alpha_grid)}"
     (logger.info if ranks.is_main else logger.debug)(
@@ -352,19 +391,12 @@ def _run(cfg: ExperimentConfig, out_dir, *, progress: bool = True, device: str |
     if ranks.is_distributed:
         shares = compute_cells(run, full_bank, ranks, device=device)
         if not ranks.is_main:
-            return out
+            return None, shares
     for fold_index in setup.folds:  # under torchrun: every cell is read from its file
         run.run_fold(fold_index, full_bank)
-
-    timer.seconds["total"] = time.perf_counter() - started
-    missed = [c for c in run.calibrations.values() if not c["reached"]]
-    if missed:
-        notice(f"{len(missed)} of {len(run.calibrations)} α calibrations did not reach their KL target (the largest "
-               f"miss: KL {max(missed, key=lambda c: abs(c['kl'] / c['target_kl'] - 1))['kl']:.3g}); those cells are "
-               "steered at the closest point and counted in summary.md")
-    write_outputs(run, ranks=shares)
-    logger.info("wrote %s (%.0f s in all)", out, timer.seconds["total"])
-    return out
+        timer.seconds["total"] = time.perf_counter() - started
+        record_timing(out, timer)
+    return run, shares
 
 
 def compute_cells(run: FoldLoop, full_bank, ranks, *, device=None) -> list[dict]:
@@ -488,6 +520,10 @@ def write_outputs(run: FoldLoop, *, ranks: list[dict] | None = None) -> None:
              "run": {"folds": list(setup.folds), "evaluation_kind": setup.evaluation.kind, "order": list(summary),
                      "n_report_texts": len(setup.texts), "n_calibration_texts": len(setup.calibration),
                      "bank_sizes": {str(f): n for f, n in run.bank_sizes.items()}}}
+    n_test = [r["n_questions"] for r in run.rows if r["split"] == "test" and r["method"] == "unsteered"]
+    saved["small_sample"] = {"ties": run.ties, "heldout": run.heldout,
+                             "min_test_questions": min(n_test) if n_test else None,
+                             "enough_test_questions": ENOUGH_TEST_QUESTIONS}
     write_json(out / "summary.json", saved)
     sessions = record_timing(out, run.timer, ranks=ranks)
     text = render_summary(cfg, read_json(out / "summary.json"), read_rows(out / "results.csv"), sessions, ranks=ranks)

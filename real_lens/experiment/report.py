@@ -16,6 +16,33 @@ from .config import ExperimentConfig, fit_parts, val_selects
 from .setup import LENGTH_ONLY
 
 
+# Fewer test questions per fold than this and summary.md says the run cannot tell methods apart well.
+ENOUGH_TEST_QUESTIONS = 20
+
+
+def small_sample_lines(small: dict | None) -> list[str]:
+    """What this run's size cannot support: few test questions, top K decided by ties, AUCs on few questions."""
+    if not small:
+        return []
+    lines = []
+    n_test, enough = small.get("min_test_questions"), small.get("enough_test_questions", ENOUGH_TEST_QUESTIONS)
+    if n_test is not None and n_test < enough:
+        lines.append(f"- **Few test questions:** {n_test} per fold, fewer than ~{enough}: the CIs are wide and most "
+                     "differences between methods are within noise; use more test questions (`--larger`, "
+                     "`--test-questions`) or a larger task before reading the ranking.")
+    for t in small.get("ties") or []:
+        lines.append(f"- **Top {t['k']} decided by ties:** fold {t['fold']} {t['method']}: {t['n_tied']} modules share "
+                     f"the score {t['score']:.4g} and only {t['n_inside']} fit; the tie-break ({t['broken_by']}) "
+                     "chose them, not the score.")
+    for method, folds in sorted((small.get("heldout") or {}).items()):
+        sizes = ", ".join(f"fold {f}: {h['n_questions']} questions ({h['n_examples']} examples)"
+                          for f, h in sorted(folds.items()))
+        few = min(h["n_questions"] for h in folds.values()) < enough
+        lines.append(f"- {method}'s AUC per module rests on its held-out examples: {sizes}"
+                     + (" — few, so AUCs are coarse and tie easily." if few else "."))
+    return ["", "## What this run's size can support", "", *lines] if lines else []
+
+
 def summary_table(summary: dict, metrics: Sequence[str]) -> list[str]:
     """The headline table (markdown lines): every metric with its CI, CE, KL and each fold's K and α."""
     with_dose = any(e.get("dose") for e in summary.values())
@@ -83,6 +110,7 @@ def render_summary(cfg: ExperimentConfig, saved: dict, rows: list[dict], session
                   f"{calibration['alpha_range'][0]:.3g} to {calibration['alpha_range'][1]:.3g})"
                   + (f"; not reached: {misses} — those cells are steered at the closest point evaluated, and their "
                      "held-out KL in the table shows the dose they got." if misses else ".")]
+    lines += small_sample_lines(saved.get("small_sample"))
     lines += truth_length_lines(saved.get("truth_length") or [])
     lines += paired_lines(paired or [])
     lines += null_lines(bands or [])

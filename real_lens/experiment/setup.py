@@ -17,7 +17,7 @@ from ..errors import RealLensError
 from ..evaluation import evaluate_side_effects
 from ..evaluation.dose import held_apart_texts
 from ..evaluation.suite import TaskEvaluation, evaluation_for
-from ..models import load_model
+from ..models import load_model, parse_device_map
 from ..tasks import Task, load_task
 from ..tasks.truthfulqa import DEFAULT_MC_PROMPT
 from .config import ExperimentConfig
@@ -52,7 +52,8 @@ def prepare(cfg: ExperimentConfig, *, task_name: str | None = None, model=None, 
     on ``device`` (default ``cfg.device``; under torchrun, the rank's own)."""
     task, evaluation, metric, folds = prepare_task(cfg, task_name=task_name)
     texts, calibration = side_effect_texts(cfg)
-    model = model if model is not None else load_model(cfg.model, device=cfg.device if device is None else device)
+    model = model if model is not None else load_model(cfg.model, device=cfg.device if device is None else device,
+                                                       dtype=cfg.dtype, device_map=parse_device_map(cfg.device_map))
     return Setup(model, task, evaluation, metric, folds, texts, cfg.mc_prompt, calibration, cfg.side_effect_tokens)
 
 

@@ -19,15 +19,16 @@ from .._version import __version__
 from ..errors import ArtifactError, RealLensError, ScoringError
 from ..io import atomic_write, notice, read_json, read_sealed_json, sha256_file, write_sealed_json
 from ..locks import output_lock
-from ..provenance import with_source
+from ..provenance import environment, with_source
 from ..scoring import SCORERS, ModuleScores, method_names, score_modules
-from .config import DIGEST_NEUTRAL_DEFAULTS, ExperimentConfig, jsonable
+from .config import LATER_FIELDS, ExperimentConfig, jsonable
 from .setup import prepare_task
 
 
 @dataclass
 class Timer:
     seconds: dict[str, float] = field(default_factory=dict)
+    session: int | None = None  # this session's place in timing.json, once recorded (record_timing)
 
     def add(self, what: str, start: float) -> None:
         self.seconds[what] = self.seconds.get(what, 0.0) + time.perf_counter() - start
@@ -51,7 +52,9 @@ def start_run_dir(out_dir, cfg) -> Path:
                 "use a new --out directory or delete that one"
             )
         out.mkdir(parents=True, exist_ok=True)
-        write_sealed_json(previous, {"config": jsonable(cfg), "real_lens_version": __version__})
+        # What computed it sits beside the configuration, not in it (the "config" key alone says "same run").
+        write_sealed_json(previous, {"config": jsonable(cfg), "real_lens_version": __version__,
+                                     "environment": environment()})
     return out
 
 
@@ -60,11 +63,11 @@ def same_config(stored: dict, current: dict) -> bool:
 
     A field added after the directory was written counts as the same when it cannot have changed
     what is stored there: a scorer's own setting (its scores and cells carry it in their keys) or
-    a field at its digest-neutral default (:data:`~real_lens.experiment.config.DIGEST_NEUTRAL_DEFAULTS`)."""
+    a field at its digest-neutral default (:data:`~real_lens.experiment.config.LATER_FIELDS`)."""
     if not isinstance(stored, dict):
         return False
     later = {k: v for k, v in current.items() if k not in stored and (
-        k in scorer_settings() or (k in DIGEST_NEUTRAL_DEFAULTS and v == DIGEST_NEUTRAL_DEFAULTS[k]))}
+        k in scorer_settings() or (k in LATER_FIELDS and v == LATER_FIELDS[k]))}
     return {**stored, **later} == current
 
 
@@ -92,7 +95,7 @@ def cell_path(out: Path, cfg, fold: int, key: dict) -> Path:
     scorer recomputes that method's cells and keeps everyone else's."""
     ignored = ("methods", "k_grid", "alpha_grid", "kl_grid", "null_draws", "folds", "n_boot", *scorer_settings())
     relevant = {k: v for k, v in jsonable(cfg).items()
-                if k not in ignored and not (k in DIGEST_NEUTRAL_DEFAULTS and v == DIGEST_NEUTRAL_DEFAULTS[k])}
+                if k not in ignored and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     relevant["dose_protocol"] = "kl" if getattr(cfg, "kl_grid", None) else "alpha"  # it changes the CE/KL texts
     scorer = jsonable(scorer_options(cfg, key["method"]))
     digest = hashlib.sha256(json.dumps([relevant, fold, key, scorer], sort_keys=True).encode()).hexdigest()[:16]
@@ -228,11 +231,14 @@ def read_rows(path: Path, *, verified: bool = False) -> list[dict]:
 
 
 def record_timing(out: Path, timer: Timer, *, ranks: list[dict] | None = None) -> list[dict[str, float]]:
-    """Append this session's step times to the run's ``timing.json`` and return every session's, so a
-    resumed run still reports what the computation cost (a resumed session reuses cached steps in ~0 s).
+    """Record this session's step times in the run's ``timing.json`` and return every session's, so a
+    resumed run reports what the whole computation cost (a resumed session reuses cached steps in ~0 s).
 
-    ``ranks``: under torchrun, each rank's busy time this session (:class:`~.shard.RankShare` as a dict),
-    kept in ``timing.json``'s ``"ranks"`` (one entry per session, None for a one-process session)."""
+    Called as a session goes (after each fold, and when it stops on an error or an interrupt) as well
+    as at its end: the first call appends the session, later ones update it, so a session that never
+    finished still counts. ``ranks``: under torchrun, each rank's busy time this session
+    (:class:`~.shard.RankShare` as a dict), kept in ``timing.json``'s ``"ranks"`` (one entry per session,
+    None for a one-process session)."""
     path = out / "timing.json"
     sessions, shares = [], []
     if path.is_file():
@@ -243,7 +249,11 @@ def record_timing(out: Path, timer: Timer, *, ranks: list[dict] | None = None) -
         except (ArtifactError, KeyError, TypeError) as exc:
             notice(f"{path} is damaged ({exc}); the time of earlier sessions is not counted")
             sessions, shares = [], []
-    sessions.append(dict(timer.seconds))
-    shares.append(ranks)
+    if timer.session is None or timer.session >= len(sessions):
+        timer.session = len(sessions)
+        sessions.append({})
+        shares.append(None)
+    sessions[timer.session] = dict(timer.seconds)
+    shares[timer.session] = ranks if ranks is not None else shares[timer.session]
     write_sealed_json(path, {"sessions": sessions, **({"ranks": shares} if any(shares) else {})})
     return sessions

@@ -8,7 +8,7 @@ import torch
 
 from ..errors import ModelLoadError
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from ..names import DEFAULT_MODEL  # noqa: F401 (re-exported)
 
 def from_pretrained(source: str, *, dtype: torch.dtype, what: str, device_map=None, max_memory=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -7,12 +7,9 @@ import json
 import torch
 
 from ..errors import ModelLoadError, RealLensError
+from ..names import DEVICE_MAP_STRATEGIES, DTYPE_NAMES
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# accelerate's placement strategies; anything else must be an explicit {module: device} map.
-DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:

@@ -39,7 +39,9 @@ def score_modules(
     cfg = scorer_config(spec, options)
     if cfg is not None:
         kwargs["cfg"] = cfg
-    return spec.score(bank, model=model, seed=seed, device=device, **kwargs)
+    scores = spec.score(bank, model=model, seed=seed, device=device, **kwargs)
+    # Every method records how many modules share its top score (a small task ties easily; ModuleScores.ties_at).
+    return dataclasses.replace(scores, meta={**scores.meta, "n_tied_at_top": scores.n_tied_at_top})
 
 
 def scorer_config(spec: ScorerSpec, options: dict[str, Any]):

@@ -4,7 +4,9 @@ As in Inference-Time Intervention (Li et al., 2023): per module (head or layer),
 scikit-learn logistic regression is fitted on the train examples' activations and scored by
 its accuracy on the validation examples. The train/val split is by group (question), seeded,
 80/20 by default, so no question is on both sides. The probe's validation ROC-AUC is kept in
-``diagnostics["val_auc"]`` so the two rankings can be compared.
+``diagnostics["val_auc"]`` so the two rankings can be compared, and it breaks ties of accuracy
+(``meta["tie_break"]``, :attr:`~real_lens.scoring.ModuleScores.tie_break`): on a small task many
+probes reach the same accuracy, and index order would pick the first layers.
 
 Features are standardised with the train statistics (a per-dimension affine map, which does
 not change what a logistic regression can separate; lbfgs just converges faster).
@@ -153,6 +155,8 @@ def score_probe(
             "seed": seed,
             "method": METHOD,
             "score_unit": SCORE_UNIT,
+            # Val accuracy ties easily (dozens of heads at 1.000 on 20 questions): the val AUC orders tied modules.
+            "tie_break": "val_auc",
             "config": asdict(cfg),
             "split": {
                 "n_train_examples": int(train.sum()),

@@ -319,6 +319,30 @@ def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_n
     return torch.where(collapsed == 1, torch.zeros_like(auc), auc), diagnostics
 
 
+def _split(labels, groups, cfg: RealConfig, seed: int) -> tuple[Tensor, ...]:
+    """A split like the modules' (its last part: the held-out examples an AUC is computed on). The described
+    and release-utils variants share one split; the release draws one per head — this is head L0H0's, and
+    every head's held-out set has the same size (both classes cut to the smaller one's held-out count)."""
+    if cfg.variant == "release":
+        generator = torch.Generator().manual_seed(release_seeds(seed, 0, 0)["split"])
+        return split_release_per_answer(labels, generator, fraction=cfg.heldout_fraction)
+    if cfg.variant == "release-utils":
+        train, heldout = split_release_heldout(labels, fraction=cfg.heldout_fraction, seed=seed)
+        return train, heldout
+    train, heldout = split_heldout(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=seed)
+    return train[labels[train] == 1], train[labels[train] == 0], heldout
+
+
+def heldout_size(labels, groups, cfg: RealConfig, seed: int = 0) -> dict[str, int]:
+    """What each module's AUC rests on: the held-out examples and the questions (groups) they come from.
+
+    A few held-out questions make the AUC coarse (with 5 questions, 10 examples, it moves in steps
+    of 1/25) and many modules tie; summary.md says so."""
+    heldout = _split(labels.long().cpu(), groups, cfg, seed)[-1].tolist()
+    return {"n_examples": len(heldout), "n_questions": len({groups[i] for i in heldout}),
+            "n_aligned": int(labels.long().cpu()[heldout].sum())}
+
+
 def _score_chunk(x, labels, split, modules: list[int], *, cfg: RealConfig, seed: int) -> Tensor:
     """VQ-AE -> codes -> prior(s) -> held-out AUC for the modules of one chunk.
 
@@ -496,7 +520,8 @@ def _score_bank(bank, *, cfg: RealConfig, variant: str, seed: int, device, modul
         progress=progress, module_shape=shape,
     )
     meta = {k: bank.meta[k] for k in ("site", "model", "task") if k in bank.meta}
-    meta.update(site=bank.site, seed=seed, version=__version__, n_examples=len(bank.examples), variant=cfg.variant)
+    meta.update(site=bank.site, seed=seed, version=__version__, n_examples=len(bank.examples), variant=cfg.variant,
+                heldout=heldout_size(bank.labels, bank.groups, cfg, seed))
     return ModuleScores(
         auc.reshape(shape), cfg.method, asdict(cfg), {k: v.reshape(shape) for k, v in diagnostics.items()}, meta
     )

@@ -7,6 +7,7 @@ manifest, :mod:`real_lens.artifacts`).
 
 from __future__ import annotations
 
+import math
 import operator
 import warnings
 from dataclasses import dataclass, field
@@ -19,11 +20,11 @@ from torch import Tensor
 from ..artifacts import ArtifactType, artifact_writer, load_verified
 from ..errors import ScoringError, unknown_name_error
 from ..hooks import module_label
+from ..names import STRENGTHS
 from .registry import strength_rule
 from ..io import read_json, read_tensors, write_json, write_tensors
 
 SCORES_FILE, SCORES_META_FILE = "scores.safetensors", "scores.json"
-STRENGTHS = ("method", "score", "uniform")
 
 
 SCORES_KIND = "scores"
@@ -77,13 +78,49 @@ class ModuleScores:
         n_heads = self.scores.shape[1]
         return flat_index // n_heads, flat_index % n_heads
 
+    @property
+    def tie_break(self) -> str | None:
+        """The diagnostic that orders modules with equal scores (higher first), or None (module index).
+
+        A scorer names it in ``meta["tie_break"]`` (ITI: ``"val_auc"``, since dozens of probes reach val
+        accuracy 1.000 on a small task); it is used only where the scores carry that diagnostic."""
+        name = self.meta.get("tie_break")
+        return name if isinstance(name, str) and name in self.diagnostics else None
+
+    def _order(self) -> Tensor:
+        """Flat module indices, best first: by score, then by the :attr:`tie_break` diagnostic (higher
+        first; NaN last), then by module index — one rule for every method."""
+        order = torch.arange(self.n_modules)
+        if self.tie_break is not None:
+            secondary = self.diagnostics[self.tie_break].flatten().double().nan_to_num(nan=-math.inf)
+            order = torch.argsort(-secondary, stable=True)
+        return order[torch.argsort(-self.scores.flatten().double()[order], stable=True)]
+
     def ranking(self) -> list[tuple[int, int | None]]:
-        """All modules, best first (ties broken by module index, so it is deterministic)."""
-        order = torch.argsort(-self.scores.flatten().double(), stable=True)
-        return [self._module(int(i)) for i in order]
+        """All modules, best first (ties broken by :attr:`tie_break`, then by module index, so it is deterministic)."""
+        return [self._module(int(i)) for i in self._order()]
+
+    @property
+    def n_tied_at_top(self) -> int:
+        """How many modules share the best score (1 when one module stands alone)."""
+        flat = self.scores.flatten().double()
+        return int((flat == flat.max()).sum()) if flat.numel() else 0
+
+    def ties_at(self, k: int) -> dict[str, Any]:
+        """Whether the top ``k`` is decided by a tie: ``n_tied`` modules share the k-th score, ``n_inside`` of
+        them are in the top ``k``; ``decided_by_ties`` when some are left out, which then only the
+        tie-break (``broken_by``: the :attr:`tie_break` diagnostic, or module index) chose."""
+        flat = self.scores.flatten().double()
+        order = self._order()
+        kth = flat[order[k - 1]]
+        tied = flat == kth
+        n_tied, n_inside = int(tied.sum()), int(tied[order[:k]].sum())
+        return {"k": k, "score": float(kth), "n_tied": n_tied, "n_inside": n_inside,
+                "decided_by_ties": n_tied > n_inside, "broken_by": self.tie_break or "module index"}
 
     def select(self, k: int, *, strengths: str = "method") -> Selection:
-        """The ``k`` best modules with their steering strengths (METHOD.md §4).
+        """The ``k`` best modules with their steering strengths (METHOD.md §4), in :meth:`ranking`'s order
+        (equal scores ordered by the :attr:`tie_break` diagnostic, then by module index).
 
         ``strengths``: ``"method"`` (default) applies this method's own rule,
         :func:`strength_rule`: REAL and its variants (every method named ``real*``) steer with
@@ -101,7 +138,7 @@ class ModuleScores:
             raise ScoringError(f"k must be between 1 and the number of modules ({self.n_modules}); got {k} "
                                "(k is the number of modules to keep)")
         flat = self.scores.flatten().double()
-        order = torch.argsort(-flat, stable=True)[:k]
+        order = self._order()[:k]
         kept = flat[order]
         if rule == "uniform":
             values = torch.ones_like(kept)

@@ -17,6 +17,8 @@ from real_lens.errors import RealLensError
 from real_lens.experiment import ExperimentConfig, config_for, load_config, start_run_dir
 from real_lens.steering import Steering
 
+from tests.helpers import needs_data
+
 from ..test_api import _other_tiny_bridge, write_even_task
 
 
@@ -185,3 +187,119 @@ def test_load_config_round_trips_and_explains_bad_files(tmp_path, caplog):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(RealLensError, match="not valid JSON"):
         load_config(tmp_path / "bad.json")
+
+
+# --------------------------------------------------------------------------- issue 25: doses, prompts, global options
+@needs_data
+@pytest.mark.parametrize("command", ["steer", "inspect", "export"])
+def test_kl_target_calibrates_as_the_main_job_does(scored, tmp_path, capsys, command):
+    from real_lens.bank import ActivationBank
+    from real_lens.evaluation.dose import calibrate
+    from real_lens.models import load_model
+    from real_lens.scoring import ModuleScores
+    from real_lens.steering import build_steering
+
+    extra = {"steer": ["--prompt", "Q: Is 4 even? A:", "--max-new-tokens", "2"],
+             "inspect": ["--prompt", "Q: Is 4 even? A:"],
+             "export": ["--format", "steering", "--out", str(tmp_path / "steering")]}[command]
+    assert cli.main(["--quiet", command, "--scores", str(scored / "iti"), "--top-k", "2", "--kl-target", "0.05",
+                     *extra]) == 0
+    out = capsys.readouterr().out
+    # The oracle: the library's calibration of the same steering (the job's held-apart paragraphs and settings).
+    scores = ModuleScores.load(scored / "iti")
+    unit = build_steering(ActivationBank.load(scored / "bank"), scores.select(2), alpha=1.0)
+    expected = calibrate(load_model("tiny-llama"), unit, kl=0.05).meta["calibration"]
+    match = re.search(r"calibrated α (\S+) for the KL target 0.05 nats per token on 8 held-apart WikiText-2 "
+                      r"paragraphs: KL (\S+), target (reached|NOT reached)", out)
+    assert match, out
+    assert float(match.group(1)) == pytest.approx(expected["alpha"], rel=1e-3)
+    assert (match.group(3) == "reached") == expected["reached"]
+    if command == "export":
+        saved = Steering.load(tmp_path / "steering")
+        assert saved.alpha == pytest.approx(expected["alpha"]) and saved.meta["calibration"]["target_kl"] == 0.05
+    if command == "steer":
+        assert f"alpha {float(match.group(1)):g}" in out or f"alpha {expected['alpha']:g}" in out
+
+
+@pytest.mark.parametrize("dose", [["--alpha", "3", "--kl-target", "0.1"], ["--kl-target", "0"], ["--kl-target", "nan"]])
+def test_kl_target_is_exclusive_with_alpha_and_positive(scored, capsys, dose):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["steer", "--scores", str(scored / "iti"), *dose, "--prompt", "Q: A:"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("not allowed with" in err or "expected a number > 0" in err
+                                     or "finite" in err), err
+
+
+def test_raw_prompt_skips_the_chat_template(scored, capsys, monkeypatch):
+    from real_lens import generation
+
+    seen = []
+    real = generation.generate_text
+
+    def spy(model, prompt, *, chat=None, **kw):
+        seen.append(chat)
+        return real(model, prompt, chat=chat, **kw)
+
+    monkeypatch.setattr(generation, "generate_text", spy)
+    for raw in ([], ["--raw-prompt"]):
+        seen.clear()
+        assert cli.main(["--quiet", "steer", "--scores", str(scored / "iti"), "--top-k", "2", "--alpha", "1",
+                         "--prompt", "Q: Is 4 even? A:", "--max-new-tokens", "2", *raw]) == 0
+        assert seen == [False, False] if raw else seen == [None, None]
+        seen.clear()
+        assert cli.main(["--quiet", "generate", "--model", "tiny-llama", "--prompt", "Q: A:", "--max-new-tokens", "1",
+                         *raw]) == 0
+        assert seen == ([False] if raw else [None])
+    capsys.readouterr()
+
+
+def test_export_hint_names_the_model(scored, tmp_path, capsys):
+    assert cli.main(["--quiet", "export", "--scores", str(scored / "iti"), "--top-k", "2", "--alpha", "1",
+                     "--format", "lm-eval", "--out", str(tmp_path / "s.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "pretrained=tiny-llama," in out and "<the Hugging Face model>" not in out
+
+
+def test_version_and_every_task_in_help(capsys):
+    from real_lens import __version__
+    from real_lens.tasks import TASK_DESCRIPTIONS
+
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--version"])
+    assert exit.value.code == 0 and capsys.readouterr().out.strip() == f"real-lens {__version__}"
+    for command in ("collect", "score"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = "".join(capsys.readouterr().out.split())  # argparse wraps lines inside hyphenated names
+        assert all(name in text for name in TASK_DESCRIPTIONS), (command, text)
+
+
+def test_log_file_gets_the_info_log_even_when_quiet(tmp_path, capsys, tiny_model):
+    csv = write_even_task(tmp_path / "even.csv", n=8)
+    log = tmp_path / "run.log"
+    argv = ["collect", "--model", "tiny-llama", "--task", f"file:{csv}", "--out", str(tmp_path / "bank"),
+            "--quiet", "--threads", "1", "--log-file", str(log)]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().err == ""
+    text = log.read_text()
+    assert "collect: computing with 1 CPU thread (asked for)" in text
+    assert cli.main(["--log-file", str(tmp_path / "no" / "such" / "dir.log"), "tasks"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--log-file" in err and "writable" in err
+
+
+def test_threads_option_before_or_after_the_command(monkeypatch, capsys):
+    from real_lens import threads
+
+    chosen = []
+    monkeypatch.setattr(threads, "set_threads", lambda n=None, state=True: chosen.append(n) or 1)
+    for argv in (["--threads", "3", "hooks", "--estimate-only", "--model", "tiny-llama"],
+                 ["hooks", "--threads", "3", "--estimate-only", "--model", "tiny-llama"],
+                 ["hooks", "--estimate-only", "--model", "tiny-llama"]):
+        assert cli.main(["--quiet", *argv]) == 0
+    assert chosen == [3, 3, None]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--threads", "0", "tasks"])
+    assert exit.value.code == 2 and "expected a positive integer" in capsys.readouterr().err

@@ -50,3 +50,17 @@ def test_score_accepts_a_bank_whose_model_is_a_plain_name(tmp_path, capsys):
     ActivationBank(torch.randn(12, 2, 3, 8), examples, {"site": "head_z", "model": "hand-made"}).save(tmp_path / "bank")
     assert main(["score", "--bank", str(tmp_path / "bank"), "--method", "random", "--out", str(tmp_path / "s")]) == 0
     assert "top modules by random" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["steer", "--help"], ["--version"]])
+def test_help_and_version_import_no_torch(argv):
+    """--help answers at once: building and using the parser imports neither torch nor any model code."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom real_lens.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'transformer_lens', 'sklearn') if m in sys.modules]\n"
+            "print('heavy:', heavy, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert "heavy: []" in done.stderr, done.stderr[-2000:]
+    assert done.stdout.strip()

@@ -393,3 +393,15 @@ def test_sigma_bank_tuning_steers_with_sigma_from_the_folds_tuning_examples(tmp_
         assert all(e.text.count(" Q: ") == 1 and e.text.startswith("Q: ") for e in sigma_bank.examples)
         assert all(e.text.startswith(f"Q: {e.group} A: ") for e in sigma_bank.examples)
     assert "the unlabelled tuning bank" in (tmp_path / "summary.md").read_text()
+
+
+def test_summary_says_what_the_quick_run_s_size_cannot_support(quick_run):
+    cfg, out = quick_run
+    saved = json.loads((out / "summary.json").read_text())["small_sample"]
+    assert saved["min_test_questions"] == cfg.n_test_questions == 2
+    assert set(saved["heldout"]) == {"real", "real-release"} and set(saved["heldout"]["real"]) == {"0", "1"}
+    summary = (out / "summary.md").read_text()
+    assert "## What this run's size can support" in summary and "2 per fold, fewer than ~20" in summary
+    assert "real's AUC per module rests on its held-out examples: fold 0: " in summary
+    for t in saved["ties"]:
+        assert f"fold {t['fold']} {t['method']}: {t['n_tied']} modules share" in summary

@@ -62,3 +62,25 @@ def test_probe_rejects_bad_input():
         score_probe(bank.acts, bank.labels, bank.groups[:-1])
     with pytest.raises(ScoringError, match="val_fraction"):
         ProbeConfig(val_fraction=1.5)
+
+
+def test_accuracy_ties_are_broken_by_val_auc_not_by_index():
+    """On a small task many probes reach the same val accuracy; the val AUC, stated as the tie-break,
+    orders them, so a top K is not simply the first layers. (Heads at accuracy 1.000 also have AUC
+    1.000: those stay in index order.)"""
+    torch.manual_seed(0)
+    n_groups, n_layers, n_heads, d = 20, 4, 4, 4
+    labels = torch.tensor([1, 0] * n_groups)
+    groups = [f"q{i // 2}" for i in range(2 * n_groups)]
+    acts = torch.randn(2 * n_groups, n_layers, n_heads, d)
+    for layer in range(n_layers):  # noisy heads with margins from weak to strong: accuracies repeat, AUCs differ
+        for head in range(n_heads):
+            acts[:, layer, head, 0] += (labels.float() - 0.5) * 0.25 * (1 + (layer * n_heads + head) % 8)
+    scores = score_probe(acts, labels, groups, progress=False)
+    assert scores.meta["tie_break"] == "val_auc" and scores.tie_break == "val_auc"
+    accuracy, auc = scores.scores.flatten().tolist(), scores.diagnostics["val_auc"].flatten().tolist()
+    place = {layer * n_heads + head: i for i, (layer, head) in enumerate(scores.ranking())}
+    pairs = [(a, b) for a in range(len(accuracy)) for b in range(len(accuracy))
+             if accuracy[a] == accuracy[b] and auc[a] > auc[b]]
+    assert pairs  # the data has accuracy ties with different AUCs, so index order would be wrong for some
+    assert all(place[a] < place[b] for a, b in pairs)

@@ -451,3 +451,13 @@ def test_defaults_are_the_described_method():
     assert (cfg.n_codes, cfg.n_groups, cfg.supcon_weight, cfg.beta, cfg.lr, cfg.batch_size) == (32, 8, 1e-3, 0.25, 1e-3, 32)
     assert (cfg.vq_epochs, cfg.prior_epochs, cfg.ema_decay, cfg.collapse_threshold) == (20, 10, 0.99, 0.0)
     assert (cfg.variant, cfg.heldout_split, cfg.prior_grad_clip) == ("described", "group", 1.0)
+
+
+def test_meta_says_how_many_held_out_questions_the_auc_rests_on(bank, scores):
+    """The AUC of every module is computed on the held-out part of one split: its size is in the meta."""
+    train, heldout = split_heldout(bank.labels, bank.groups, how=SMALL.heldout_split, fraction=SMALL.heldout_fraction,
+                                   seed=0)
+    held = scores.meta["heldout"]
+    assert held["n_examples"] == len(heldout) and held["n_questions"] == len({bank.groups[i] for i in heldout.tolist()})
+    assert held["n_aligned"] == int(bank.labels[heldout].sum())
+    assert 0 < held["n_questions"] < len(set(bank.groups))
