@@ -36,9 +36,11 @@ def _caches_are_isolated(request):
 
 
 @pytest.fixture(scope="session")
-def tiny_model(isolated_cache):
-    """A seeded random 2-layer Llama (4 heads, d_head 16, grouped KV) with a byte tokenizer."""
-    return load_model("tiny-llama")
+def tiny_model(request, isolated_cache):
+    """A seeded random 2-layer Llama (4 heads, d_head 16, grouped KV) with a byte tokenizer; under
+    ``tests.helpers.each_tiny_model`` (indirect parametrisation) each tiny architecture in turn,
+    ``tiny-qwen2`` adding q/k/v biases and d_head 16 != d_model 48 / 4 heads."""
+    return load_model(getattr(request, "param", "tiny-llama"))
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from real_lens.activations import collect_activations
 from real_lens.bank import ActivationBank
 from real_lens.errors import BankError, RealLensError
 from real_lens.tasks import Example
+from tests.helpers import each_tiny_model
 
 
 def _examples(n_groups=6):
@@ -23,6 +24,7 @@ def _examples(n_groups=6):
 TOL = 1e-5
 
 
+@each_tiny_model
 @pytest.mark.parametrize("site", ["head_z", "resid_post"])
 @pytest.mark.parametrize("readout", ["last", "mean_answer"])
 def test_batched_equals_one_at_a_time(tiny_model, site, readout):
@@ -32,6 +34,7 @@ def test_batched_equals_one_at_a_time(tiny_model, site, readout):
     assert torch.allclose(batched.acts, single.acts, atol=TOL)
 
 
+@each_tiny_model
 def test_shapes_and_readouts_match_run_with_cache(tiny_model):
     examples = _examples(2)
     cfg = tiny_model.cfg
