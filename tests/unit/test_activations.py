@@ -53,6 +53,18 @@ def test_shapes_and_readouts_match_run_with_cache(tiny_model):
     assert last.meta["hook"] == "blocks.{layer}.attn.hook_z" and last.meta["readout"] == "last"
 
 
+def test_collection_unembeds_no_position_nobody_reads(tiny_model):
+    """The logits of a collection forward are never read: the unembedding runs on one position per row."""
+    examples = _examples(2)
+    unembedded = []
+    handle = tiny_model.unembed.register_forward_hook(lambda module, args, out: unembedded.append(tuple(out.shape)))
+    try:
+        collect_activations(tiny_model, examples, batch_size=4, cache=False, progress=False)
+    finally:
+        handle.remove()
+    assert unembedded == [(4, 1, tiny_model.cfg.d_vocab)]
+
+
 def test_bank_round_trip(tmp_path, tiny_model):
     bank = collect_activations(tiny_model, _examples(2), cache=False, progress=False)
     loaded = ActivationBank.load(bank.save(tmp_path / "bank"))
