@@ -14,6 +14,7 @@ from real_lens import hooks
 from real_lens.evaluation.truthfulqa import answer_logprobs
 from real_lens.export import save_lm_eval_steering
 from real_lens.generation import generate_text
+from real_lens.models import QWEN_MODEL, estimate_memory
 from real_lens.steering import Steering
 
 pytestmark = pytest.mark.qwen
@@ -40,6 +41,13 @@ def test_every_hook_z_has_the_qwen2_shape(qwen):
         _, cache = qwen.run_with_cache(tokens, names_filter=lambda name: name.endswith("attn.hook_z"))
     for layer in range(28):  # (the cache also holds hook_z's alias attn.o.hook_in)
         assert cache[hooks.head_z(layer)].shape == (1, tokens.shape[1], 12, 128)
+
+
+def test_memory_estimate_reads_the_cached_config(qwen):
+    estimate = estimate_memory(QWEN_MODEL)  # on the meta device: no second copy of the weights
+    assert estimate.architecture == "Qwen2ForCausalLM"
+    assert estimate.n_params == sum(p.numel() for p in qwen.original_model.parameters()) == 1_777_088_000
+    assert (estimate.n_layers, estimate.n_heads, estimate.n_kv_heads, estimate.d_head) == (28, 12, 2, 128)
 
 
 def test_steering_at_hook_z_equals_the_lm_eval_file_at_o_proj(qwen, steering, tmp_path):
