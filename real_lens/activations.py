@@ -203,7 +203,9 @@ def _collect(model, examples, site, readout, batch_size, progress) -> Tensor:
             for layer in range(n_layers)
         ]
         with torch.inference_mode():
-            model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, return_type=None)
+            # Nobody reads the logits: logits_to_keep=1 keeps the unembedding (return_type=None alone
+            # still runs it) off every position but the last (measured: 15-16% of a Qwen2.5-1.5B collection forward).
+            model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, return_type=None, logits_to_keep=1)
         acts = torch.stack(captured, dim=1)  # [batch, layer, ...]
         if out is None:
             out = torch.empty((len(examples), *acts.shape[1:]), dtype=torch.float32)

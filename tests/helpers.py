@@ -4,10 +4,13 @@ import contextlib
 
 import pytest
 
+from real_lens.models import TINY_MODELS
 from real_lens.tasks.data import resolve_data_dir
 
 DATA = resolve_data_dir()
 needs_data = pytest.mark.skipif(DATA is None, reason="../shared/data is not present")
+# A per-head path test runs on each tiny architecture: the ``tiny_model`` fixture is tiny-llama, then tiny-qwen2.
+each_tiny_model = pytest.mark.parametrize("tiny_model", TINY_MODELS, indirect=True)
 
 
 def check_folds(task) -> None:

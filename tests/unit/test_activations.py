@@ -6,6 +6,7 @@ from real_lens.activations import collect_activations
 from real_lens.bank import ActivationBank
 from real_lens.errors import BankError, RealLensError
 from real_lens.tasks import Example
+from tests.helpers import each_tiny_model
 
 
 def _examples(n_groups=6):
@@ -23,6 +24,7 @@ def _examples(n_groups=6):
 TOL = 1e-5
 
 
+@each_tiny_model
 @pytest.mark.parametrize("site", ["head_z", "resid_post"])
 @pytest.mark.parametrize("readout", ["last", "mean_answer"])
 def test_batched_equals_one_at_a_time(tiny_model, site, readout):
@@ -32,6 +34,7 @@ def test_batched_equals_one_at_a_time(tiny_model, site, readout):
     assert torch.allclose(batched.acts, single.acts, atol=TOL)
 
 
+@each_tiny_model
 def test_shapes_and_readouts_match_run_with_cache(tiny_model):
     examples = _examples(2)
     cfg = tiny_model.cfg
@@ -48,6 +51,18 @@ def test_shapes_and_readouts_match_run_with_cache(tiny_model):
     assert torch.allclose(mean.acts[0, 1], z[n_prompt:].mean(0), atol=TOL)
     assert torch.allclose(layer.acts[0, 0], cache["blocks.0.hook_mlp_out"][0, -1], atol=TOL)
     assert last.meta["hook"] == "blocks.{layer}.attn.hook_z" and last.meta["readout"] == "last"
+
+
+def test_collection_unembeds_no_position_nobody_reads(tiny_model):
+    """The logits of a collection forward are never read: the unembedding runs on one position per row."""
+    examples = _examples(2)
+    unembedded = []
+    handle = tiny_model.unembed.register_forward_hook(lambda module, args, out: unembedded.append(tuple(out.shape)))
+    try:
+        collect_activations(tiny_model, examples, batch_size=4, cache=False, progress=False)
+    finally:
+        handle.remove()
+    assert unembedded == [(4, 1, tiny_model.cfg.d_vocab)]
 
 
 def test_bank_round_trip(tmp_path, tiny_model):

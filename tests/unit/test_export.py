@@ -27,10 +27,13 @@ from real_lens.export import (
     to_layer_vectors,
     to_steering_vector,
 )
-from real_lens.models import build_tiny_hf_model
+from real_lens.models import build_tiny_hf_model, model_identity
 from real_lens.scoring import Selection
 from real_lens.steering import build_steering
 from real_lens.tasks import Example
+from tests.helpers import each_tiny_model
+
+pytestmark = each_tiny_model  # every export, on each tiny architecture (tiny-qwen2: q/k/v biases, d_head != d_model / n_heads)
 
 PROMPT = "Q: Is the sky blue? A: Yes, it is."
 # float32 logits of a 2-layer model; the exported path adds the same offset after a matmul
@@ -45,7 +48,7 @@ def _bank(model, site="head_z", seed=0):
     examples = tuple(Example("p", " a", i % 2, f"q{i // 2}") for i in range(40))
     acts = torch.randn(len(examples), *shape, generator=g)
     acts[1::2] += 0.5 * torch.randn(*shape, generator=g)  # a different mean for the aligned examples
-    return ActivationBank(acts, examples, {"site": site, "model": {"name": "tiny-llama", "hf_name": "tiny-llama"}})
+    return ActivationBank(acts, examples, {"site": site, "model": model_identity(model)})
 
 
 def _head_steering(model, alpha=40.0):
@@ -60,9 +63,9 @@ def _steered_logits(model, steering):
 
 
 @pytest.fixture(scope="module")
-def hf_model():
+def hf_model(tiny_model):
     """The tiny model as plain Hugging Face modules (same seed, so the bridge's weights)."""
-    model, _ = build_tiny_hf_model()
+    model, _ = build_tiny_hf_model(model_identity(tiny_model)["name"])
     return model
 
 
@@ -120,7 +123,7 @@ def test_lm_eval_file_reproduces_our_steered_logits(tmp_path, tiny_model, hf_mod
     assert set(config) == {"layers.0.self_attn.o_proj", "layers.1.self_attn.o_proj"}
     for entry in config.values():
         assert entry["action"] == "add" and entry["bias"] is None and entry["head_index"] is None
-        assert entry["steering_coefficient"] == steering.alpha and entry["steering_vector"].shape == (64,)
+        assert entry["steering_coefficient"] == steering.alpha and entry["steering_vector"].shape == (tiny_model.cfg.d_model,)
     base = dict(hf_model.base_model.named_modules())  # the harness resolves hookpoints here
     prefix = f"{hf_model.base_model_prefix}."
     added = {prefix + name: e["steering_coefficient"] * e["steering_vector"] for name, e in config.items()

@@ -7,6 +7,7 @@ from real_lens.errors import RealLensError
 from real_lens.scoring import Selection
 from real_lens.steering import Steering, build_steering
 from real_lens.tasks import Example
+from tests.helpers import each_tiny_model
 
 PROMPT = "Q: Is water wet? A: Yes"
 
@@ -34,6 +35,7 @@ def test_direction_and_sigma_match_their_definition(tiny_model):
     assert torch.allclose(steering.sigmas[0].double(), (acts @ u).std(), atol=1e-5)
 
 
+@each_tiny_model
 def test_hooked_z_gets_exactly_the_steering_vector_at_one_head(tiny_model):
     steering = _steering(tiny_model)
     _, clean = tiny_model.run_with_cache(PROMPT)
@@ -50,6 +52,7 @@ def test_hooked_z_gets_exactly_the_steering_vector_at_one_head(tiny_model):
     assert torch.equal(steered[hooks.resid_post(0)], clean[hooks.resid_post(0)])
 
 
+@each_tiny_model
 def test_removing_the_hooks_restores_the_logits(tiny_model):
     tokens = tiny_model.to_tokens(PROMPT)
     before = tiny_model(tokens)
@@ -72,6 +75,7 @@ def test_hooks_are_removed_even_on_error(tiny_model):
     assert torch.equal(tiny_model(tokens), before)
 
 
+@each_tiny_model
 def test_alpha_zero_equals_unsteered_exactly(tiny_model):
     tokens = tiny_model.to_tokens(PROMPT)
     with _steering(tiny_model, alpha=0.0).applied(tiny_model):
@@ -79,6 +83,7 @@ def test_alpha_zero_equals_unsteered_exactly(tiny_model):
     assert torch.equal(steered, tiny_model(tokens))
 
 
+@each_tiny_model
 def test_run_with_hooks_and_generate(tiny_model):
     steering = _steering(tiny_model, alpha=50.0)
     tokens = tiny_model.to_tokens(PROMPT)
@@ -95,6 +100,7 @@ def test_run_with_hooks_and_generate(tiny_model):
     assert not torch.equal(cached, tiny_model.generate(tokens, use_past_kv_cache=True, **kwargs))  # and the tokens
 
 
+@each_tiny_model
 @pytest.mark.parametrize("positions", ["prompt", "generated"])
 def test_position_modes(tiny_model, positions):
     steering = _steering(tiny_model)
@@ -109,6 +115,7 @@ def test_position_modes(tiny_model, positions):
     assert torch.equal(moved, expected)
 
 
+@each_tiny_model
 def test_generated_mode_during_kv_cached_generation(tiny_model):
     """Prompt untouched, every generated token steered: equals steering the full sequence's tail."""
     steering = _steering(tiny_model, alpha=50.0)

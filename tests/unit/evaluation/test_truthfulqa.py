@@ -29,6 +29,7 @@ from real_lens.tasks.truthfulqa import (
     MCQuestion,
     load_truthfulqa,
 )
+from tests.helpers import each_tiny_model
 
 # Shared-prefix and full-forward scoring run the same float32 weights on the same tokens and
 # differ only in how matmuls are batched (summation order): ~1e-6 per token log-prob, so a sum
@@ -71,6 +72,7 @@ def reference_logprobs(model, prompt, answers):
 
 
 # --------------------------------------------------------------------------- log-probs
+@each_tiny_model
 def test_shared_prefix_equals_full_forward(tiny_model):
     got = answer_logprobs(tiny_model, PROMPT, ANSWERS)
     assert got == pytest.approx(reference_logprobs(tiny_model, PROMPT, ANSWERS), abs=ATOL)
@@ -178,6 +180,7 @@ def mc_questions():
     return select_mc_questions(task, task.groups[:3])
 
 
+@each_tiny_model
 @pytest.mark.parametrize("style", MC_PROMPT_STYLES)
 def test_evaluate_truthfulqa_matches_reference(tiny_model, mc_questions, style):
     """Every prompt style, with its demonstrations run once and shared, equals one full forward of
@@ -225,6 +228,7 @@ def test_mc_prompt_styles_are_the_standard_texts():
         resolve_mc_prompt("few-shot")
 
 
+@each_tiny_model
 def test_shared_demonstrations_are_steered_like_a_full_forward(tiny_model, mc_questions):
     """The demonstrations' pass runs once under the steering hooks: the steered result equals the steered
     full-forward reference, and differs from steering only the per-question part."""

@@ -7,8 +7,10 @@ from real_lens import hooks
 from real_lens.errors import ModelLoadError
 from real_lens.generation import generate_text
 from real_lens.models import DEFAULT_MODEL, load_model, model_identity
+from tests.helpers import each_tiny_model
 
 
+@each_tiny_model
 def test_tiny_model_has_head_and_layer_hooks(tiny_model):
     cfg = tiny_model.cfg
     _, cache = tiny_model.run_with_cache("Q: Is it? A: Yes")
@@ -19,13 +21,15 @@ def test_tiny_model_has_head_and_layer_hooks(tiny_model):
             assert cache[hooks.hook_name(site, layer)].shape == (1, n_pos, cfg.d_model)
 
 
+@each_tiny_model
 def test_tiny_model_is_deterministic(tiny_model):
-    again = load_model("tiny-llama")
+    again = load_model(model_identity(tiny_model)["name"])
     tokens = tiny_model.to_tokens("same weights")
     assert torch.equal(tiny_model(tokens), again(tokens))
     assert model_identity(again) == model_identity(tiny_model)
 
 
+@each_tiny_model
 def test_kv_cached_generation_equals_uncached(tiny_model):
     """transformers 5.24 broke KV-cached generation through the bridge (pinned <5.24)."""
     tokens = tiny_model.to_tokens("The quick brown fox")
@@ -35,14 +39,29 @@ def test_kv_cached_generation_equals_uncached(tiny_model):
     assert torch.equal(cached, uncached)
 
 
+@each_tiny_model
 def test_bridge_logits_equal_plain_hf(tiny_model):
     """no_processing compatibility mode keeps HF numerics exactly."""
     from real_lens.models import build_tiny_hf_model
 
-    hf_model, _ = build_tiny_hf_model()
+    hf_model, _ = build_tiny_hf_model(model_identity(tiny_model)["name"])
     tokens = tiny_model.to_tokens("compare logits")
     with torch.inference_mode():
         assert torch.allclose(tiny_model(tokens), hf_model(tokens).logits, atol=1e-5)
+
+
+def test_tiny_qwen2_has_the_architecture_it_stands_for():
+    """Qwen2.5's traits the hook code must handle: q/k/v biases (non-zero), grouped KV, d_head != d_model / n_heads."""
+    from real_lens.models import TINY_QWEN2, build_tiny_hf_model
+
+    hf_model, _ = build_tiny_hf_model(TINY_QWEN2)
+    config, attn = hf_model.config, hf_model.model.layers[0].self_attn
+    assert config.model_type == "qwen2"
+    assert config.num_attention_heads * config.head_dim != config.hidden_size
+    assert config.num_key_value_heads < config.num_attention_heads
+    for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+        assert proj.bias is not None and proj.bias.abs().min() > 0
+    assert attn.o_proj.bias is None
 
 
 def test_local_hf_directory_loads(tmp_path, tiny_model):
@@ -121,8 +140,9 @@ def test_device_map_on_cpu_gives_the_same_logits(tmp_path, tiny_model, device_ma
     assert model_identity(loaded)["fingerprint"].startswith("dir:")
 
 
+@each_tiny_model
 def test_tiny_model_by_name_takes_a_device_map(tiny_model):
-    placed = load_model("tiny-llama", device_map=PER_LAYER_CPU_MAP)
+    placed = load_model(model_identity(tiny_model)["name"], device_map=PER_LAYER_CPU_MAP)
     tokens = tiny_model.to_tokens("tiny, placed")
     with torch.inference_mode():
         assert torch.equal(placed(tokens), tiny_model(tokens))

@@ -36,6 +36,7 @@ from real_lens.scoring.patching import (
     patch_pairs_looped,
 )
 from real_lens.tasks.base import Example
+from tests.helpers import each_tiny_model
 
 EMBED = Node(kind="embed", position=0).hook_name  # "hook_embed"
 
@@ -158,6 +159,7 @@ def test_metric_is_the_evaluations_log_prob_difference(tiny_model, pairs):
     assert torch.allclose(kept, metric, atol=1e-5)
 
 
+@each_tiny_model
 def test_fed_rows_after_the_prefix_cache_equal_the_whole_input(tiny_model, pairs):
     pad = pad_id(tiny_model)
     for positions in ("answer", "question"):
@@ -217,6 +219,7 @@ def test_no_kept_gap_is_an_error():
 
 
 # --------------------------------------------------------------------------- activation patching
+@each_tiny_model
 @pytest.mark.parametrize("site", ["head_z", "resid_post"])
 @pytest.mark.parametrize("positions", ["answer", "question"])
 def test_batched_patching_equals_the_transformer_lens_loop(tiny_model, pairs, site, positions):
@@ -229,6 +232,7 @@ def test_batched_patching_equals_the_transformer_lens_loop(tiny_model, pairs, si
     assert torch.allclose(batched, looped, atol=BATCHED_TOL) and torch.allclose(gaps, looped_gaps, atol=BATCHED_TOL)
 
 
+@each_tiny_model
 def test_patching_every_head_restores_clean_exactly(tiny_model, pairs):
     """Oracle: every position-wise computation at the patched positions depends only on the token
     there and the attention outputs; give every head its clean z there and the metric is clean,
@@ -269,15 +273,16 @@ def test_patching_shows_progress(tiny_model, pairs, capsys):
 
 # --------------------------------------------------------------------------- attribution patching
 @pytest.fixture(scope="module")
-def tiny_model_f64(isolated_cache):
+def tiny_model_f64(tiny_model):
     """The tiny model in float64: the linear regime's gaps are ~1e-4 nats, below float32's resolution
     of ~30-nat log-prob sums."""
-    model = load_model("tiny-llama").to(torch.float64)
+    model = load_model(model_identity(tiny_model)["name"]).to(torch.float64)
     assert model.W_E.dtype == torch.float64
     return model
 
 
-def test_attribution_matches_patching_in_the_linear_regime(tiny_model_f64, pairs):
+@each_tiny_model
+def test_attribution_matches_patching_in_the_linear_regime(tiny_model, tiny_model_f64, pairs):
     """AtP is exact to first order: shrink the corruption and the two must agree.
 
     The corrupted context is the clean one with its last token (the separator's newline before
@@ -320,14 +325,17 @@ def test_attribution_matches_patching_in_the_linear_regime(tiny_model_f64, pairs
     assert (measured - estimated).abs().max() <= 0.01 * measured.abs().max()
 
 
+@each_tiny_model
 def test_attribution_ranks_like_patching_and_covers_layer_sites(tiny_model):
-    cfg = AttributionConfig(min_gap=KEEP_ALL, n_demos=2)
-    heads = get_scorer("attribution")(toy_bank(), model=tiny_model, cfg=cfg)
-    patching = get_scorer("patching")(toy_bank(), model=tiny_model, cfg=PatchingConfig(min_gap=KEEP_ALL, n_demos=2))
+    cfg, name = AttributionConfig(min_gap=KEEP_ALL, n_demos=2), model_identity(tiny_model)["name"]
+    heads = get_scorer("attribution")(toy_bank(model=name), model=tiny_model, cfg=cfg)
+    patching = get_scorer("patching")(toy_bank(model=name), model=tiny_model,
+                                      cfg=PatchingConfig(min_gap=KEEP_ALL, n_demos=2))
     assert heads.scores.shape == (2, 4) and heads.method == "attribution"
     assert compare_scores(heads, patching, k=4)["spearman"] > 0.9  # the random tiny model is nearly linear
     for site in ("attn_out", "mlp_out", "resid_post"):
-        layer = get_scorer("attribution")(toy_bank(site, shape=(2, 64)), model=tiny_model, cfg=cfg)
+        bank = toy_bank(site, model=name, shape=(2, tiny_model.cfg.d_model))
+        layer = get_scorer("attribution")(bank, model=tiny_model, cfg=cfg)
         assert layer.scores.shape == (2,) and torch.isfinite(layer.scores).all()
 
 
@@ -337,6 +345,7 @@ def test_attribution_of_identical_runs_is_zero(tiny_model, pairs):
     assert torch.equal(estimates, torch.zeros_like(estimates)) and torch.equal(gaps, torch.zeros_like(gaps))
 
 
+@each_tiny_model
 def test_attribution_batches_do_not_change_the_estimates(tiny_model, pairs):
     one = attribute_pairs(tiny_model, pairs, site="head_z", cfg=PairConfig(batch_tokens=1), progress=False)
     many = attribute_pairs(tiny_model, pairs, site="head_z", cfg=PairConfig(batch_tokens=10_000), progress=False)
