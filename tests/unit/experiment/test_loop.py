@@ -55,7 +55,7 @@ def test_quick_run_writes_every_output(quick_run):
                  "heatmaps_fold0.png", "heatmaps_fold1.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["metrics"] == ["mc2", "mc1"] and summary["select_metric"] == "mc2"
+    assert summary["metrics"] == ["mc2", "mc1", "mc2_norm"] and summary["select_metric"] == "mc2"
     assert summary["doses"] == dose_groups(cfg) and summary["fitted_on"] == "train"
     assert set(summary["methods"]) == {"unsteered", "length-only",
                                        *(f"{m} @ {g}" for m in cfg.methods for g in dose_groups(cfg))}
