@@ -25,7 +25,7 @@ from ..activations import collect_activations
 from ..errors import ScoringError
 from ..evaluation.dose import CALIBRATION
 from ..evaluation.suite import eval_items
-from ..io import atomic_write, notice, read_json, write_json
+from ..io import notice
 from ..locks import output_lock
 from ..scoring import ModuleScores
 from ..steering import build_steering
@@ -34,24 +34,20 @@ from ..threads import state_threads
 from .config import (
     Dose,
     ExperimentConfig,
-    arm_name,
     dose_groups,
     fit_parts,
     val_selects,
 )
-from .report import ENOUGH_TEST_QUESTIONS, draw_frontier, render_summary
+from .outputs import write_outputs
 from .shard import (
+    compute_cells,
     CALIBRATE,
     CALIBRATION_EVALUATIONS,
     Deferred,
     Plan,
-    RankShare,
-    balance,
     deferrable,
-    gather_shares,
     items_cost,
     plan_cell,
-    run_cells,
     texts_cost,
 )
 from .setup import (
@@ -66,25 +62,12 @@ from .setup import (
 from .stats import (
     Arm,
     Outcome,
-    calibration_summary,
-    fold_stability,
-    frontier_data,
-    mean_arm,
-    null_bands,
-    null_comparisons,
-    null_references,
-    paired_tests,
-    summarise,
-    truth_length_tests,
 )
 from .store import (
     Timer,
     cached_scores,
-    read_cached_scores,
-    read_rows,
     record_timing,
     start_run_dir,
-    write_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -397,134 +380,3 @@ def _compute(cfg: ExperimentConfig, out: Path, timer: Timer, *, progress: bool, 
         timer.seconds["total"] = time.perf_counter() - started
         record_timing(out, timer)
     return run, shares
-
-
-def compute_cells(run: FoldLoop, full_bank, ranks, *, device=None) -> list[dict]:
-    """Under torchrun: every fold's scores (sharded where the scorer allows), then waves of cells split over
-    the ranks (:mod:`.shard`); returns every rank's busy time. Rank 0's step times gain the ranks' cell times."""
-    import torch.distributed as dist
-
-    from ..scoring import SCORERS
-
-    cfg, out = run.cfg, run.out
-    share = RankShare(ranks.rank)
-    # Scores first: a sharded scorer runs on every rank together; one that runs whole goes to one rank.
-    whole = []
-    for fold in run.setup.folds:
-        bank = run.fold_bank(fold, full_bank)
-        for method in cfg.methods:
-            if read_cached_scores(out, cfg, fold, method, bank) is not None:
-                continue
-            spec = SCORERS[method]
-            if spec.shardable and not spec.every_rank and method != "random":  # random: the null's draw 0
-                t = time.perf_counter()
-                cached_scores(out, cfg, fold, method, bank, run.setup.model, device=device, score=_score_sharded,
-                              save=ranks.is_main, progress=run.progress)
-                share.add(f"score: {method}", t)
-            else:
-                whole.append((fold, method, bank))
-    owners = balance([_scoring_cost(cfg, method, bank) for _, method, bank in whole], ranks.world_size)
-    for (fold, method, bank), owner in zip(whole, owners):
-        if owner == ranks.rank:
-            t = time.perf_counter()
-            cached_scores(out, cfg, fold, method, bank, run.setup.model, device=device)
-            share.add(f"score: {method}", t)
-    dist.barrier()
-
-    def plan_once(plan: Plan) -> None:
-        loop = FoldLoop(cfg, run.setup, out, Timer(), False, Outcome(cfg, run.setup.task.name, run.setup.folds), plan=plan)
-        with _quiet(logger):  # a replay: its log lines would repeat every wave
-            for fold in run.setup.folds:
-                loop.run_fold(fold, full_bank)
-
-    worklog = out / "ranks" / f"rank{ranks.rank}.jsonl"
-    worklog.parent.mkdir(parents=True, exist_ok=True)
-    waves = run_cells(plan_once, ranks, share, worklog=worklog)
-    shares = gather_shares(share, ranks)
-    if ranks.is_main:
-        logger.info("%d wave(s) of cells; busy seconds per rank: %s", waves,
-                    ", ".join(f"{sum(s['seconds'].values()):.0f}" for s in shares))
-    for other in shares:  # the session's steps: summed over the ranks
-        for step, seconds in other["seconds"].items():
-            run.timer.seconds[step] = run.timer.seconds.get(step, 0.0) + seconds
-    return shares
-
-
-def _scoring_cost(cfg: ExperimentConfig, method: str, bank) -> float:
-    """A whole-run scorer's expected cost in forward passes (a proxy, to balance them over the ranks): activation
-    patching runs one per pair and module, attribution patching three per pair, ``random`` none."""
-    n_modules = bank.flat().shape[1]
-    if method == "random":
-        return 0.0
-    if method == "patching":
-        return cfg.patching_pairs * (cfg.pair_demos + 1) * n_modules
-    if method == "attribution":
-        return cfg.attribution_pairs * (cfg.pair_demos + 1) * 3
-    return float(len(bank.examples) * n_modules)
-
-
-def _score_sharded(bank, method, *, model=None, seed=0, device=None, progress=False, **options):
-    """:func:`~real_lens.scoring.score_modules` with the module axis split over the ranks."""
-    from ..distributed import score_distributed
-    from ..scoring import scorer_config, scorer_spec
-
-    spec = scorer_spec(method)
-    cfg = scorer_config(spec, options)
-    kwargs = {**({"progress": progress} if spec.progress else {}), **({"cfg": cfg} if cfg is not None else {})}
-    return score_distributed(method, bank, model=model, seed=seed, device=device, **kwargs)
-
-
-@contextlib.contextmanager
-def _quiet(log: logging.Logger):
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-def write_outputs(run: FoldLoop, *, ranks: list[dict] | None = None) -> None:
-    """results.csv, the heatmaps, summary.json (every statistic), timing.json, and summary.md rendered from them;
-    ``ranks``: under torchrun, each rank's busy time (into timing.json and summary.md)."""
-    from ..plotting import plot_metric_vs_k, plot_score_heatmaps
-
-    cfg, setup, out, outcome = run.cfg, run.setup, run.out, run.outcome
-    metric = setup.select_metric
-    run.rows = [r for r in run.rows if r["method"] not in outcome.unscorable]
-    write_rows(out / "results.csv", run.rows)
-    for fold, scores in run.scores.items():
-        if scores:
-            plot_score_heatmaps(scores, out / f"heatmaps_fold{fold}.png")
-    if any(r["split"] == "val" and r["method"] != "unsteered" for r in run.rows):
-        plot_metric_vs_k(run.rows, out / f"{metric}_vs_k.png", metric=metric, split="val", task=setup.task.name)
-
-    arms = {arm_name(m, g): arm for (m, g), arm in outcome.arms.items()}
-    nulls = null_comparisons(outcome)
-    for group, reference in null_references(outcome).items():
-        arms[arm_name("random", group)] = mean_arm(reference, "random", group)
-    summary = summarise(arms, setup.evaluation.metrics, n_boot=cfg.n_boot, seed=cfg.seed)
-    stability = fold_stability(run.scores, k=max(cfg.k_grid))
-    paired = paired_tests(outcome, nulls, metric, n_boot=cfg.n_boot, seed=cfg.seed)
-    bands = null_bands(outcome, nulls, metric)
-    truth = truth_length_tests(outcome, nulls, n_boot=cfg.n_boot, seed=cfg.seed)
-    frontier = frontier_data(outcome, summary, metric) if cfg.kl_grid and setup.texts else None
-    if frontier and (frontier["points"] or frontier["null"]):
-        draw_frontier(frontier, out / f"{metric}_vs_kl.png")
-    calibration = calibration_summary(list(run.calibrations.values()))
-    saved = {"task": setup.task.name, "select_metric": metric, "calibration": calibration,
-             "metrics": list(setup.evaluation.metrics), "fitted_on": "+".join(fit_parts(cfg)),
-             "doses": [g for g, _ in dose_groups(cfg)], "methods": summary,
-             "fold_stability": stability, "paired": paired, "null": bands, "frontier": frontier,
-             "truth_length": truth, "unscorable": outcome.unscorable,
-             "run": {"folds": list(setup.folds), "evaluation_kind": setup.evaluation.kind, "order": list(summary),
-                     "n_report_texts": len(setup.texts), "n_calibration_texts": len(setup.calibration),
-                     "bank_sizes": {str(f): n for f, n in run.bank_sizes.items()}}}
-    n_test = [r["n_questions"] for r in run.rows if r["split"] == "test" and r["method"] == "unsteered"]
-    saved["small_sample"] = {"ties": run.ties, "heldout": run.heldout,
-                             "min_test_questions": min(n_test) if n_test else None,
-                             "enough_test_questions": ENOUGH_TEST_QUESTIONS}
-    write_json(out / "summary.json", saved)
-    sessions = record_timing(out, run.timer, ranks=ranks)
-    text = render_summary(cfg, read_json(out / "summary.json"), read_rows(out / "results.csv"), sessions, ranks=ranks)
-    atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text))

@@ -40,7 +40,9 @@ from typing import Any, Callable
 from ..distributed import Ranks, all_ranks_agree, broadcast_tensor
 from ..errors import RealLensError
 from ..io import write_sealed_json
-from .store import cached_cell, cell_path, read_cell
+from .config import ExperimentConfig
+from .stats import Outcome
+from .store import Timer, cached_cell, cached_scores, cell_path, read_cached_scores, read_cell
 
 logger = logging.getLogger(__name__)
 
@@ -225,3 +227,89 @@ def items_cost(items) -> float:
 def texts_cost(texts, max_tokens: int) -> float:
     """Characters of ``texts`` each cut to ``max_tokens`` tokens (≈ CHARS_PER_TOKEN characters each)."""
     return float(sum(min(len(t), CHARS_PER_TOKEN * max_tokens) for t in texts))
+
+
+def compute_cells(run, full_bank, ranks, *, device=None) -> list[dict]:
+    """Under torchrun: every fold's scores (sharded where the scorer allows), then waves of cells split over
+    the ranks (:mod:`.shard`); returns every rank's busy time. Rank 0's step times gain the ranks' cell times."""
+    import torch.distributed as dist
+
+    from ..scoring import SCORERS
+
+    cfg, out = run.cfg, run.out
+    share = RankShare(ranks.rank)
+    # Scores first: a sharded scorer runs on every rank together; one that runs whole goes to one rank.
+    whole = []
+    for fold in run.setup.folds:
+        bank = run.fold_bank(fold, full_bank)
+        for method in cfg.methods:
+            if read_cached_scores(out, cfg, fold, method, bank) is not None:
+                continue
+            spec = SCORERS[method]
+            if spec.shardable and not spec.every_rank and method != "random":  # random: the null's draw 0
+                t = time.perf_counter()
+                cached_scores(out, cfg, fold, method, bank, run.setup.model, device=device, score=_score_sharded,
+                              save=ranks.is_main, progress=run.progress)
+                share.add(f"score: {method}", t)
+            else:
+                whole.append((fold, method, bank))
+    owners = balance([_scoring_cost(cfg, method, bank) for _, method, bank in whole], ranks.world_size)
+    for (fold, method, bank), owner in zip(whole, owners):
+        if owner == ranks.rank:
+            t = time.perf_counter()
+            cached_scores(out, cfg, fold, method, bank, run.setup.model, device=device)
+            share.add(f"score: {method}", t)
+    dist.barrier()
+
+    def plan_once(plan: Plan) -> None:
+        loop = type(run)(cfg, run.setup, out, Timer(), False, Outcome(cfg, run.setup.task.name, run.setup.folds),
+                         plan=plan)  # a planning twin of the run (its class: the fold loop, .loop)
+        with _quiet(logging.getLogger(type(run).__module__)):  # a replay: its log lines would repeat every wave
+            for fold in run.setup.folds:
+                loop.run_fold(fold, full_bank)
+
+    worklog = out / "ranks" / f"rank{ranks.rank}.jsonl"
+    worklog.parent.mkdir(parents=True, exist_ok=True)
+    waves = run_cells(plan_once, ranks, share, worklog=worklog)
+    shares = gather_shares(share, ranks)
+    if ranks.is_main:
+        logger.info("%d wave(s) of cells; busy seconds per rank: %s", waves,
+                    ", ".join(f"{sum(s['seconds'].values()):.0f}" for s in shares))
+    for other in shares:  # the session's steps: summed over the ranks
+        for step, seconds in other["seconds"].items():
+            run.timer.seconds[step] = run.timer.seconds.get(step, 0.0) + seconds
+    return shares
+
+
+def _scoring_cost(cfg: ExperimentConfig, method: str, bank) -> float:
+    """A whole-run scorer's expected cost in forward passes (a proxy, to balance them over the ranks): activation
+    patching runs one per pair and module, attribution patching three per pair, ``random`` none."""
+    n_modules = bank.flat().shape[1]
+    if method == "random":
+        return 0.0
+    if method == "patching":
+        return cfg.patching_pairs * (cfg.pair_demos + 1) * n_modules
+    if method == "attribution":
+        return cfg.attribution_pairs * (cfg.pair_demos + 1) * 3
+    return float(len(bank.examples) * n_modules)
+
+
+def _score_sharded(bank, method, *, model=None, seed=0, device=None, progress=False, **options):
+    """:func:`~real_lens.scoring.score_modules` with the module axis split over the ranks."""
+    from ..distributed import score_distributed
+    from ..scoring import scorer_config, scorer_spec
+
+    spec = scorer_spec(method)
+    cfg = scorer_config(spec, options)
+    kwargs = {**({"progress": progress} if spec.progress else {}), **({"cfg": cfg} if cfg is not None else {})}
+    return score_distributed(method, bank, model=model, seed=seed, device=device, **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet(log: logging.Logger):
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

@@ -20,13 +20,11 @@ from real_lens.experiment.config import METHODS
 from real_lens.scoring import SCORERS
 from real_lens.scoring import real as real_module
 from real_lens.scoring.prior import roc_auc, train_prior
-from real_lens.scoring.real import (
+from real_lens.scoring.real import score_real_release, score_real_release_utils, score_real_tensors
+from real_lens.scoring.real_splits import (
     loader_permutation,
     mix_seed,
     release_seeds,
-    score_real_release,
-    score_real_release_utils,
-    score_real_tensors,
     split_heldout,
     split_release_per_answer,
 )
