@@ -41,21 +41,25 @@ MAX_FILE_BYTES = 64 * 2**20  # the bundled files are 14-30 KB; a ranking of ever
 _SAFE_DTYPES = frozenset({"O8", "O4", "b1", *(f"{k}{n}" for k in "iu" for n in (1, 2, 4, 8)), "f2", "f4", "f8"})
 
 
+class RefusedPickle(pickle.UnpicklingError):
+    """A ranking's pickle asked for something a ranking never needs (a class, function or dtype)."""
+
+
 def _ndarray_reconstruct(cls, shape, typecode):
     if cls is not np.ndarray:
-        raise pickle.UnpicklingError(f"array reconstruction of {cls!r}; only numpy.ndarray is allowed")
+        raise RefusedPickle(f"array reconstruction of {cls!r}; only numpy.ndarray is allowed")
     return _reconstruct(cls, shape, typecode)
 
 
 def _plain_dtype(spec, align=False, copy=True):
     if not isinstance(spec, str) or spec not in _SAFE_DTYPES:
-        raise pickle.UnpicklingError(f"dtype {spec!r}; only object, integer and float dtypes are allowed")
+        raise RefusedPickle(f"dtype {spec!r}; only object, integer and float dtypes are allowed")
     return np.dtype(spec, align, copy)
 
 
 def _numeric_scalar(dtype, data=None):
     if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or not isinstance(data, bytes):
-        raise pickle.UnpicklingError(f"numpy scalar of dtype {dtype!r}; only integer and float scalars are allowed")
+        raise RefusedPickle(f"numpy scalar of dtype {dtype!r}; only integer and float scalars are allowed")
     return _scalar(dtype, data)
 
 
@@ -79,10 +83,10 @@ class RankingUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"it names {module}.{name}, which a head ranking never needs") from None
+            raise RefusedPickle(f"it names {module}.{name}, which a head ranking never needs") from None
 
     def persistent_load(self, pid):
-        raise pickle.UnpicklingError("it holds a persistent reference, which a head ranking never needs")
+        raise RefusedPickle("it holds a persistent reference, which a head ranking never needs")
 
 
 def read_ranking_file(path) -> list[tuple[tuple[int, int], float]]:
@@ -118,7 +122,7 @@ def read_ranking_file(path) -> list[tuple[tuple[int, int], float]]:
                            f"array of shape (n_heads, 2) with ((layer, head), relevance) rows; {fix}")
     try:
         array = RankingUnpickler(io.BytesIO(payload)).load()
-    except pickle.UnpicklingError as exc:
+    except RefusedPickle as exc:
         raise ScoringError(f"refused to read published ranking {path}: {exc}; it was not written by np.save of a "
                            f"head ranking, so it is not loaded (nothing in it was run); {fix}") from None
     except Exception as exc:  # truncated or corrupt payload

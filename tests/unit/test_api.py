@@ -118,12 +118,18 @@ def test_select_bad_input():
 
 
 # --------------------------------------------------------------------------- one calling convention
-def test_every_scorer_runs_through_one_call(bank, tiny_model):
+def test_every_scorer_runs_through_one_call(bank, tiny_model, tmp_path):
+    import numpy as np
+
     from real_lens.scoring import SCORERS, get_scorer
 
     get_scorer("real")  # registers the built-ins
+    ranking = np.empty((bank.flat().shape[1], 2), dtype=object)  # a published ranking (real-published's file)
+    ranking[:, 0] = [divmod(i, bank.module_shape[1]) for i in range(len(ranking))]
+    ranking[:, 1] = np.linspace(0.4, 0.9, len(ranking)).tolist()
+    np.save(tmp_path / "ranking.npy", ranking)
     options = {"real": dict(vq_epochs=1, prior_epochs=1), "patching": dict(n_pairs=2, min_gap=0.0),
-               "attribution": dict(n_pairs=2, min_gap=0.0)}
+               "attribution": dict(n_pairs=2, min_gap=0.0), "real-published": dict(path=str(tmp_path / "ranking.npy"))}
     for method in SCORERS:
         scores = rl.score(bank, method, model=tiny_model, seed=1, progress=False, **options.get(method, {}))
         assert scores.method == method and tuple(scores.scores.shape) == bank.module_shape
