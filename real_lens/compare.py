@@ -17,7 +17,7 @@ def compare_scores(a: ModuleScores, b: ModuleScores, *, k: int) -> dict:
     Returns ``{"spearman": rho over all modules, "jaccard_top_k": |A ∩ B| / |A ∪ B| of the two
     top-``k`` sets, "overlap_top_k": |A ∩ B|, "k", "n_modules", "methods"}``. Spearman is NaN
     when either side's scores are constant (a ranking without order). Top-k ties are broken by
-    module index, as :meth:`ModuleScores.top_k` does.
+    module index, as :meth:`ModuleScores.select` does.
     """
     if tuple(a.scores.shape) != tuple(b.scores.shape):
         raise ScoringError(
@@ -26,8 +26,8 @@ def compare_scores(a: ModuleScores, b: ModuleScores, *, k: int) -> dict:
         )
     _check_finite(a)
     _check_finite(b)
-    top_a = set(a.top_k(k, uniform=True).modules)
-    top_b = set(b.top_k(k, uniform=True).modules)
+    top_a = set(a.select(k, strengths="uniform").modules)
+    top_b = set(b.select(k, strengths="uniform").modules)
     x = a.scores.flatten().double().cpu().numpy()
     y = b.scores.flatten().double().cpu().numpy()
     constant = bool((x == x[0]).all() or (y == y[0]).all())
