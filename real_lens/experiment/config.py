@@ -21,7 +21,7 @@ from ..configs import build_config
 from ..errors import RealLensError
 from ..io import read_json
 from ..models import DEFAULT_MODEL
-from ..scoring.registry import method_names
+from ..scoring.registry import method_names, scorer_spec
 from ..tasks.truthfulqa import DEFAULT_MC_PROMPT, MC_PROMPT_STYLES
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,13 @@ class ExperimentConfig:
         unknown = [m for m in self.methods if m not in known]
         if unknown:
             raise RealLensError(f"unknown method(s) {unknown}; expected some of {list(known)}")
+        from_file = [m for m in self.methods if scorer_spec(m).from_file]
+        if from_file:  # their scores are a file per model and fold, which the run has no option for yet
+            raise RealLensError(
+                f"{from_file[0]} reads its scores from a published ranking file, which `real-lens run` does not take "
+                f"yet; drop it from methods and use `real-lens score --from-published FILE --bank DIR`, then "
+                "steer/inspect/export/compare those scores"
+            )
         if not self.k_grid or min(self.k_grid) < 1:
             raise RealLensError(f"k_grid must hold positive integers; got {self.k_grid}")
         if not self.alpha_grid:

@@ -21,6 +21,8 @@ def test_with_nothing_to_choose_val_is_not_evaluated_and_fitting_uses_train_and_
 def test_config_validation():
     with pytest.raises(RealLensError, match="unknown method"):
         config_for(methods=("real", "magic"))
+    with pytest.raises(RealLensError, match="real-published reads its scores from a published ranking file"):
+        config_for(methods=("real", "real-published"))
     with pytest.raises(RealLensError, match="unknown preset"):
         config_for("huge")
     with pytest.raises(RealLensError, match="k_grid"):
