@@ -91,7 +91,8 @@ def _scores(method, values=(0.9, 0.3, 0.6, 0.1, 0.45, 0.2, 0.8, 0.05)):
 
 
 @pytest.mark.parametrize("method, rule", [("real", "score"), ("real-release", "score"), ("iti", "uniform"),
-                                          ("patching", "uniform"), ("attribution", "uniform"), ("random", "uniform")])
+                                          ("patching", "uniform"), ("attribution", "uniform"), ("random", "uniform"),
+                                          ("real-published", "score")])
 def test_select_applies_the_method_s_own_strength_rule(method, rule):
     scores = _scores(method)
     assert strength_rule(method) == rule
