@@ -20,7 +20,8 @@ EXIT_USAGE = 2
 RUN_HELP = {
     "model": "embedded name, local dir/.gguf, or Hub name",
     "task": "a task from `real-lens tasks`",
-    "methods": "comma-separated subset of real,real-release,iti,patching,attribution,random (random = the null)",
+    "methods": "comma-separated subset of real,real-release,iti,patching,attribution,random (random = the null); "
+               "real-published (the REAL release's own rankings) needs --published-ranking",
     "k_grid": "numbers of modules (heads) to keep, comma-separated; several = K chosen on val",
     "kl_grid": "target KL(unsteered||steered) per token, comma-separated: every method steered at each; "
                "'none' = the alpha grid (the paper's protocol)",

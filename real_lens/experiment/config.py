@@ -55,6 +55,9 @@ class ExperimentConfig:
     attribution_pairs: int = 64  # contrast pairs per fold for attribution patching (2 forwards + 1 backward per batch)
     pair_demos: int = 3  # demonstrations per contrast pair (scoring.pairs)
     pair_min_gap: float = 0.5  # nats: pairs whose clean-corrupted gap is smaller are dropped (and counted)
+    # real-published's files: the REAL release's rankings (validation/results_dump/head_sorted/*.npy) of this
+    # model, one per fold in fold order (fold 0's first), or one for every fold; read without executing pickle.
+    published_ranking: tuple[str, ...] | None = None  # real-published's ranking files, one per fold (or one for all)
     real_epochs: int = 20
     real_prior_epochs: int = 10
     side_effect_texts: int = 20  # 0 = no CE/KL
@@ -71,12 +74,12 @@ class ExperimentConfig:
         if unknown:
             raise RealLensError(f"unknown method(s) {unknown}; expected some of {list(known)}")
         from_file = [m for m in self.methods if scorer_spec(m).from_file]
-        if from_file:  # their scores are a file per model and fold, which the run has no option for yet
-            raise RealLensError(
-                f"{from_file[0]} reads its scores from a published ranking file, which `real-lens run` does not take "
-                f"yet; drop it from methods and use `real-lens score --from-published FILE --bank DIR`, then "
-                "steer/inspect/export/compare those scores"
-            )
+        if from_file and not self.published_ranking:
+            raise RealLensError(f"{from_file[0]} reads its scores from the REAL release's ranking files; give "
+                                "--published-ranking FOLD0.npy,FOLD1.npy (one per fold, or one for every fold)")
+        if self.published_ranking and not from_file:
+            raise RealLensError("--published-ranking is read by the real-published method only; add real-published "
+                                "to --methods or drop --published-ranking")
         if not self.k_grid or min(self.k_grid) < 1:
             raise RealLensError(f"k_grid must hold positive integers; got {self.k_grid}")
         if not self.alpha_grid:

@@ -82,7 +82,7 @@ def cached_cell(out: Path, cfg, fold: int, key: dict):
     ignored = ("methods", "k_grid", "alpha_grid", "kl_grid", "null_draws", "folds", "n_boot", *scorer_settings())
     relevant = {k: v for k, v in jsonable(cfg).items() if k not in ignored}
     relevant["dose_protocol"] = "kl" if getattr(cfg, "kl_grid", None) else "alpha"  # it changes the CE/KL texts
-    scorer = jsonable(scorer_options(cfg, key["method"]))
+    scorer = jsonable(scorer_options(cfg, key["method"], fold))
     digest = hashlib.sha256(json.dumps([relevant, fold, key, scorer], sort_keys=True).encode()).hexdigest()[:16]
     named = ("method", "split", "k", "alpha", "dose")
     name = "-".join(f"{v}".replace(":", "_") for k, v in key.items() if k not in named)
@@ -111,7 +111,7 @@ def cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank
     like any method's scores so heatmaps, transfer and the analyses can read one random ranking per fold."""
     folder = out / "scores" / f"fold{fold}" / method
     key = {"bank": bank.meta.get("cache_key"), "n": len(bank.examples), "seed": cfg.seed,
-           "options": jsonable(scorer_options(cfg, method)), **({"null_draw": 0} if method == "random" else {})}
+           "options": jsonable(scorer_options(cfg, method, fold)), **({"null_draw": 0} if method == "random" else {})}
     if folder.exists():
         try:
             scores = ModuleScores.load(folder, allow_unverified=False)
@@ -125,7 +125,7 @@ def cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank
         scores = random_null_scores(bank.module_shape, n_draws=1, fold=fold, seed=cfg.seed)[0]
     else:
         scores = score_modules(bank, method, model=model, seed=cfg.seed, device=cfg.device, progress=progress,
-                               **scorer_options(cfg, method))
+                               **scorer_options(cfg, method, fold))
     scores = with_source(scores, bank)
     scores.save(folder, extra_json={"key.json": key})
     return scores
@@ -137,9 +137,9 @@ def scorer_settings() -> tuple[str, ...]:
     return tuple(dict.fromkeys(f for spec in SCORERS.values() for f in spec.experiment_settings))
 
 
-def scorer_options(cfg: ExperimentConfig, method: str) -> dict:
-    """The options ``method``'s scorer gets in a run of ``cfg`` ({} for unsteered, length-only and the null)."""
-    return SCORERS[method].options_for(cfg) if method in method_names() else {}
+def scorer_options(cfg: ExperimentConfig, method: str, fold: int) -> dict:
+    """The options ``method``'s scorer gets in ``fold`` of a run of ``cfg`` ({} for unsteered, length-only and the null)."""
+    return SCORERS[method].options_for(cfg, fold) if method in method_names() else {}
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:

@@ -211,7 +211,19 @@ class PublishedConfig:
             raise ScoringError(f"PublishedConfig.path must be a ranking file path; got {self.path!r}")
 
 
-@register_scorer(METHOD, config=PublishedConfig, strength="score", from_file=True, every_rank=True)
+def _experiment_options(experiment, fold: int) -> dict:
+    """The main job's file for ``fold``: ``published_ranking[fold]``, or its only file for every fold."""
+    files = experiment.published_ranking or ()
+    if len(files) == 1:
+        return {"cfg": PublishedConfig(files[0])}
+    if fold >= len(files):
+        raise ScoringError(f"--published-ranking names {len(files)} file(s) but the run reaches fold {fold}; give one "
+                           "ranking per fold, in fold order (or one for every fold)")
+    return {"cfg": PublishedConfig(files[fold])}
+
+
+@register_scorer(METHOD, config=PublishedConfig, strength="score", from_file=True, every_rank=True,
+                 experiment_settings=("published_ranking",), experiment_options=_experiment_options)
 def published_scorer(bank, *, model=None, seed: int = 0, device=None, cfg: PublishedConfig | None = None) -> ModuleScores:
     """Registry entry: reads ``cfg.path`` (nothing is fitted on ``bank``; it supplies the shape check)."""
     if cfg is None:

@@ -45,7 +45,8 @@ class ScorerSpec:
       ``experiment_options``: builds its ``score_modules`` options from an ExperimentConfig.
     - ``from_file``: its scores are read from a file its config names (``real-published``: a ranking
       the REAL authors published), not computed from the activations; the bank only checks the shape.
-      Such a method fits nothing and needs no seed, but is called like every scorer.
+      Such a method fits nothing and needs no seed, but is called like every scorer. Its files differ
+      per fold, so its ``experiment_options`` is called as ``experiment_options(experiment, fold)``.
     """
 
     name: str
@@ -67,9 +68,11 @@ class ScorerSpec:
         if self.accepts is None and self.config is not None:
             object.__setattr__(self, "accepts", self.config)
 
-    def options_for(self, experiment) -> dict:
-        """The ``score_modules`` options the main job passes for ``experiment`` (an ExperimentConfig)."""
-        return self.experiment_options(experiment) if self.experiment_options else {}
+    def options_for(self, experiment, fold: int) -> dict:
+        """The ``score_modules`` options the main job passes for ``experiment`` (an ExperimentConfig) in ``fold``."""
+        if not self.experiment_options:
+            return {}
+        return self.experiment_options(experiment, fold) if self.from_file else self.experiment_options(experiment)
 
 
 SCORERS: dict[str, ScorerSpec] = {}
