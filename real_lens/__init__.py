@@ -36,6 +36,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "evaluate": (".api", "evaluate"),
     # comparing and drawing scores
     "compare_scores": (".compare", "compare_scores"),
+    "load_published_ranking": (".scoring.published", "load_published_ranking"),
     "plot_scores": (".plotting", "plot_score_heatmap"),
     # hook-level inspection
     "list_hooks": (".inspection", "list_hooks"),
@@ -104,6 +105,7 @@ if TYPE_CHECKING:  # for editors and type checkers; never executed
     from .scoring.iti import ProbeConfig
     from .scoring.pairs import PairConfig
     from .scoring.patching import PatchingConfig
+    from .scoring.published import load_published_ranking
     from .scoring.real_config import RealConfig
     from .steering import Steering, SteeringMismatchError, build_steering
     from .tasks import Example, Task, load_task

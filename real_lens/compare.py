@@ -17,7 +17,7 @@ def compare_scores(a: ModuleScores, b: ModuleScores, *, k: int) -> dict:
     Returns ``{"spearman": rho over all modules, "jaccard_top_k": |A ∩ B| / |A ∪ B| of the two
     top-``k`` sets, "overlap_top_k": |A ∩ B|, "k", "n_modules", "methods"}``. Spearman is NaN
     when either side's scores are constant (a ranking without order). Top-k ties are broken by
-    module index, as :meth:`ModuleScores.top_k` does.
+    module index, as :meth:`ModuleScores.select` does.
     """
     if tuple(a.scores.shape) != tuple(b.scores.shape):
         raise ScoringError(

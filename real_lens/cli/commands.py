@@ -153,6 +153,8 @@ def cmd_score(args) -> None:
     from ..provenance import check_same_model, with_source
     from ..scoring import scorer_spec
 
+    if args.from_published:
+        return _score_from_published(args)
     is_sharded(args.method, args.ranks)  # unknown or unshardable methods fail before any loading
     pair_options = _pair_options(args)  # pair flags for a method without pairs, or bad values, fail now too
     _check_device(args)
@@ -198,6 +200,61 @@ def cmd_score(args) -> None:
         info = scores.meta["pairs"]
         print(f"contrast pairs: {info['n_built']} built, {info['n_kept']} kept (|gap| >= {info['min_gap_nats']:g} nats), "
               f"mean gap {info['mean_gap_nats']:.3f} nats; skipped: {info['skipped'] or 'none'}")
+
+
+def _score_from_published(args) -> None:
+    """``score --from-published FILE``: a release ranking saved as real-published scores (nothing is scored)."""
+    from pathlib import Path
+
+    from ..locks import output_lock
+    from ..plotting import plot_score_heatmap
+    from ..provenance import with_source
+    from ..scoring.published import METHOD, load_published_ranking
+
+    given = [flag for flag, value in (("--task", args.task), ("--limit", args.limit)) if value is not None]
+    if args.method != "real" or given:
+        raise RealLensError(f"--from-published reads its scores from the file; drop {', '.join(given) or '--method'} "
+                            "(give --bank DIR to steer with them later, or --model to check the ranking's shape)")
+    if not args.ranks.is_main:
+        return
+    out = _check_out(args.out, kind="scores")
+    with output_lock(out, wait=False):
+        bank = None
+        if args.bank:
+            from ..bank import ActivationBank
+
+            bank = ActivationBank.load(args.bank)
+        scores = load_published_ranking(args.from_published, model=None if bank is not None else args.model, bank=bank)
+        if bank is not None:
+            scores = with_source(scores, bank)
+            scores.meta["bank"] = str(Path(args.bank).resolve())
+        elif args.model:
+            scores.meta["model"] = {"name": args.model}
+        scores.save(out)
+        png = plot_score_heatmap(scores, out / "heatmap.png")
+    flat, n_heads = scores.scores.flatten(), scores.scores.shape[1]
+    print(f"wrote {args.out} and {png}: {scores.n_modules} heads ({scores.scores.shape[0]} layers x {n_heads}) from "
+          f"{Path(args.from_published).name} as {METHOD}; top heads: "
+          + ", ".join(f"{hooks.module_label(layer, head)} ({float(flat[layer * n_heads + head]):.3f})"
+                      for layer, head in scores.ranking()[:10]))
+    if not (bank is not None or args.model):
+        print("not checked against a model: pass --bank DIR (needed to steer) or --model NAME to check its shape")
+
+
+def cmd_compare(args) -> None:
+    from pathlib import Path
+
+    from ..compare import compare_scores
+    from ..scoring import ModuleScores
+    from ..scoring.published import load_published_ranking
+
+    if len(args.scores) != 2:
+        raise RealLensError(f"compare takes --scores twice (two score sets); got {len(args.scores)}")
+    loaded = [load_published_ranking(p) if Path(p).is_file() else ModuleScores.load(p) for p in args.scores]
+    result = compare_scores(*loaded, k=min(args.k, loaded[0].n_modules))
+    names = [f"{s.method} ({Path(p).name})" for s, p in zip(loaded, args.scores)]
+    print(f"{names[0]} vs {names[1]} over {result['n_modules']} modules: Spearman {result['spearman']:.3f}; "
+          f"top-{result['k']} overlap {result['overlap_top_k']} (Jaccard {result['jaccard_top_k']:.3f})")
 
 
 def _pair_options(args) -> dict:

@@ -27,7 +27,7 @@ TASK_HELP = f"one of {', '.join(TASK_NAMES)}"
 RUN_HELP = {
     "model": "embedded name, local dir/.gguf, or Hub name",
     "task": TASK_HELP,
-    "methods": f"comma-separated, of {','.join(METHODS)} (random = the null) or a registered scorer (e.g. real-release-utils)",
+    "methods": f"comma-separated, of {','.join(METHODS)} (random = the null) or a registered scorer (e.g. real-release-utils; real-published needs --published-ranking)",
     "k_grid": "numbers of modules (heads) to keep, comma-separated; several = K chosen on val",
     "kl_grid": "target KL(unsteered||steered) per token, comma-separated: every method steered at each; "
                "'none' = the alpha grid (the paper's protocol)",
@@ -199,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     bank_arg(p)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--method", default="real", help="real, real-release, iti, patching, attribution or random")
+    p.add_argument("--from-published", default=None, metavar="FILE",
+                   help="instead of scoring: read one of the REAL release's ranking files "
+                        "(validation/results_dump/head_sorted/*.npy) as method real-published, without executing "
+                        "its pickle; --bank or --model checks it is for that model's layers x heads")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
     pairs = p.add_argument_group("contrast pairs (patching, attribution; see real_lens/scoring/pairs.py)")
@@ -260,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "attn_out vectors (safetensors + JSON); steering: real-lens's own Steering.save directory")
     p.add_argument("--out", required=True)
     p.set_defaults(run=commands.cmd_export)
+
+    p = command("compare", help="how much two score sets agree: Spearman over all modules and top-K Jaccard")
+    p.add_argument("--scores", action="append", required=True, metavar="DIR_OR_FILE",
+                   help="a scores directory (`real-lens score`) or a REAL release ranking file (.npy); give it twice")
+    p.add_argument("--k", type=_positive_int, default=48, help="size of the top-K sets compared (default 48, the release's K)")
+    p.set_defaults(run=commands.cmd_compare)
 
     p = command("run", help="the main job: folds x scorers x K x dose on a task (default TruthfulQA)")
     p.add_argument("--config", default=None,

@@ -57,6 +57,9 @@ class ExperimentConfig:
     attribution_pairs: int = 64  # contrast pairs per fold for attribution patching (2 forwards + 1 backward per batch)
     pair_demos: int = 3  # demonstrations per contrast pair (scoring.pairs)
     pair_min_gap: float = 0.5  # nats: pairs whose clean-corrupted gap is smaller are dropped (and counted)
+    # real-published's files: the REAL release's rankings (validation/results_dump/head_sorted/*.npy) of this
+    # model, one per fold in fold order (fold 0's first), or one for every fold; read without executing pickle.
+    published_ranking: tuple[str, ...] | None = None  # real-published's ranking files, one per fold (or one for all)
     real_epochs: int = 20
     real_prior_epochs: int = 10
     real_release_epochs: int = 30  # real-release's VQ-AE epochs (OneForAll.py's default)
@@ -76,12 +79,19 @@ class ExperimentConfig:
 
     def __post_init__(self):
         from ..models import parse_device_map
-        from ..scoring.registry import method_names  # imports the scorers (and torch): not at --help time
+        from ..scoring.registry import method_names, scorer_spec  # imports the scorers (and torch): not at --help time
 
         known = method_names()
         unknown = [m for m in self.methods if m not in known]
         if unknown:
             raise RealLensError(f"unknown method(s) {unknown}; expected some of {list(known)}")
+        from_file = [m for m in self.methods if scorer_spec(m).from_file]
+        if from_file and not self.published_ranking:
+            raise RealLensError(f"{from_file[0]} reads its scores from the REAL release's ranking files; give "
+                                "--published-ranking FOLD0.npy,FOLD1.npy (one per fold, or one for every fold)")
+        if self.published_ranking and not from_file:
+            raise RealLensError("--published-ranking is read by the real-published method only; add real-published "
+                                "to --methods or drop --published-ranking")
         if not self.k_grid or min(self.k_grid) < 1:
             raise RealLensError(f"k_grid must hold positive integers; got {self.k_grid}")
         if not self.alpha_grid:

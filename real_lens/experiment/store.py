@@ -97,7 +97,7 @@ def cell_path(out: Path, cfg, fold: int, key: dict) -> Path:
     relevant = {k: v for k, v in jsonable(cfg).items()
                 if k not in ignored and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     relevant["dose_protocol"] = "kl" if getattr(cfg, "kl_grid", None) else "alpha"  # it changes the CE/KL texts
-    scorer = jsonable(scorer_options(cfg, key["method"]))
+    scorer = jsonable(scorer_options(cfg, key["method"], fold))
     digest = hashlib.sha256(json.dumps([relevant, fold, key, scorer], sort_keys=True).encode()).hexdigest()[:16]
     named = ("method", "split", "k", "alpha", "dose")
     name = "-".join(f"{v}".replace(":", "_") for k, v in key.items() if k not in named)
@@ -154,10 +154,10 @@ def cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank
     else:
         scores = (score or score_modules)(bank, method, model=model, seed=cfg.seed,
                                           device=cfg.device if device is None else device, progress=progress,
-                                          **scorer_options(cfg, method))
+                                          **scorer_options(cfg, method, fold))
     scores = with_source(scores, bank)
     if save:
-        scores.save(_scores_folder(out, fold, method), extra_json={"key.json": _scores_key(cfg, method, bank)})
+        scores.save(_scores_folder(out, fold, method), extra_json={"key.json": _scores_key(cfg, fold, method, bank)})
     return scores
 
 
@@ -165,9 +165,9 @@ def _scores_folder(out: Path, fold: int, method: str) -> Path:
     return out / "scores" / f"fold{fold}" / method
 
 
-def _scores_key(cfg: ExperimentConfig, method: str, bank) -> dict:
+def _scores_key(cfg: ExperimentConfig, fold: int, method: str, bank) -> dict:
     return {"bank": bank.meta.get("cache_key"), "n": len(bank.examples), "seed": cfg.seed,
-            "options": jsonable(scorer_options(cfg, method)), **({"null_draw": 0} if method == "random" else {})}
+            "options": jsonable(scorer_options(cfg, method, fold)), **({"null_draw": 0} if method == "random" else {})}
 
 
 def read_cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str, bank) -> ModuleScores | None:
@@ -177,7 +177,7 @@ def read_cached_scores(out: Path, cfg: ExperimentConfig, fold: int, method: str,
     if folder.exists():
         try:
             scores = ModuleScores.load(folder, allow_unverified=False)
-            if read_json(folder / "key.json") == _scores_key(cfg, method, bank):  # verified with the scores
+            if read_json(folder / "key.json") == _scores_key(cfg, fold, method, bank):  # verified with the scores
                 return scores
         except (ScoringError, OSError, ValueError) as exc:
             notice(f"recomputing the cached {method} scores of fold {fold}: {exc}")
@@ -190,9 +190,9 @@ def scorer_settings() -> tuple[str, ...]:
     return tuple(dict.fromkeys(f for spec in SCORERS.values() for f in spec.experiment_settings))
 
 
-def scorer_options(cfg: ExperimentConfig, method: str) -> dict:
-    """The options ``method``'s scorer gets in a run of ``cfg`` ({} for unsteered, length-only and the null)."""
-    return SCORERS[method].options_for(cfg) if method in method_names() else {}
+def scorer_options(cfg: ExperimentConfig, method: str, fold: int = 0) -> dict:
+    """The options ``method``'s scorer gets in ``fold`` of a run of ``cfg`` ({} for unsteered, length-only and the null)."""
+    return SCORERS[method].options_for(cfg, fold) if method in method_names() else {}
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:

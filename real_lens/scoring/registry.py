@@ -23,7 +23,7 @@ from ..errors import unknown_name_error
 
 STRENGTH_RULES = ("score", "uniform")
 # The scorer modules shipped with real-lens, imported (so they register) on the first look-up.
-BUILTIN_MODULES = ("real", "iti", "patching", "attribution", "random")
+BUILTIN_MODULES = ("real", "iti", "patching", "attribution", "random", "published")
 ENTRY_POINT_GROUP = "real_lens.scorers"
 
 
@@ -43,6 +43,10 @@ class ScorerSpec:
     - ``experiment_settings``: the :class:`~real_lens.experiment.ExperimentConfig` fields only this
       scorer reads; they enter the cache digests of this method's cells only.
       ``experiment_options``: builds its ``score_modules`` options from an ExperimentConfig.
+    - ``from_file``: its scores are read from a file its config names (``real-published``: a ranking
+      the REAL authors published), not computed from the activations; the bank only checks the shape.
+      Such a method fits nothing and needs no seed, but is called like every scorer. Its files differ
+      per fold, so its ``experiment_options`` is called as ``experiment_options(experiment, fold)``.
     """
 
     name: str
@@ -56,6 +60,7 @@ class ScorerSpec:
     strength: str = "uniform"
     experiment_settings: tuple[str, ...] = ()
     experiment_options: Callable[[Any], dict] | None = None
+    from_file: bool = False
 
     def __post_init__(self):
         if self.strength not in STRENGTH_RULES:
@@ -63,9 +68,11 @@ class ScorerSpec:
         if self.accepts is None and self.config is not None:
             object.__setattr__(self, "accepts", self.config)
 
-    def options_for(self, experiment) -> dict:
-        """The ``score_modules`` options the main job passes for ``experiment`` (an ExperimentConfig)."""
-        return self.experiment_options(experiment) if self.experiment_options else {}
+    def options_for(self, experiment, fold: int = 0) -> dict:
+        """The ``score_modules`` options the main job passes for ``experiment`` (an ExperimentConfig) in ``fold``."""
+        if not self.experiment_options:
+            return {}
+        return self.experiment_options(experiment, fold) if self.from_file else self.experiment_options(experiment)
 
 
 SCORERS: dict[str, ScorerSpec] = {}

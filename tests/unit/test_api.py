@@ -91,7 +91,8 @@ def _scores(method, values=(0.9, 0.3, 0.6, 0.1, 0.45, 0.2, 0.8, 0.05)):
 
 
 @pytest.mark.parametrize("method, rule", [("real", "score"), ("real-release", "score"), ("iti", "uniform"),
-                                          ("patching", "uniform"), ("attribution", "uniform"), ("random", "uniform")])
+                                          ("patching", "uniform"), ("attribution", "uniform"), ("random", "uniform"),
+                                          ("real-published", "score")])
 def test_select_applies_the_method_s_own_strength_rule(method, rule):
     scores = _scores(method)
     assert strength_rule(method) == rule
@@ -118,12 +119,18 @@ def test_select_bad_input():
 
 
 # --------------------------------------------------------------------------- one calling convention
-def test_every_scorer_runs_through_one_call(bank, tiny_model):
+def test_every_scorer_runs_through_one_call(bank, tiny_model, tmp_path):
+    import numpy as np
+
     from real_lens.scoring import SCORERS, get_scorer
 
     get_scorer("real")  # registers the built-ins
+    ranking = np.empty((bank.flat().shape[1], 2), dtype=object)  # a published ranking (real-published's file)
+    ranking[:, 0] = [divmod(i, bank.module_shape[1]) for i in range(len(ranking))]
+    ranking[:, 1] = np.linspace(0.4, 0.9, len(ranking)).tolist()
+    np.save(tmp_path / "ranking.npy", ranking)
     options = {"real": dict(vq_epochs=1, prior_epochs=1), "patching": dict(n_pairs=2, min_gap=0.0),
-               "attribution": dict(n_pairs=2, min_gap=0.0)}
+               "attribution": dict(n_pairs=2, min_gap=0.0), "real-published": dict(path=str(tmp_path / "ranking.npy"))}
     for method in SCORERS:
         scores = rl.score(bank, method, model=tiny_model, seed=1, progress=False, **options.get(method, {}))
         assert scores.method == method and tuple(scores.scores.shape) == bank.module_shape

@@ -21,6 +21,11 @@ def test_with_nothing_to_choose_val_is_not_evaluated_and_fitting_uses_train_and_
 def test_config_validation():
     with pytest.raises(RealLensError, match="unknown method"):
         config_for(methods=("real", "magic"))
+    with pytest.raises(RealLensError, match="real-published reads its scores from the REAL release's ranking files; "
+                                            "give --published-ranking"):
+        config_for(methods=("real", "real-published"))
+    with pytest.raises(RealLensError, match="read by the real-published method only"):
+        config_for(methods=("real",), published_ranking=("f.npy",))
     with pytest.raises(RealLensError, match="unknown preset"):
         config_for("huge")
     with pytest.raises(RealLensError, match="k_grid"):

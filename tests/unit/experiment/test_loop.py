@@ -405,3 +405,42 @@ def test_summary_says_what_the_quick_run_s_size_cannot_support(quick_run):
     assert "real's AUC per module rests on its held-out examples: fold 0: " in summary
     for t in saved["ties"]:
         assert f"fold {t['fold']} {t['method']}: {t['n_tied']} modules share" in summary
+
+
+def test_published_rankings_enter_the_run_one_file_per_fold(tmp_path, tiny_model):
+    """real-published scores each fold from its own file (checked against the bank's shape) and is steered
+    like any scorer: score / max strengths, its own K and dose."""
+    import numpy as np
+    import torch
+
+    from real_lens.scoring import ModuleScores
+    from real_lens.scoring.published import load_published_ranking
+
+    n_layers, n_heads = tiny_model.cfg.n_layers, tiny_model.cfg.n_heads
+    files = []
+    for fold in (0, 1):
+        rows = np.empty((n_layers * n_heads, 2), dtype=object)
+        order = np.random.default_rng(fold).permutation(n_layers * n_heads)
+        for i, flat in enumerate(order):
+            rows[i, 0], rows[i, 1] = divmod(int(flat), n_heads), 0.5 + 0.4 * i / len(order)
+        np.save(tmp_path / f"fold{fold}.npy", rows)
+        files.append(str(tmp_path / f"fold{fold}.npy"))
+    cfg = config_for("quick", model="tiny-llama", methods=("real-published",), k_grid=(2,), kl_grid=(0.002,),
+                     published_ranking=tuple(files))
+    run_experiment(cfg, tmp_path / "run", progress=False)
+    for fold in (0, 1):
+        saved = ModuleScores.load(tmp_path / "run" / "scores" / f"fold{fold}" / "real-published")
+        assert torch.equal(saved.scores, load_published_ranking(files[fold]).scores)
+    assert not torch.equal(*(ModuleScores.load(tmp_path / "run" / "scores" / f"fold{f}" / "real-published").scores
+                             for f in (0, 1)))
+    rows = [r for r in result_rows(tmp_path / "run") if r["method"] == "real-published" and r["split"] == "test"]
+    assert {r["fold"] for r in rows} == {"0", "1"} and {r["k"] for r in rows} == {"2"}
+    from dataclasses import replace
+
+    from real_lens.errors import ScoringError
+    from real_lens.scoring import scorer_spec
+
+    spec = scorer_spec("real-published")
+    with pytest.raises(ScoringError, match="names 2 file"):
+        spec.options_for(cfg, 2)
+    assert spec.options_for(replace(cfg, published_ranking=(files[1],)), 0)["cfg"].path == files[1]  # one for all
