@@ -14,7 +14,7 @@ from .._version import __version__
 from ..configs import add_config_options
 from ..experiment.config import METHODS
 from ..tasks import TASK_DESCRIPTIONS
-from . import commands
+from . import commands, steering
 
 EXIT_USAGE = 2
 
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=_token_count, default=48)
     raw_prompt_arg(p)
-    p.set_defaults(run=commands.cmd_steer)
+    p.set_defaults(run=steering.cmd_steer)
 
     p = command("inspect", help="what a steering does at the hook level: hooks, norms, steered vs unsteered logits")
     model_arg(p, "default: the model the scores or steering came from")
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-length", type=_positive_int, default=None, help="for --positions prompt/generated")
     p.add_argument("--warn-ratio", type=_positive_float, default=1.0,
                    help="flag modules whose added vector is longer than this times their mean activation norm")
-    p.set_defaults(run=commands.cmd_inspect)
+    p.set_defaults(run=steering.cmd_inspect)
 
     p = command("export", help="write a steering for another tool (lm-evaluation-harness, per-layer vectors)")
     model_arg(p, "default: the model the scores or steering came from")
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lm-eval: a .pt file for `lm_eval --model steered ... steer_path=FILE`; vectors: per-layer "
                         "attn_out vectors (safetensors + JSON); steering: real-lens's own Steering.save directory")
     p.add_argument("--out", required=True)
-    p.set_defaults(run=commands.cmd_export)
+    p.set_defaults(run=steering.cmd_export)
 
     p = command("compare", help="how much two score sets agree: Spearman over all modules and top-K Jaccard")
     p.add_argument("--scores", action="append", required=True, metavar="DIR_OR_FILE",

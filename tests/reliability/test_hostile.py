@@ -115,9 +115,9 @@ def test_transfer_refuses_an_edited_results_table(tmp_path):
 
 # --------------------------------------------------------------------------- 5. export --out: the rules of every writer
 def test_export_does_not_write_into_a_folder_of_other_files(tmp_path, capsys, monkeypatch):
-    from real_lens.cli import commands
+    from real_lens.cli import steering as cli_steering
 
-    monkeypatch.setattr(commands, "_steering_for", lambda args: pytest.fail("loaded before --out was checked"))
+    monkeypatch.setattr(cli_steering, "_steering_for", lambda args: pytest.fail("loaded before --out was checked"))
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine\n")
@@ -302,9 +302,9 @@ def test_a_lock_file_hard_linked_to_a_victim_is_refused(tmp_path):
 
 
 def test_an_lm_eval_export_onto_a_symlink_is_refused(tmp_path, capsys, monkeypatch):
-    from real_lens.cli import commands
+    from real_lens.cli import steering as cli_steering
 
-    monkeypatch.setattr(commands, "_steering_for", lambda args: pytest.fail("loaded before --out was checked"))
+    monkeypatch.setattr(cli_steering, "_steering_for", lambda args: pytest.fail("loaded before --out was checked"))
     victim = tmp_path / "victim.pt"
     victim.write_text("precious\n")
     (tmp_path / "s.pt").symlink_to(victim)
