@@ -240,7 +240,7 @@ def test_export_under_a_file_size_limit_is_one_line(scored, tmp_path):
 
 # --------------------------------------------------------------------------- 8. checked before any model loads
 @pytest.mark.parametrize("argv, message", [
-    (["run", "--quick", "--model", "tiny-llama", "--site", "bogus"], "unknown site 'bogus'"),
+    (["run", "--quick", "--model", "tiny-llama", "--site", "bogus"], "'bogus' is not one of head_z"),
     (["run", "--quick", "--model", "tiny-llama", "--pair-min-gap", "nan"], "pair_min_gap must be a finite number"),
     (["score", "--task", "caa:refusal", "--min-gap", "nan", "--method", "patching"], "--min-gap: expected a finite"),
     (["score", "--task", "caa:refusal", "--n-pairs", "5", "--method", "iti"], "--n-pairs apply to the contrast-pair"),
