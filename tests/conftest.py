@@ -10,6 +10,7 @@ from real_lens.models.embedded import split_gguf_chunks
 from tests.helpers import DATA
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected (make test's default `-m 'not qwen'`)
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``qwen`` need the 1.5B model's parts (``make qwen``); selected without them, the
     run stops with one line saying so (a skip would read as a pass)."""
