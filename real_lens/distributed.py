@@ -154,10 +154,14 @@ def distributed_session(device: str | None = None, *, model_parallel: bool = Fal
     """``init_distributed`` for the length of a block; the group is destroyed at the end only
     if this block created it (a caller that initialised it keeps it)."""
     created = env_world_size() > 1 and dist.is_available() and not dist.is_initialized()
+    finished = False
     try:
         yield init_distributed(device, model_parallel=model_parallel)
+        finished = True
     finally:
         if created and dist.is_initialized():
+            if finished:  # no rank tears its group down while another still holds a connection to it:
+                dist.barrier()  # gloo then aborted a rank at exit ("terminate called without an active exception")
             dist.destroy_process_group()
 
 

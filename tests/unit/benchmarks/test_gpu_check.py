@@ -18,7 +18,9 @@ def _gpu_check(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 @needs_data
 def test_every_section_runs_on_the_cpu_and_the_two_rank_score_equals_one():
-    done = _gpu_check("--dry-small")
+    # A budget far above the sections' need: this test checks what they print, not how fast a shared CPU is
+    # (the 8-minute budget is for the GPU; the limit itself is tested below).
+    done = _gpu_check("--dry-small", "--budget", "3000", timeout=3300)
     out = done.stdout
     assert done.returncode == 0, out[-4000:] + done.stderr[-2000:]
     summary = out[out.index("=== summary ==="):]
