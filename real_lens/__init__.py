@@ -48,7 +48,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "to_steering_vector": (".export", "to_steering_vector"),
     # the main job
     "ExperimentConfig": (".experiment", "ExperimentConfig"),
-    "run_experiment": (".experiment", "run_experiment"),
+    "run_experiment": (".experiment.loop", "run_experiment"),
     "load_config": (".experiment", "load_config"),
     # the objects those functions return or take
     "ActivationBank": (".bank", "ActivationBank"),
