@@ -1,8 +1,8 @@
 """The statistics of a run, computed from its pooled arms: summaries, the random null, paired tests.
 
 Each method is compared per test item against unsteered, the content-blind length-only reference,
-its matched random null (per item, the mean over the null draws at the method's own K and dose)
-and REAL: paired bootstrap CIs, sign-flip p-values (Holm across the table) and the smallest
+its matched random null (per item, the mean over the null draws at the method's own K and dose),
+REAL and ITI: paired bootstrap CIs, sign-flip p-values (Holm across the table) and the smallest
 difference the design detects; the null's 5–95 % band and each method's percentile in it.
 """
 
@@ -21,6 +21,8 @@ from ..evaluation.paired import holm
 from ..scoring import ModuleScores
 from .config import Dose, ExperimentConfig, arm_name, dose_groups
 from .setup import LENGTH_ONLY
+
+ITI = "iti"  # the paired tests' second anchor: every selection method against the probe
 
 
 @dataclass
@@ -187,10 +189,10 @@ def null_bands(outcome: Outcome, nulls: dict[tuple[str, str], list[Arm]], metric
 
 def paired_tests(outcome: Outcome, nulls: dict, metric: str, *, n_boot: int, seed: int) -> list[dict]:
     """Per dose group, every method against unsteered, the length-only reference (where there is one)
-    and its matched random null (per item, the mean over the draws at the method's K and dose), and
-    ``real`` against every other method, on the same pooled test items: mean difference, paired
-    bootstrap CI, sign-flip p, Holm-adjusted across the whole table, and the difference this design
-    detects (80 % power, two-sided 0.05) given the observed SD of the paired differences."""
+    and its matched random null (per item, the mean over the draws at the method's K and dose),
+    ``real`` against every other method and every other method against ``iti``, on the same pooled
+    test items: mean difference, paired bootstrap CI, sign-flip p, Holm-adjusted across the whole
+    table, and the difference this design detects (80 % power, two-sided 0.05) given the observed SD of the paired differences."""
     from ..evaluation.paired import compare_paired, min_detectable_difference
 
     arrays: dict[str, np.ndarray] = {}
@@ -213,6 +215,9 @@ def paired_tests(outcome: Outcome, nulls: dict, metric: str, *, n_boot: int, see
                 labelled.append((a, b, m, "random null", group))
         if "real" in methods:
             labelled += [(arm_name("real", group), arm_name(m, group), "real", m, group) for m in methods if m != "real"]
+        if ITI in methods:  # the probe every selection method is measured against (real's row is above)
+            labelled += [(arm_name(m, group), arm_name(ITI, group), m, ITI, group)
+                         for m in methods if m not in ("real", ITI)]
     if not labelled:
         return []
     out = []

@@ -188,3 +188,33 @@ def test_make_figures_regenerates_from_saved_results_only(results, tmp_path, mon
 def test_run_is_refused_by_an_analysis_that_runs_its_own_experiments(tmp_path):
     with pytest.raises(RealLensError, match="runs its own experiments"):
         transfer.main(["--quick", "--run", "runs/truthfulqa", "--out", str(tmp_path)])
+
+
+@needs_data
+def test_two_model_verdict_reads_both_runs_side_by_side(results, tmp_path):
+    """Every method and dose gets each run's vs-null and vs-ITI row from that run's own paired table, with
+    the verdict its Holm p supports; a run that is not finished is refused in one line."""
+    from analyses import two_model_verdict
+
+    def same(a, b):  # NaN-safe (an undefined detectable difference is NaN)
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+    root, _ = results
+    run = root / "overlap" / "run"
+    data = two_model_verdict.main(["--runs", f"A={run},B={run}", "--out", str(tmp_path / "v")])
+    summary = json.loads((run / "summary.json").read_text())
+    paired = {(r["a"], r["b"], r["dose"]): r for r in summary["paired"]}
+    for label in ("A", "B"):
+        model = data["models"][label]
+        for key, row in model["vs_iti"].items():
+            method, dose = key.split(" @ ")
+            assert same(row, paired[(method, "iti", dose)]) and method != "iti"
+        assert model["vs_null"] and all(same(paired[(k.split(" @ ")[0], "random null", k.split(" @ ")[1])], r)
+                                        for k, r in model["vs_null"].items())
+    text = (tmp_path / "v" / "table.md").read_text()
+    assert "| patching | KL" in text and "| A: vs null | A: vs ITI |" in text
+    assert two_model_verdict.verdict({"p_holm": 0.01, "difference": -0.1}) == "below"
+    assert two_model_verdict.verdict({"p_holm": 0.01, "difference": 0.1}) == "above"
+    assert two_model_verdict.verdict({"p_holm": 0.2, "difference": 0.1}) == "n.s."
+    with pytest.raises(RealLensError, match="not a finished"):
+        two_model_verdict.main(["--runs", f"A={tmp_path},B={run}", "--out", str(tmp_path / "w")])

@@ -82,9 +82,9 @@ def test_every_test_cell_records_its_alpha_and_held_out_kl(quick_run):
     assert setup.calibration and setup.texts and not set(setup.calibration) & set(setup.texts)
 
 
-def test_summary_has_paired_tests_against_unsteered_length_only_null_and_real(quick_run):
-    """Per dose, each method vs unsteered, the length-only reference and its matched random null, and real
-    vs every other method, on the same pooled test items; the rows agree with evaluation.paired."""
+def test_summary_has_paired_tests_against_unsteered_length_only_null_real_and_iti(quick_run):
+    """Per dose, each method vs unsteered, the length-only reference and its matched random null, real
+    vs every other method and every other method vs ITI, on the same pooled test items; the rows agree with evaluation.paired."""
     from real_lens.evaluation.paired import paired_difference
 
     cfg, out = quick_run
@@ -93,6 +93,8 @@ def test_summary_has_paired_tests_against_unsteered_length_only_null_and_real(qu
     steered = _steered(cfg)
     expected = {(m, ref, g) for g in dose_groups(cfg) for m in steered for ref in ("unsteered", "length-only", "random null")}
     expected |= {("real", m, g) for g in dose_groups(cfg) for m in steered if m != "real"}
+    expected |= {(m, "iti", g) for g in dose_groups(cfg) for m in steered if m not in ("real", "iti")}
+    assert ("patching", "iti", "KL 0.001") in expected  # the quick run has every method: the ITI rows exist
     assert set(pairs) == expected
     rows = result_rows(out)
     per_item = {}
