@@ -27,7 +27,7 @@ TASK_HELP = f"one of {', '.join(TASK_NAMES)}"
 RUN_HELP = {
     "model": "embedded name, local dir/.gguf, or Hub name",
     "task": TASK_HELP,
-    "methods": f"comma-separated, of {','.join(METHODS)} (random = the null) or a registered scorer (e.g. real-release-utils; real-published needs --published-ranking)",
+    "methods": f"comma-separated, of {','.join(METHODS)} (random = the null) or a registered scorer (e.g. direction-attribution, real-release-utils; real-published needs --published-ranking)",
     "k_grid": "numbers of modules (heads) to keep, comma-separated; several = K chosen on val",
     "kl_grid": "target KL(unsteered||steered) per token, comma-separated: every method steered at each; "
                "'none' = the alpha grid (the paper's protocol)",
@@ -198,16 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=None)
     bank_arg(p)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--method", default="real", help="real, real-release, iti, patching, attribution or random")
+    p.add_argument("--method", default="real",
+                   help="real, real-release, iti, patching, attribution, direction-attribution or random")
     p.add_argument("--from-published", default=None, metavar="FILE",
                    help="instead of scoring: read one of the REAL release's ranking files "
                         "(validation/results_dump/head_sorted/*.npy) as method real-published, without executing "
                         "its pickle; --bank or --model checks it is for that model's layers x heads")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
-    pairs = p.add_argument_group("contrast pairs (patching, attribution; see real_lens/scoring/pairs.py)")
+    pairs = p.add_argument_group("contrast pairs (patching, attribution, direction-attribution; see real_lens/scoring/pairs.py)")
     pairs.add_argument("--n-pairs", type=_positive_int, default=None,
-                       help="questions to pair (default: patching 8, attribution 64)")
+                       help="questions to pair (default: patching 8, attribution and direction-attribution 64)")
     pairs.add_argument("--n-demos", type=_positive_int, default=None,
                        help="demonstrations before each question (default 3)")
     pairs.add_argument("--min-gap", type=_non_negative_float, default=None,
