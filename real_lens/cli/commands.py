@@ -359,6 +359,17 @@ def cmd_transfer(args) -> None:
         print(f"outputs in {out}" + _ranks_note(args.ranks))
 
 
+def cmd_diagnose(args) -> None:
+    from ..experiment import DiagnoseConfig, run_diagnose
+
+    check_device(args)
+    dcfg = DiagnoseConfig(args.run_dir, folds=None if args.fold is None else (args.fold,),
+                          methods=_grid(args.methods, str), k=args.k, dose_kl=args.dose_kl)
+    out = run_diagnose(dcfg, progress=not args.quiet, device=args.device)
+    print((out / "heads.md").read_text())
+    print(f"outputs in {out}")
+
+
 def cmd_tasks(args) -> None:
     from ..tasks import TASK_DESCRIPTIONS
     from ..tasks.data import resolve_data_dir
