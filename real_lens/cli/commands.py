@@ -278,9 +278,8 @@ def _pair_options(args) -> dict:
     unused = [k for k in given if k not in fields]
     if unused:
         flags = ", ".join("--" + k.replace("_", "-") for k in unused)
-        raise RealLensError(f"{flags} {'does' if len(unused) == 1 else 'do'} not apply to {args.method!r} (contrast-pair "
-                            "flags: patching and attribution take all four, direction-attribution --n-pairs and "
-                            "--n-demos); drop them")
+        raise RealLensError(f"{flags} apply to the contrast-pair methods (patching and attribution; direction-attribution "
+                            f"takes --n-pairs and --n-demos only), not {args.method!r}; drop them")
     return {"cfg": spec.config(**given)}
 
 
