@@ -31,6 +31,7 @@ from torch import Tensor
 
 from . import hooks
 from .bank import ActivationBank
+from .directions import center_of_mass
 from .errors import ProvenanceError, RealLensError, unknown_name_error
 from .artifacts import ArtifactType, artifact_writer, load_verified
 from .io import read_json, read_tensors, write_json, write_tensors
@@ -265,59 +266,19 @@ def build_steering(bank: ActivationBank, selection: Selection, *, alpha: float |
         from .evaluation.dose import calibrate
 
         return calibrate(model, build_steering(bank, selection, alpha=1.0, sigma_bank=sigma_bank), kl=kl, texts=texts)
-    labels = bank.labels
-    if labels.unique().numel() < 2:
-        raise RealLensError("steering directions need both aligned (1) and violating (0) examples in the bank")
-    modules = selection.modules
-    n_layers = bank.module_shape[0]
-    for layer, head in modules:
-        if not 0 <= layer < n_layers or (bank.is_head_site and not 0 <= head < bank.module_shape[1]):
-            raise RealLensError(f"selected module L{layer}H{head} is outside the bank's modules {bank.module_shape}")
-    if bank.is_head_site:
-        acts = torch.stack([bank.acts[:, layer, head] for layer, head in modules], dim=1)
-    else:
-        acts = torch.stack([bank.acts[:, layer] for layer, _ in modules], dim=1)
-    acts = acts.double()  # [example, module, d]
-    act_norms = acts.norm(dim=-1).mean(0)  # the typical size of each module's activation
-    diff = acts[labels == 1].mean(0) - acts[labels == 0].mean(0)
-    norms = diff.norm(dim=-1, keepdim=True)
-    if (norms == 0).any():
-        raise RealLensError("a selected module has identical aligned and violating means; it has no direction to steer")
-    directions = diff / norms
-    spread = acts if sigma_bank is None else _module_acts(_check_sigma_bank(sigma_bank, bank), modules).double()
-    sigmas = torch.einsum("emd,md->em", spread, directions).std(dim=0)
+    found = center_of_mass(bank, selection.modules, sigma_bank=sigma_bank)
     return Steering(
         site=bank.site,
-        modules=tuple(modules),
-        directions=directions.float(),
-        sigmas=sigmas.float(),
+        modules=found.modules,
+        directions=found.directions,
+        sigmas=found.sigmas,
         strengths=torch.tensor(selection.strengths, dtype=torch.float32),
         alpha=float(alpha),
         method=selection.method,
         meta={"model": bank.meta.get("model"), "task": bank.meta.get("task"), "n_examples": len(bank.examples),
-              "module_shape": list(bank.module_shape), "act_norms": [float(v) for v in act_norms],
+              "module_shape": list(bank.module_shape), "act_norms": [float(v) for v in found.act_norms],
               "bank_digest": bank.digest,
               **({} if sigma_bank is None else {"sigma_bank_digest": sigma_bank.digest,
                                                 "sigma_n_examples": len(sigma_bank.examples)})},
     )
 
-
-def _module_acts(bank: ActivationBank, modules) -> Float[Tensor, "example module d"]:
-    if bank.is_head_site:
-        return torch.stack([bank.acts[:, layer, head] for layer, head in modules], dim=1)
-    return torch.stack([bank.acts[:, layer] for layer, _ in modules], dim=1)
-
-
-def _check_sigma_bank(sigma_bank, bank: ActivationBank) -> ActivationBank:
-    """``sigma_bank`` if it can give σ for ``bank``'s modules; one-line errors otherwise."""
-    if not isinstance(sigma_bank, ActivationBank):
-        raise RealLensError(f"sigma_bank must be an ActivationBank; found {type(sigma_bank).__name__}. "
-                            "Collect one with collect_activations(model, tuning_examples(...))")
-    if sigma_bank.site != bank.site or sigma_bank.module_shape != bank.module_shape:
-        raise RealLensError(
-            f"sigma_bank must be read at the bank's site {bank.site!r} with module shape {bank.module_shape}; found "
-            f"{sigma_bank.site!r} with {sigma_bank.module_shape}. Collect it from the same model at the same site")
-    if len(sigma_bank.examples) < 2:
-        raise RealLensError(f"sigma_bank needs at least 2 examples for a standard deviation; found "
-                            f"{len(sigma_bank.examples)}")
-    return sigma_bank

@@ -198,8 +198,12 @@ def cmd_score(args) -> None:
         print(f"the AUCs rest on {held['n_questions']} held-out questions ({held['n_examples']} examples)")
     if "pairs" in scores.meta:
         info = scores.meta["pairs"]
-        print(f"contrast pairs: {info['n_built']} built, {info['n_kept']} kept (|gap| >= {info['min_gap_nats']:g} nats), "
-              f"mean gap {info['mean_gap_nats']:.3f} nats; skipped: {info['skipped'] or 'none'}")
+        if "n_kept" in info:  # patching and attribution: the clean-corrupted gaps normalise the effects
+            print(f"contrast pairs: {info['n_built']} built, {info['n_kept']} kept (|gap| >= {info['min_gap_nats']:g} "
+                  f"nats), mean gap {info['mean_gap_nats']:.3f} nats; skipped: {info['skipped'] or 'none'}")
+        else:  # direction-attribution: one context, no gap
+            print(f"contrast pairs: {info['n_built']} built, metric read on the {info['context']} context (mean "
+                  f"{info['mean_metric_nats']:.3f} nats); skipped: {info['skipped'] or 'none'}")
 
 
 def _score_from_published(args) -> None:
@@ -258,18 +262,24 @@ def cmd_compare(args) -> None:
 
 
 def _pair_options(args) -> dict:
-    """``{"cfg": ...}`` for the patching-style scorers from the pair flags; {} when none is given."""
+    """``{"cfg": ...}`` for the contrast-pair scorers from the pair flags; {} when none is given.
+
+    A flag applies when the method's config has that field (patching and attribution take all four,
+    direction-attribution ``--n-pairs`` and ``--n-demos``)."""
     given = {k: getattr(args, k) for k in ("n_pairs", "n_demos", "min_gap", "positions") if getattr(args, k) is not None}
     if not given:
         return {}
+    import dataclasses
+
     from ..scoring import scorer_spec
-    from ..scoring.pairs import PairConfig
 
     spec = scorer_spec(args.method)
-    if spec.config is None or not issubclass(spec.config, PairConfig):
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise RealLensError(f"{flags} apply to the contrast-pair methods (patching, attribution), not {args.method!r}; "
-                            "drop them")
+    fields = {f.name for f in dataclasses.fields(spec.config)} if spec.config is not None else set()
+    unused = [k for k in given if k not in fields]
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise RealLensError(f"{flags} apply to the contrast-pair methods (patching and attribution; direction-attribution "
+                            f"takes --n-pairs and --n-demos only), not {args.method!r}; drop them")
     return {"cfg": spec.config(**given)}
 
 
@@ -346,6 +356,17 @@ def cmd_transfer(args) -> None:
     if args.ranks.is_main:
         print((out / "summary.md").read_text())
         print(f"outputs in {out}" + _ranks_note(args.ranks))
+
+
+def cmd_diagnose(args) -> None:
+    from ..experiment import DiagnoseConfig, run_diagnose
+
+    check_device(args)
+    dcfg = DiagnoseConfig(args.run_dir, folds=None if args.fold is None else (args.fold,),
+                          methods=_grid(args.methods, str), k=args.k, dose_kl=args.dose_kl)
+    out = run_diagnose(dcfg, progress=not args.quiet, device=args.device)
+    print((out / "heads.md").read_text())
+    print(f"outputs in {out}")
 
 
 def cmd_tasks(args) -> None:

@@ -27,7 +27,7 @@ TASK_HELP = f"one of {', '.join(TASK_NAMES)}"
 RUN_HELP = {
     "model": "embedded name, local dir/.gguf, or Hub name",
     "task": TASK_HELP,
-    "methods": f"comma-separated, of {','.join(METHODS)} (random = the null) or a registered scorer (e.g. real-release-utils; real-published needs --published-ranking)",
+    "methods": f"comma-separated, of {','.join(METHODS)} (random = the null) or a registered scorer (e.g. direction-attribution, real-release-utils; real-published needs --published-ranking)",
     "k_grid": "numbers of modules (heads) to keep, comma-separated; several = K chosen on val",
     "kl_grid": "target KL(unsteered||steered) per token, comma-separated: every method steered at each; "
                "'none' = the alpha grid (the paper's protocol)",
@@ -47,6 +47,23 @@ RUN_HELP = {
     "device": "torch device (default: the bridge's choice)",
     "data_dir": "data folder (default $REAL_LENS_DATA or ../shared/data)",
 }
+
+DIAGNOSE_DESCRIPTION = """\
+Does a method lose by its ranking or by curvature? For each method's top-K heads in a fold (from the
+run's saved scores) one row: the method's score; the first-order effect of the head's own steering
+offset alpha*sigma*u on the fold's contrast pairs' log-prob gap, per unit alpha (one backward pass over
+the fold's fitting questions: the direction-attribution scorer's quantity) and its rank among all
+heads; the head alone at a small matched dose (--dose-kl, alpha calibrated as the run calibrates),
+with the change of the task's metrics on the fold's test questions and, for TruthfulQA, that change's
+split into beta_truth (nats to true answers beyond their length) and beta_len (nats per answer token).
+Writes RUN_DIR/diagnose/heads.csv and heads.md (printed); every head is a cached cell there, so an
+interrupted diagnose resumes and a rerun is instant.
+
+The set's dose-response: resume the run itself over a wider grid of KL targets, e.g.
+  real-lens run --config RUN_DIR --kl-grid 0.03,0.06,0.1,0.2,0.3,0.5 --out RUN_DIR
+(cells are keyed per target, so the targets it had are reused and only the new ones are computed);
+heads.md ends with the set's test metric per method and target from the run's results.csv.
+"""
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeding both accept [0, 2**32)
 MAX_NEW_TOKENS = 1_000_000  # before the model is loaded; then prompt + new tokens must fit its context
@@ -83,6 +100,16 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer seed from 0 to {MAX_SEED}, got {text!r}") from None
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"expected an integer seed from 0 to {MAX_SEED}, got {value}")
+    return value
+
+
+def _fold(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fold index (0, 1, ...), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a fold index (0, 1, ...), got {value}")
     return value
 
 
@@ -136,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also append the INFO log to this file (even with --quiet)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, parents=[common])
+    def command(name: str, help: str, **options) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common], **options)
 
     def model_arg(p, default_help=f"default {DEFAULT_MODEL}"):
         p.add_argument("--model", default=None, help=f"embedded name, local dir/.gguf, or Hub name ({default_help})")
@@ -198,16 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=None)
     bank_arg(p)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--method", default="real", help="real, real-release, iti, patching, attribution or random")
+    p.add_argument("--method", default="real",
+                   help="real, real-release, iti, patching, attribution, direction-attribution or random")
     p.add_argument("--from-published", default=None, metavar="FILE",
                    help="instead of scoring: read one of the REAL release's ranking files "
                         "(validation/results_dump/head_sorted/*.npy) as method real-published, without executing "
                         "its pickle; --bank or --model checks it is for that model's layers x heads")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
-    pairs = p.add_argument_group("contrast pairs (patching, attribution; see real_lens/scoring/pairs.py)")
+    pairs = p.add_argument_group("contrast pairs (patching, attribution, direction-attribution; see real_lens/scoring/pairs.py)")
     pairs.add_argument("--n-pairs", type=_positive_int, default=None,
-                       help="questions to pair (default: patching 8, attribution 64)")
+                       help="questions to pair (default: patching 8, attribution and direction-attribution 64)")
     pairs.add_argument("--n-demos", type=_positive_int, default=None,
                        help="demonstrations before each question (default 3)")
     pairs.add_argument("--min-gap", type=_non_negative_float, default=None,
@@ -294,6 +322,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-questions", type=_positive_int, default=None, help="per fold (default: as the source run)")
     p.add_argument("--out", default=None, help="output directory (default runs/transfer-<source>-to-<task>)")
     p.set_defaults(run=commands.cmd_transfer)
+
+    p = command("diagnose", help="per head of each method's top K: its score, first-order steering effect and effect "
+                                 "alone at a small dose; the set's dose-response",
+                description=DIAGNOSE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a `real-lens run` output directory (its config.json and scores/)")
+    p.add_argument("--fold", type=_fold, default=None, help="one fold of the run (default: every fold it ran)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated methods of the run (default: every method it saved scores of, random included)")
+    p.add_argument("--k", type=_positive_int, default=None, help="heads per method (default: the run's largest K)")
+    p.add_argument("--dose-kl", type=_positive_float, default=0.02, metavar="KL",
+                   help="each head alone is steered at the α where KL(unsteered || steered) reaches KL nats per token on "
+                        "the job's calibration paragraphs (default 0.02)")
+    p.add_argument("--device", default=None, help="torch device (default: the run's)")
+    p.set_defaults(run=commands.cmd_diagnose)
 
     p = command("tasks", help="list the tasks and where their data comes from")
     p.add_argument("--data-dir", default=None)

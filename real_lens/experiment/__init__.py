@@ -6,7 +6,8 @@
 - :mod:`.loop`: the fold loop (:func:`run_experiment`);
 - :mod:`.stats`: summaries, the random null and paired tests, from the pooled arms;
 - :mod:`.report`: summary.md, rendered from what the run saved;
-- :mod:`.transfer`: a finished run's selections evaluated on another task.
+- :mod:`.transfer`: a finished run's selections evaluated on another task;
+- :mod:`.diagnose`: per head of each method's top K, its first-order and single-head steering effects.
 """
 
 import importlib
@@ -30,12 +31,13 @@ _LAZY = {
     "run_experiment": ".loop", "Setup": ".setup", "evaluate_cell": ".setup", "prepare": ".setup", "prepare_task": ".setup",
     "cached_cell": ".store", "cached_scores": ".store", "start_run_dir": ".store",
     "TransferConfig": ".transfer", "load_source_run": ".transfer", "run_transfer": ".transfer",
+    "DiagnoseConfig": ".diagnose", "run_diagnose": ".diagnose",
 }
-_SUBMODULES = ("config", "setup", "store", "loop", "stats", "report", "shard", "transfer")
+_SUBMODULES = ("config", "setup", "store", "loop", "stats", "report", "shard", "transfer", "diagnose")
 
-__all__ = ["METHODS", "PRESETS", "Dose", "ExperimentConfig", "Setup", "TransferConfig", "cached_cell", "cached_scores",
+__all__ = ["METHODS", "PRESETS", "DiagnoseConfig", "Dose", "ExperimentConfig", "Setup", "TransferConfig", "cached_cell", "cached_scores",
            "config_for", "dose_groups", "evaluate_cell", "fit_parts", "load_config", "load_source_run", "prepare", "prepare_task",
-           "run_experiment", "run_transfer", "start_run_dir", "task_slug", "val_selects"]
+           "run_diagnose", "run_experiment", "run_transfer", "start_run_dir", "task_slug", "val_selects"]
 
 
 def __getattr__(name: str):

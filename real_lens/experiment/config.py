@@ -201,6 +201,11 @@ def fit_parts(cfg: ExperimentConfig) -> tuple[str, ...]:
     return ("train",) if val_selects(cfg) else ("train", "val")
 
 
+def fit_groups(cfg: ExperimentConfig, fold) -> set[str]:
+    """The questions of ``fold`` (a task's fold) that fit scores, directions and σ: its :func:`fit_parts`."""
+    return set().union(*(getattr(fold, part) for part in fit_parts(cfg)))
+
+
 def arm_name(method: str, group: str) -> str:
     return f"{method} @ {group}" if group else method
 

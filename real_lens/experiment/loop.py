@@ -35,6 +35,7 @@ from .config import (
     Dose,
     ExperimentConfig,
     dose_groups,
+    fit_groups,
     fit_parts,
     val_selects,
 )
@@ -118,8 +119,7 @@ class FoldLoop:
 
     def fold_bank(self, fold_index: int, full_bank):
         """The part of the task's bank that fits this fold's scores and directions."""
-        fold = self.setup.task.folds[fold_index]
-        fitted_on = set().union(*(getattr(fold, part) for part in fit_parts(self.cfg)))
+        fitted_on = fit_groups(self.cfg, self.setup.task.folds[fold_index])
         if self.tuning_bank is not None:  # σ from the fold's part of the tuning bank (cfg.sigma_bank "tuning")
             self.sigma_banks[fold_index] = self.tuning_bank.select(fitted_on)
         return full_bank.select(fitted_on)

@@ -3,7 +3,8 @@
 Everything a run computes is cached here as verified files (one sealed JSON per evaluated cell and
 per α calibration, one scores artifact per fold and method), keyed by a digest of every setting
 that changes the value, so an interrupted run resumes where it stopped and a rerun reuses what is
-done. A directory holding results of another configuration is refused.
+done. A directory holding results of another configuration is refused (another grid of KL targets
+is not another configuration: :func:`same_config`).
 """
 
 from __future__ import annotations
@@ -63,12 +64,19 @@ def same_config(stored: dict, current: dict) -> bool:
 
     A field added after the directory was written counts as the same when it cannot have changed
     what is stored there: a scorer's own setting (its scores and cells carry it in their keys) or
-    a field at its digest-neutral default (:data:`~real_lens.experiment.config.LATER_FIELDS`)."""
+    a field at its digest-neutral default (:data:`~real_lens.experiment.config.LATER_FIELDS`).
+
+    Another list of KL targets is the same run too (one KL grid for another, never KL for the α
+    grid): every cell and calibration is keyed by its own target and no digest holds the grid, each
+    target is a dose group of its own (so val chooses, and fitting uses, the same parts whatever the
+    grid), and the calibration paragraphs do not depend on it. A resumed run then reuses every
+    target it had and computes the new ones: a dose–response over a wider grid."""
     if not isinstance(stored, dict):
         return False
     later = {k: v for k, v in current.items() if k not in stored and (
         k in scorer_settings() or (k in LATER_FIELDS and v == LATER_FIELDS[k]))}
-    return {**stored, **later} == current
+    regrid = {"kl_grid": current["kl_grid"]} if stored.get("kl_grid") and current.get("kl_grid") else {}
+    return {**stored, **later, **regrid} == current
 
 
 def _stored_config(path: Path):

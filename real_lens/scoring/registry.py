@@ -23,7 +23,7 @@ from ..errors import unknown_name_error
 
 STRENGTH_RULES = ("score", "uniform")
 # The scorer modules shipped with real-lens, imported (so they register) on the first look-up.
-BUILTIN_MODULES = ("real", "iti", "patching", "attribution", "random", "published")
+BUILTIN_MODULES = ("real", "iti", "patching", "attribution", "direction_attribution", "random", "published")
 ENTRY_POINT_GROUP = "real_lens.scorers"
 
 

@@ -94,3 +94,33 @@ def test_an_interrupted_run_records_its_session(tmp_path, monkeypatch, tiny_mode
         experiment.run_experiment(config_for("quick", model="tiny-llama"), tmp_path, progress=False)
     (session,) = read_sealed_json(tmp_path / "timing.json")["sessions"]
     assert session["collect activations"] == 42.0 and session["total"] >= 0
+
+
+def test_another_kl_grid_is_the_same_run_but_not_the_alpha_grid():
+    from real_lens.experiment.store import same_config
+
+    stored = jsonable(config_for("quick", model="tiny-llama", kl_grid=(0.1, 0.3)))
+    assert same_config(stored, {**stored, "kl_grid": [0.03, 0.06, 0.1, 0.2, 0.3, 0.5]})
+    assert not same_config(stored, {**stored, "kl_grid": None})  # the α protocol: other calibration texts
+    assert not same_config({**stored, "kl_grid": None}, stored)
+    assert not same_config(stored, {**stored, "kl_grid": [0.03], "seed": 1})  # only the grid may change
+
+
+@needs_data
+def test_a_wider_kl_grid_resumes_the_run_and_reuses_every_cell(tmp_path, tiny_model):
+    import csv
+    import dataclasses
+
+    cfg = config_for("quick", model="tiny-llama", methods=("iti", "random"), folds=(0,), kl_grid=(0.001,))
+    experiment.run_experiment(cfg, tmp_path, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cells").iterdir()}
+    experiment.run_experiment(dataclasses.replace(cfg, kl_grid=(0.001, 0.004)), tmp_path, progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cells").iterdir()}
+    assert {name: after.get(name) for name in before} == before  # every earlier cell reused, none rewritten
+    assert any("kl0.004" in name for name in set(after) - set(before))
+    with open(tmp_path / "results.csv", newline="") as f:
+        targets = {r["target_kl"] for r in csv.DictReader(f) if r["method"] == "iti" and r["split"] == "test"}
+    assert targets == {"0.001", "0.004"}
+    assert read_sealed_json(tmp_path / "config.json")["config"]["kl_grid"] == [0.001, 0.004]
+    with pytest.raises(RealLensError, match="another configuration"):
+        start_run_dir(tmp_path, dataclasses.replace(cfg, kl_grid=None))
