@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analyses.common import ROOT, RESULTS, run_main
+from analyses.common import RESULTS, ROOT, run_main
 from real_lens.bank import ActivationBank
 from real_lens.compare import compare_scores
 from real_lens.errors import RealLensError
@@ -47,7 +47,11 @@ from real_lens.scoring import ModuleScores
 from real_lens.scoring.iti import split_groups
 from real_lens.scoring.real import score_real
 from real_lens.scoring.real_config import RealConfig
-from real_lens.scoring.real_splits import release_seeds, split_heldout, split_release_per_answer
+from real_lens.scoring.real_splits import (
+    release_seeds,
+    split_heldout,
+    split_release_per_answer,
+)
 
 NAME = "real_split_independence"
 
@@ -122,9 +126,11 @@ def restricted(scores: ModuleScores, n: int | None) -> ModuleScores:
     """The first ``n`` heads as a one-layer score table (QUICK scores only some heads); all with None."""
     if n is None:
         return scores
-    flat = lambda t: t.flatten()[:n].reshape(1, n)  # noqa: E731
-    return ModuleScores(flat(scores.scores), scores.method, scores.config,
-                        {k: flat(v) for k, v in scores.diagnostics.items()}, scores.meta)
+    def first(t):
+        return t.flatten()[:n].reshape(1, n)
+
+    return ModuleScores(first(scores.scores), scores.method, scores.config,
+                        {k: first(v) for k, v in scores.diagnostics.items()}, scores.meta)
 
 
 # ----------------------------------------------------------------------------- measures
@@ -223,7 +229,7 @@ def summary(data: dict, command: str) -> list[str]:
     def rho(value: float) -> str:
         return "nan" if value is None or math.isnan(value) else f"{value:.3f}"
 
-    lines = [f"# REAL's held-out split apart from ITI's validation split (issue 20 §4)", "",
+    lines = ["# REAL's held-out split apart from ITI's validation split (issue 20 §4)", "",
              f"`{command}`; run {data['run']} (seed {data['seed']}), `real` at its settings, all on one CPU thread.",
              "", "| | " + " | ".join(f"fold {f}" for f in data["folds"]) + " |",
              "|---|" + "---|" * len(data["folds"])]
@@ -254,7 +260,7 @@ def summary(data: dict, command: str) -> list[str]:
         n = c["n"]
         lines += ["", f"## cross_fit={n}, fold {fold}: {n} disjoint held-out parts of 20 % (one VQ-AE, priors per part)",
                   "", "| | value |", "|---|---|",
-                  f"| split noise: Spearman ρ between parts' AUCs | "
+                  "| split noise: Spearman ρ between parts' AUCs | "
                   + ", ".join(rho(a["spearman"]) for a in c["between_splits"]) + " |",
                   f"| split noise: top-{k} overlap between parts | "
                   + ", ".join(f"{a['overlap_top_k']}/{k}" for a in c["between_splits"]) + " |",

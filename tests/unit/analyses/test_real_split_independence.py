@@ -2,8 +2,6 @@
 old (shared) split, so the analysis must find them reproduced, its new split apart from ITI's, and its cross-fit
 part 0 equal to the new single split."""
 
-import dataclasses
-
 import pytest
 import torch
 

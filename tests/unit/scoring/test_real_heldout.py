@@ -19,10 +19,22 @@ from real_lens.scoring.iti import split_groups
 from real_lens.scoring.real import heldout_size, score_real_tensors
 from real_lens.scoring.real_config import RealConfig
 from real_lens.scoring.real_splits import (
-    release_seeds, split_heldout, split_heldout_folds, split_release_heldout, split_release_per_answer,
+    release_seeds,
+    split_heldout,
+    split_heldout_folds,
+    split_release_heldout,
+    split_release_per_answer,
 )
 
-from .test_real import FAST, small_inputs  # noqa: F401  (a module-scoped fixture: 5 modules, 120 examples)
+from .test_real import FAST, make_examples, planted_acts
+
+
+@pytest.fixture(scope="module")
+def small_inputs():
+    """test_real.py's: 5 modules (two of them planted) of 120 examples, 30 questions."""
+    examples = make_examples(120)
+    acts = planted_acts(120, seed=1).reshape(120, -1, 8)[:, 2:7]
+    return acts, torch.tensor([e.label for e in examples]), [e.group for e in examples]
 
 
 def truthfulqa_like(n_questions: int = 160, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
@@ -132,7 +144,7 @@ def test_cross_fit_one_is_the_single_split_and_split_zero_of_more(small_inputs):
     one, one_diagnostics = score_real_tensors(*small_inputs, cfg=dataclasses.replace(FAST, cross_fit=1), seed=2)
     assert torch.equal(one, single) and one_diagnostics.keys() == diagnostics.keys()
     assert not any(k.startswith("auc_split") for k in diagnostics)
-    auc, three = score_real_tensors(*small_inputs, cfg=dataclasses.replace(FAST, cross_fit=3), seed=2)
+    _, three = score_real_tensors(*small_inputs, cfg=dataclasses.replace(FAST, cross_fit=3), seed=2)
     assert torch.equal(three["auc_split0"], single)
     for name in ("recon_loss", "perplexity", "collapsed"):  # the same VQ-AE
         assert torch.equal(three[name], diagnostics[name])
