@@ -79,7 +79,8 @@ def matmul_flops(cfg: RealConfig, d: int, n_examples: int, prior_train: tuple[in
 
 def prior_split_sizes(labels, groups, cfg: RealConfig, seed: int) -> tuple[tuple[int, int], int]:
     """``((aligned, violating) examples the priors train on, held-out examples)``, as REAL splits them."""
-    train, heldout = split_heldout(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=seed)
+    train, heldout = split_heldout(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=seed,
+                                   stream=cfg.heldout_stream)
     return (int((labels[train] == 1).sum()), int((labels[train] == 0).sum())), len(heldout)
 
 

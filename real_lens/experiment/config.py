@@ -62,6 +62,7 @@ class ExperimentConfig:
     published_ranking: tuple[str, ...] | None = None  # real-published's ranking files, one per fold (or one for all)
     real_epochs: int = 20
     real_prior_epochs: int = 10
+    real_cross_fit: int = 1  # REAL's score = mean held-out AUC over this many disjoint held-out splits (1 = one split)
     real_release_epochs: int = 30  # real-release's VQ-AE epochs (OneForAll.py's default)
     real_release_prior_epochs: int = 6  # real-release's GRU prior epochs (OneForAll.py's default)
     # Which bank σ (the std of projections onto each direction) comes from: "scoring" = the fold's fit examples
@@ -129,13 +130,20 @@ class ExperimentConfig:
         # Counts the command line passes straight through (real_lens.configs derives one option per field).
         for name in ("questions_per_part", "n_val_questions", "n_test_questions", "patching_pairs", "attribution_pairs",
                      "pair_demos", "real_epochs",
-                     "real_prior_epochs", "real_release_epochs", "real_release_prior_epochs", "side_effect_tokens", "n_boot", "batch_size", "side_effect_texts",
+                     "real_prior_epochs", "real_cross_fit", "real_release_epochs", "real_release_prior_epochs", "side_effect_tokens", "n_boot", "batch_size", "side_effect_texts",
                      "null_draws", "calibration_texts"):
             value, least = getattr(self, name), 0 if name == "side_effect_texts" else 1
             optional = name in ("questions_per_part", "n_val_questions", "n_test_questions")
             if not (value is None and optional) and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise RealLensError(f"{name} must be an integer >= {least}{' or None (all)' if optional else ''}; "
                                     f"got {value!r}")
+        if self.real_cross_fit > 1:  # its bound (disjoint held-out parts of 20 % each), before anything is computed
+            from ..scoring.real_config import RealConfig
+
+            most = math.floor(1 / RealConfig().heldout_fraction + 1e-9)
+            if self.real_cross_fit > most:
+                raise RealLensError(f"real_cross_fit (--real-cross-fit) must be at most {most}: REAL holds out disjoint "
+                                    f"parts of {RealConfig().heldout_fraction:.0%} of the questions; got {self.real_cross_fit}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -221,8 +229,11 @@ LATER_FIELDS = {"sigma_bank": "scoring", "dtype": "float32", "device_map": None}
 
 
 def jsonable(obj):
+    """``obj`` as JSON values, as cache keys and config.json hold it: a dataclass as its fields, or as its
+    ``digest_fields()`` where it has one (a scorer config that keeps later fields at their old values out)."""
     if dataclasses.is_dataclass(obj):
-        return jsonable(dataclasses.asdict(obj))
+        digest_fields = getattr(obj, "digest_fields", None)
+        return jsonable(digest_fields() if digest_fields else dataclasses.asdict(obj))
     if isinstance(obj, dict):
         return {k: jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -150,7 +150,9 @@ def render_summary(cfg: ExperimentConfig, saved: dict, rows: list[dict], session
         f"- activation patching on {cfg.patching_pairs}, attribution patching on {cfg.attribution_pairs} contrast pairs "
         f"per fold ({cfg.pair_demos} aligned vs violating demonstrations, pairs with |gap| < {cfg.pair_min_gap:g} nats "
         "dropped; kept counts in each method's scores/fold*/*/scores.json)",
-        f"- REAL: {cfg.real_epochs} VQ-AE epochs, {cfg.real_prior_epochs} prior epochs, the paper's other settings; "
+        f"- REAL: {cfg.real_epochs} VQ-AE epochs, {cfg.real_prior_epochs} prior epochs, the paper's other settings"
+        + (f", AUC averaged over {cfg.real_cross_fit} disjoint held-out splits" if cfg.real_cross_fit > 1 else "")
+        + " (held-out questions drawn apart from ITI's validation questions); "
         "`real` is the method as the paper describes it (METHOD.md §3), `real-release` as the authors' camera-ready "
         f"code (OneForAll.py) computes it (§3a; {cfg.real_release_epochs} VQ-AE and {cfg.real_release_prior_epochs} "
         "prior epochs; differences below)",

@@ -9,7 +9,9 @@ Described variant (the paper's method, METHOD.md §3): train a VQ-AE on all the 
 examples (:mod:`.vqae`), turn every example into ``U`` code indices, train one causal GRU
 LM on the aligned and one on the violating examples of the prior-training part, and score
 the held-out part by the mean-per-position log-likelihood ratio (:mod:`.prior`). The
-held-out part is chosen by group (question) unless ``heldout_split="answer"``.
+held-out part is chosen by group (question) unless ``heldout_split="answer"``, from REAL's own
+seed stream (``heldout_stream="real"``), so it is not ITI's validation split of the same seed;
+``cross_fit=n`` averages the AUC over ``n`` disjoint held-out parts (:class:`RealConfig`).
 
 Release variant (the authors' camera-ready OneForAll.py, METHOD.md §3a;
 :data:`RELEASE_DIFFERENCES` lists every difference and why it matters): per-head seeds
@@ -48,7 +50,8 @@ from .scores import ModuleScores
 from .prior import roc_auc, train_prior
 from .real_config import METHOD_NAMES, RealConfig
 from .real_splits import (
-    init_generators, loader_permutation, module_generators, module_position, release_seeds, seeded_generators, split_heldout, split_release_heldout, split_release_per_answer,
+    init_generators, loader_permutation, module_generators, module_position, release_seeds, seeded_generators, split_heldout, split_heldout_folds, split_release_heldout,
+    split_release_per_answer,
 )
 from .vqae import supcon_loss, supcon_loss_anchor_positive, supcon_loss_release, train_vqae
 
@@ -159,11 +162,12 @@ def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_n
     elif cfg.variant == "release-utils":
         split = split_release_heldout(labels, fraction=cfg.heldout_fraction, seed=seed)
     else:
-        train, heldout = split_heldout(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=seed)
-        split = (train[labels[train] == 1], train[labels[train] == 0], heldout)
+        split = _described_splits(labels, groups, cfg, seed)
     trained = _check_modules(modules, n_modules)
 
-    n_rows = 5 if cfg.variant == "release-utils" else 4  # auc, recon_loss, perplexity, collapsed[, underflow]
+    # auc, recon_loss, perplexity, collapsed[, underflow (release-utils) | the AUC of each cross-fit split]
+    n_extra = 1 if cfg.variant == "release-utils" else cfg.cross_fit if cfg.cross_fit > 1 else 0
+    n_rows = 4 + n_extra
     results = [torch.empty(n_rows, 0)]
     chunks = _chunks(len(trained), cfg.module_chunk_for(device))
     label = {"described": "REAL", "release": "REAL release", "release-utils": "REAL release (utils.py)"}[cfg.variant]
@@ -171,44 +175,56 @@ def _score(acts, labels, groups, *, cfg: RealConfig, seed: int, device, module_n
         chunk = [trained[i] for i in part]
         x = acts[:, chunk].to(device=device, dtype=torch.float32).transpose(0, 1).contiguous()
         results.append(_score_chunk(x, labels, split, chunk, cfg=cfg, seed=seed))
-    auc, recon_loss, perplexity, collapsed, *underflow = torch.full((n_rows, n_modules), torch.nan).index_copy(
+    auc, recon_loss, perplexity, collapsed, *extra = torch.full((n_rows, n_modules), torch.nan).index_copy(
         1, torch.tensor(trained, dtype=torch.long), torch.cat(results, dim=1)
     )
     diagnostics = {"recon_loss": recon_loss, "perplexity": perplexity, "collapsed": collapsed, "auc": auc}
-    if underflow:
-        diagnostics["underflow"] = underflow[0]
+    if cfg.variant == "release-utils":
+        diagnostics["underflow"] = extra[0]
+    else:
+        diagnostics.update({f"auc_split{i}": value for i, value in enumerate(extra)})
     return torch.where(collapsed == 1, torch.zeros_like(auc), auc), diagnostics
 
 
-def _split(labels, groups, cfg: RealConfig, seed: int) -> tuple[Tensor, ...]:
-    """A split like the modules' (its last part: the held-out examples an AUC is computed on). The described
-    and release-utils variants share one split; the release draws one per head — this is head L0H0's, and
-    every head's held-out set has the same size (both classes cut to the smaller one's held-out count)."""
+def _described_splits(labels, groups, cfg: RealConfig, seed: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """The described variant's ``cfg.cross_fit`` splits (one by default), each ``(aligned prior-training,
+    violating prior-training, held-out)`` example indices, drawn from ``cfg.heldout_stream``."""
+    folds = split_heldout_folds(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=seed,
+                                stream=cfg.heldout_stream, n_splits=cfg.cross_fit)
+    return [(train[labels[train] == 1], train[labels[train] == 0], heldout) for train, heldout in folds]
+
+
+def _heldout_parts(labels, groups, cfg: RealConfig, seed: int) -> list[Tensor]:
+    """The held-out examples the modules' AUCs are computed on: one part per split (``cfg.cross_fit`` in the
+    described variant, else one). The release draws one per head — this is head L0H0's, and every head's
+    held-out set has the same size (both classes cut to the smaller one's held-out count)."""
     if cfg.variant == "release":
         generator = torch.Generator().manual_seed(release_seeds(seed, 0, 0)["split"])
-        return split_release_per_answer(labels, generator, fraction=cfg.heldout_fraction)
+        return [split_release_per_answer(labels, generator, fraction=cfg.heldout_fraction)[-1]]
     if cfg.variant == "release-utils":
-        train, heldout = split_release_heldout(labels, fraction=cfg.heldout_fraction, seed=seed)
-        return train, heldout
-    train, heldout = split_heldout(labels, groups, how=cfg.heldout_split, fraction=cfg.heldout_fraction, seed=seed)
-    return train[labels[train] == 1], train[labels[train] == 0], heldout
+        return [split_release_heldout(labels, fraction=cfg.heldout_fraction, seed=seed)[-1]]
+    return [split[-1] for split in _described_splits(labels, groups, cfg, seed)]
 
 
 def heldout_size(labels, groups, cfg: RealConfig, seed: int = 0) -> dict[str, int]:
-    """What each module's AUC rests on: the held-out examples and the questions (groups) they come from.
+    """What each module's AUC rests on: the held-out examples and the questions (groups) they come from,
+    over all ``n_splits`` held-out parts (``RealConfig.cross_fit``; they are disjoint).
 
     A few held-out questions make the AUC coarse (with 5 questions, 10 examples, it moves in steps
     of 1/25) and many modules tie; summary.md says so."""
-    heldout = _split(labels.long().cpu(), groups, cfg, seed)[-1].tolist()
+    parts = _heldout_parts(labels.long().cpu(), groups, cfg, seed)
+    heldout = torch.cat(parts).tolist()
     return {"n_examples": len(heldout), "n_questions": len({groups[i] for i in heldout}),
-            "n_aligned": int(labels.long().cpu()[heldout].sum())}
+            "n_aligned": int(labels.long().cpu()[heldout].sum()), "n_splits": len(parts)}
 
 
 def _score_chunk(x, labels, split, modules: list[int], *, cfg: RealConfig, seed: int) -> Tensor:
     """VQ-AE -> codes -> prior(s) -> held-out AUC for the modules of one chunk.
 
     Returns on the CPU ``[4, module]``: AUC, reconstruction loss, perplexity, collapsed;
-    the release-utils variant appends a fifth row, the held-out underflow fraction.
+    the release-utils variant appends a fifth row, the held-out underflow fraction. The described
+    variant with ``cfg.cross_fit = n > 1`` (``split`` holds ``n`` splits) trains the VQ-AE once and two
+    priors per split; its AUC is the mean of the splits' AUCs, which follow as ``n`` more rows.
     """
     if cfg.variant == "release":
         return _score_chunk_release(x, labels, [split[m] for m in modules], cfg=cfg, seed=seed)
@@ -235,13 +251,20 @@ def _score_chunk(x, labels, split, modules: list[int], *, cfg: RealConfig, seed:
         s = aligned.sequence_probability(vq.codes[:, heldout], eval_batch=cfg.eval_batch)
         diagnostics.append((s == 0).float().mean(-1))
     else:
-        train_aligned, train_violating, heldout = (idx.to(device) for idx in split)
-        aligned = train_prior(vq.codes[:, train_aligned], module_generators(seed, modules, "prior_aligned"), **prior)
-        violating = train_prior(
-            vq.codes[:, train_violating], module_generators(seed, modules, "prior_violating"), **prior
-        )
-        held = vq.codes[:, heldout]
-        s = aligned.score(held, eval_batch=cfg.eval_batch) - violating.score(held, eval_batch=cfg.eval_batch)
+        aucs = []
+        for i, part in enumerate(split):  # one split, or cfg.cross_fit disjoint ones
+            train_aligned, train_violating, heldout = (idx.to(device) for idx in part)
+            aligned = train_prior(vq.codes[:, train_aligned], module_generators(seed, modules, "prior_aligned", split=i),
+                                  **prior)
+            violating = train_prior(
+                vq.codes[:, train_violating], module_generators(seed, modules, "prior_violating", split=i), **prior
+            )
+            held = vq.codes[:, heldout]
+            s = aligned.score(held, eval_batch=cfg.eval_batch) - violating.score(held, eval_batch=cfg.eval_batch)
+            aucs.append(roc_auc(s, labels[heldout.cpu()]))
+        if len(aucs) == 1:
+            return torch.stack([aucs[0], *diagnostics]).cpu()
+        return torch.stack([torch.stack(aucs).mean(0), *diagnostics, *aucs]).cpu()
     auc = roc_auc(s, labels[heldout.cpu()])
     return torch.stack([auc, *diagnostics]).cpu()
 
@@ -298,21 +321,23 @@ def _score_chunk_release(x, labels, positions: list[tuple[int, int]], *, cfg: Re
     return torch.stack([auc, vq.recon_loss, vq.perplexity, vq.collapsed.float()]).cpu()
 
 
-def _experiment_options(variant: str, epochs: str, prior_epochs: str):
+def _experiment_options(variant: str, epochs: str, prior_epochs: str, cross_fit: str | None = None):
     def options(experiment) -> dict:
+        more = {"cross_fit": getattr(experiment, cross_fit)} if cross_fit else {}
         return {"cfg": RealConfig(variant=variant, vq_epochs=getattr(experiment, epochs),
-                                  prior_epochs=getattr(experiment, prior_epochs))}
+                                  prior_epochs=getattr(experiment, prior_epochs), **more)}
 
     return options
 
 
 _REAL_SPEC = dict(config=RealConfig, shardable=True, progress=True, strength="score")
 _DESCRIBED_EPOCHS = ("real_epochs", "real_prior_epochs")
+_DESCRIBED_SETTINGS = (*_DESCRIBED_EPOCHS, "real_cross_fit")
 _RELEASE_EPOCHS = ("real_release_epochs", "real_release_prior_epochs")
 
 
-@register_scorer("real", **_REAL_SPEC, experiment_settings=_DESCRIBED_EPOCHS,
-                 experiment_options=_experiment_options("described", *_DESCRIBED_EPOCHS))
+@register_scorer("real", **_REAL_SPEC, experiment_settings=_DESCRIBED_SETTINGS,
+                 experiment_options=_experiment_options("described", *_DESCRIBED_SETTINGS))
 def score_real(
     bank, *, cfg: RealConfig | None = None, seed: int = 0, device=None, model=None,
     modules: Sequence[int] | None = None, progress: bool = True,

@@ -8,6 +8,7 @@ for ``variant="release-utils"``, the release's older ``utils.py`` path (kept und
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -19,6 +20,13 @@ from ..errors import ScoringError
 VARIANTS = ("described", "release", "release-utils")
 METHOD_NAMES = {"described": "real", "release": "real-release", "release-utils": "real-release-utils"}
 HELDOUT_SPLITS = ("group", "answer")
+# Which generator draws the held-out split (real_splits.heldout_rng); per variant, the one it must use, or
+# (described) its default. "shared" = default_rng(seed), the generator ITI's validation split draws from.
+HELDOUT_STREAMS = {"described": ("real", "shared"), "release": ("per-head",), "release-utils": ("shared",)}
+# RealConfig fields added after scores were cached, with the value every earlier score of each variant had.
+# At that value a field stays out of the cache keys (digest_fields), so adding it recomputed only what it changes.
+LATER_FIELDS = {"heldout_stream": {"described": "shared", "release": "per-head", "release-utils": "shared"},
+                "cross_fit": {"described": 1, "release": 1, "release-utils": 1}}
 # Epochs when RealConfig leaves them unset: (VQ-AE, prior). OneForAll.py's CLI defaults are 30 and 6.
 DEFAULT_EPOCHS = {"described": (20, 10), "release": (30, 6), "release-utils": (20, 10)}
 
@@ -160,10 +168,26 @@ class RealConfig:
 
     ``variant="release"`` reproduces the authors' camera-ready code instead (OneForAll.py,
     METHOD.md §3a, :data:`RELEASE_DIFFERENCES`): it splits per answer and per head
-    (``heldout_split`` resolves to ``"answer"``) and trains 30 VQ-AE and 6 prior epochs unless
-    told otherwise. ``variant="release-utils"`` is the release's older utils.py path
-    (:data:`RELEASE_UTILS_DIFFERENCES`): per-answer split, no gradient clipping
+    (``heldout_split`` resolves to ``"answer"``, ``heldout_stream`` to ``"per-head"``) and trains 30
+    VQ-AE and 6 prior epochs unless told otherwise. ``variant="release-utils"`` is the release's older
+    utils.py path (:data:`RELEASE_UTILS_DIFFERENCES`): per-answer split, no gradient clipping
     (``prior_grad_clip`` resolves to None), one prior (the violating prior's settings are unused).
+
+    Held-out split of the described variant: ``heldout_stream="real"`` (default) draws it from REAL's own
+    seed stream, independent of ITI's validation split; ``"shared"`` draws it from ``default_rng(seed)``,
+    the generator ITI's split draws from, so that with the run's one seed REAL held out exactly ITI's
+    validation questions (issue 20 §4). ``"shared"`` reproduces scores made before this option existed
+    (and their cache keys). The release variants keep their own draws (``"per-head"``, ``"shared"``).
+
+    ``cross_fit=n`` (described variant): the score is the mean held-out AUC over ``n`` disjoint held-out
+    parts of ``heldout_fraction`` each (one permutation cut into consecutive parts, so split 0 is the single
+    split and ``cross_fit=1`` is exactly it), each scored by two priors trained on the rest;
+    ``diagnostics["auc_split{i}"]`` keep the parts' AUCs. Disjoint rather than independently drawn: no
+    question counts twice in the mean, and the union of the parts is ``n`` times as many questions. The
+    VQ-AE trains once, on every example, as METHOD.md §3 specifies: held-out labels reach it only
+    through SupCon (weight λ), for every split alike and as in the single split, so cross-fitting
+    averages out split noise of the specified score without changing what it measures (a VQ-AE per split
+    without its held-out part would be another estimator, at ``n`` times the VQ-AE cost).
     """
 
     variant: Variant = "described"
@@ -193,6 +217,8 @@ class RealConfig:
     prior_batch_size: int = 32
     heldout_split: str | None = None  # "group" (by question) or "answer"; None: "group" (described), else "answer"
     heldout_fraction: float = 0.2
+    heldout_stream: str | None = None  # "real" or "shared" (ITI's generator); None: "real" (described), else its own
+    cross_fit: int = 1  # disjoint held-out parts the AUC is averaged over (described variant); 1 = one split
     # execution (does not change results)
     module_chunk: int | None = None  # modules trained together; None: 64 on CPU (cache-sized), 1024 elsewhere
     eval_batch: int = 256  # examples per slice when encoding / scoring without gradients
@@ -210,6 +236,8 @@ class RealConfig:
             object.__setattr__(self, "prior_epochs", prior_epochs)
         if self.heldout_split is None:
             object.__setattr__(self, "heldout_split", "answer" if release else "group")
+        if self.heldout_stream is None:
+            object.__setattr__(self, "heldout_stream", HELDOUT_STREAMS[self.variant][0])
         if self.prior_grad_clip is None and not utils:
             object.__setattr__(self, "prior_grad_clip", 1.0)
         if release and self.heldout_split != "answer":
@@ -245,10 +273,34 @@ class RealConfig:
                 f"RealConfig.code_dim must be a positive multiple of n_groups={self.n_groups}; found {self.code_dim}. "
                 "Pick code_dim divisible by n_groups, or leave it None (= d/2)"
             )
+        streams = HELDOUT_STREAMS[self.variant]
+        if self.heldout_stream not in streams:
+            fix = ("Leave heldout_stream unset, or use variant='described'" if len(streams) == 1
+                   else "Use 'real' (REAL's own stream) or 'shared' (ITI's generator, as scores before it existed)")
+            raise ScoringError(f"RealConfig(variant={self.variant!r}) draws its held-out split from "
+                               f"{' or '.join(map(repr, streams))}; found heldout_stream={self.heldout_stream!r}. {fix}")
+        if not isinstance(self.cross_fit, int) or isinstance(self.cross_fit, bool) or self.cross_fit < 1:
+            raise ScoringError(f"RealConfig.cross_fit must be a positive integer; found {self.cross_fit!r}. "
+                               "Pass 1 (one held-out split) or more")
+        if self.cross_fit > 1 and release:
+            raise ScoringError(f"RealConfig(variant={self.variant!r}) holds out one split as the release does; found "
+                               f"cross_fit={self.cross_fit}. Leave cross_fit at 1, or use variant='described'")
         if self.heldout_split not in HELDOUT_SPLITS:
             raise ScoringError(f"RealConfig.heldout_split must be one of {HELDOUT_SPLITS}; found {self.heldout_split!r}")
         if not 0 < self.heldout_fraction < 1:
             raise ScoringError(f"RealConfig.heldout_fraction must be in (0, 1); found {self.heldout_fraction!r}")
+        if self.cross_fit * self.heldout_fraction > 1 + 1e-9:
+            raise ScoringError(
+                f"RealConfig(cross_fit={self.cross_fit}) holds out {self.cross_fit} disjoint parts of "
+                f"heldout_fraction={self.heldout_fraction!r} each, more than the whole bank; found "
+                f"{self.cross_fit * self.heldout_fraction:.3g}. Pass cross_fit <= {math.floor(1 / self.heldout_fraction + 1e-9)}"
+            )
+
+    def digest_fields(self) -> dict:
+        """The fields that enter cache keys (``experiment.config.jsonable``): every field, less a
+        :data:`LATER_FIELDS` field at the value scores had before it existed (so adding it kept those keys)."""
+        fields = dataclasses.asdict(self)
+        return {k: v for k, v in fields.items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k][self.variant])}
 
     def module_chunk_for(self, device: torch.device) -> int:
         """How many modules train together on ``device`` (results do not depend on it)."""

@@ -3,7 +3,9 @@ release's per-head seeds (METHOD.md §3a: ``mix_seed``, the loaders' permutation
 
 Module ``m``'s streams come from ``(seed, m, stage)`` (or, in the release variant, from its head's
 release seed), never from a shared generator, so a module's score does not depend on which chunk it
-trains in: batched equals one module at a time.
+trains in: batched equals one module at a time. The described variant's held-out split comes from
+REAL's own stream of the seed (:func:`heldout_rng`), not from the generator ITI's validation split
+draws from, so the two scorers of one run do not judge modules on the same questions.
 """
 
 from __future__ import annotations
@@ -18,46 +20,97 @@ from torch import Tensor
 from ..errors import ScoringError
 
 _STAGES = {"vqae": 0, "prior_aligned": 1, "prior_violating": 2}
+# The entropy word of REAL's own held-out stream (heldout_rng): ASCII "REAL". Its seed sequence [seed, key] is
+# of another length than the modules' [seed, module, stage], so the streams are distinct.
+HELDOUT_STREAM_KEY = 0x5245414C
 
 
 # --- seeding and splitting -------------------------------------------------------------
-def module_generators(seed: int, modules: Sequence[int], stage: str) -> list[torch.Generator]:
-    """One CPU generator per module, seeded from ``(seed, module, stage)`` only."""
+def module_generators(seed: int, modules: Sequence[int], stage: str, *, split: int = 0) -> list[torch.Generator]:
+    """One CPU generator per module, seeded from ``(seed, module, stage)`` only; cross-fitting's split
+    ``i > 0`` (``RealConfig.cross_fit``) from ``(seed, module, stage, i)``, so split 0 is the single split's."""
     generators = []
     for m in modules:
-        high, low = np.random.SeedSequence([seed, m, _STAGES[stage]]).generate_state(2, dtype=np.uint32)
+        entropy = [seed, m, _STAGES[stage]] + ([split] if split else [])
+        high, low = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
         generators.append(torch.Generator().manual_seed(int(high) << 32 | int(low)))
     return generators
 
 
+def heldout_rng(seed: int, stream: str) -> np.random.Generator:
+    """The generator REAL's held-out split draws from (``RealConfig.heldout_stream``).
+
+    ``"real"``: REAL's own stream, ``SeedSequence([seed, HELDOUT_STREAM_KEY])``. ``"shared"``:
+    ``default_rng(seed)`` itself, which is also what ITI's :func:`~real_lens.scoring.iti.split_groups`
+    draws its validation groups from: with the run's one seed, a by-group split then holds out exactly
+    ITI's validation questions (every score before ``heldout_stream`` existed; issue 20 §4).
+    """
+    if stream == "real":
+        return np.random.default_rng(np.random.SeedSequence([seed, HELDOUT_STREAM_KEY]))
+    if stream == "shared":
+        return np.random.default_rng(seed)
+    raise ScoringError(f"a held-out split draws from the stream 'real' or 'shared'; found {stream!r}")
+
+
 def split_heldout(
-    labels: Int[Tensor, "example"], groups: Sequence[str], *, how: str, fraction: float, seed: int
+    labels: Int[Tensor, "example"], groups: Sequence[str], *, how: str, fraction: float, seed: int,
+    stream: str = "real",
 ) -> tuple[Int[Tensor, "train"], Int[Tensor, "heldout"]]:
     """Example indices for training the priors and for scoring them (the same for all modules).
 
     ``how="group"``: a random ``fraction`` of the groups (questions) is held out, so no question
     is on both sides. ``how="answer"``: ``fraction`` of each class's examples is held out.
+    ``stream``: which generator draws it (:func:`heldout_rng`). The first of :func:`split_heldout_folds`.
     """
-    rng = np.random.default_rng(seed)
+    return split_heldout_folds(labels, groups, how=how, fraction=fraction, seed=seed, stream=stream, n_splits=1)[0]
+
+
+def split_heldout_folds(
+    labels: Int[Tensor, "example"], groups: Sequence[str], *, how: str, fraction: float, seed: int,
+    stream: str = "real", n_splits: int,
+) -> list[tuple[Int[Tensor, "train"], Int[Tensor, "heldout"]]]:
+    """``n_splits`` disjoint held-out parts, each with the rest as its prior-training part (cross-fitting).
+
+    One permutation of the groups (``how="answer"``: of each class's examples) is cut into consecutive
+    parts of ``round(fraction · n)``; part ``i`` is held out in split ``i``. So split 0 is the single
+    split, every held-out part is as large as it, and no example is held out twice.
+    """
+    rng = heldout_rng(seed, stream)
     y = labels.cpu().numpy()
     if how == "group":
         names = list(dict.fromkeys(groups))
-        shuffled = [names[i] for i in rng.permutation(len(names))]
-        held_groups = frozenset(shuffled[: max(1, round(fraction * len(names)))])
-        held = np.array([g in held_groups for g in groups])
+        size = max(1, round(fraction * len(names)))
+        _check_parts(n_splits, size, len(names), "groups (questions)")
+        place = {names[i]: position for position, i in enumerate(rng.permutation(len(names)))}
+        part = np.array([place[g] // size for g in groups])
     else:
-        held = np.zeros(len(y), dtype=bool)
+        part = np.empty(len(y), dtype=np.int64)
         for c in (0, 1):
             idx = np.flatnonzero(y == c)
-            held[rng.permutation(idx)[: max(1, round(fraction * len(idx)))]] = True
-    for part, mask in (("prior-training", ~held), ("held-out", held)):
-        missing = [c for c in (0, 1) if not (y[mask] == c).any()]
-        if missing:
-            raise ScoringError(
-                f"the {how} split left no examples of label {missing[0]} in the {part} part; "
-                "every group should have both labels — add groups or use heldout_split='answer'"
-            )
-    return torch.from_numpy(np.flatnonzero(~held)), torch.from_numpy(np.flatnonzero(held))
+            size = max(1, round(fraction * len(idx)))
+            _check_parts(n_splits, size, len(idx), f"examples of label {c}")
+            part[rng.permutation(idx)] = np.arange(len(idx)) // size
+    splits = []
+    for i in range(n_splits):
+        held = part == i
+        for side, mask in (("prior-training", ~held), ("held-out", held)):
+            missing = [c for c in (0, 1) if not (y[mask] == c).any()]
+            if missing:
+                which = "" if n_splits == 1 else f" of split {i}"
+                raise ScoringError(
+                    f"the {how} split left no examples of label {missing[0]} in the {side} part{which}; "
+                    "every group should have both labels — add groups or use heldout_split='answer'"
+                )
+        splits.append((torch.from_numpy(np.flatnonzero(~held)), torch.from_numpy(np.flatnonzero(held))))
+    return splits
+
+
+def _check_parts(n_splits: int, size: int, n: int, what: str) -> None:
+    if n_splits * size > n:
+        raise ScoringError(
+            f"cross_fit={n_splits} needs {n_splits} disjoint held-out parts of {size} {what}; found only {n}. "
+            "Lower RealConfig.cross_fit (or heldout_fraction), or score a bank with more questions"
+        )
 
 
 def split_release_heldout(

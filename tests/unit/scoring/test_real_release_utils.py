@@ -38,7 +38,7 @@ VARIANTS = ("described", "release-utils")
 def small(variant: str, **changes) -> RealConfig:
     """``SMALL`` (test_real.py) in ``variant``, with the variant-dependent fields re-resolved."""
     fields = {f.name: getattr(SMALL, f.name) for f in dataclasses.fields(SMALL)}
-    fields.update(variant=variant, heldout_split=None, prior_grad_clip=None)
+    fields.update(variant=variant, heldout_split=None, heldout_stream=None, prior_grad_clip=None)
     return RealConfig(**{**fields, **changes})
 
 
@@ -311,7 +311,8 @@ QUICK_RELEASE = small("release-utils", vq_epochs=8, prior_epochs=2, batch_size=8
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_release_score_is_one_prior_sequence_probability_auc(small_inputs, monkeypatch, variant):
     acts, labels, groups = small_inputs
-    cfg = dataclasses.replace(QUICK_RELEASE, variant=variant, heldout_split=None) if variant == "described" else QUICK_RELEASE
+    cfg = (dataclasses.replace(QUICK_RELEASE, variant=variant, heldout_split=None, heldout_stream=None)
+           if variant == "described" else QUICK_RELEASE)
     codes, priors = [], []
 
     def spy_vqae(*args, **kwargs):
