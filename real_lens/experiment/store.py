@@ -70,13 +70,20 @@ def same_config(stored: dict, current: dict) -> bool:
     grid): every cell and calibration is keyed by its own target and no digest holds the grid, each
     target is a dose group of its own (so val chooses, and fitting uses, the same parts whatever the
     grid), and the calibration paragraphs do not depend on it. A resumed run then reuses every
-    target it had and computes the new ones: a dose–response over a wider grid."""
+    target it had and computes the new ones: a dose–response over a wider grid.
+
+    So are more methods (every stored one kept): each method's scores and cells are keyed by the
+    method, and the random null by its draw at a K and dose, so another method adds its own and
+    changes none (the summary's tables and Holm families grow)."""
     if not isinstance(stored, dict):
         return False
     later = {k: v for k, v in current.items() if k not in stored and (
         k in scorer_settings() or (k in LATER_FIELDS and v == LATER_FIELDS[k]))}
     regrid = {"kl_grid": current["kl_grid"]} if stored.get("kl_grid") and current.get("kl_grid") else {}
-    return {**stored, **later, **regrid} == current
+    stored_methods, methods = stored.get("methods"), current.get("methods")
+    more = {"methods": methods} if isinstance(stored_methods, list) and isinstance(methods, list) and set(
+        stored_methods) <= set(methods) else {}
+    return {**stored, **later, **regrid, **more} == current
 
 
 def _stored_config(path: Path):

@@ -106,6 +106,16 @@ def test_another_kl_grid_is_the_same_run_but_not_the_alpha_grid():
     assert not same_config(stored, {**stored, "kl_grid": [0.03], "seed": 1})  # only the grid may change
 
 
+def test_more_methods_are_the_same_run_but_not_fewer_or_others():
+    from real_lens.experiment.store import same_config
+
+    stored = jsonable(config_for("quick", model="tiny-llama", methods=("real", "iti", "random")))
+    assert same_config(stored, {**stored, "methods": ["real", "iti", "random", "direction-attribution"]})
+    assert not same_config(stored, {**stored, "methods": ["real", "random"]})  # a stored method dropped
+    assert not same_config(stored, {**stored, "methods": ["patching", "iti", "random"]})
+    assert not same_config(stored, {**stored, "methods": ["real", "iti", "random", "patching"], "seed": 1})
+
+
 @needs_data
 def test_a_wider_kl_grid_resumes_the_run_and_reuses_every_cell(tmp_path, tiny_model):
     import csv
@@ -124,3 +134,10 @@ def test_a_wider_kl_grid_resumes_the_run_and_reuses_every_cell(tmp_path, tiny_mo
     assert read_sealed_json(tmp_path / "config.json")["config"]["kl_grid"] == [0.001, 0.004]
     with pytest.raises(RealLensError, match="another configuration"):
         start_run_dir(tmp_path, dataclasses.replace(cfg, kl_grid=None))
+    # another method joins the same run: every earlier cell again reused, its own added
+    wider = dataclasses.replace(cfg, kl_grid=(0.001, 0.004), methods=("iti", "random", "direction-attribution"))
+    experiment.run_experiment(wider, tmp_path, progress=False)
+    joined = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cells").iterdir()}
+    assert {name: joined.get(name) for name in after} == after
+    assert {n for n in set(joined) - set(after) if "-test-" in n} and all(
+        "direction-attribution" in n for n in set(joined) - set(after) if "-test-" in n)
