@@ -6,7 +6,8 @@ Sources, all small and committed under results/:
   ``--from-larger-run``) → ``<name>_heatmaps_fold*.png``, ``<name>_mc2_vs_k.png`` (when val chose K) and
   ``<name>_mc2_vs_kl.png`` (the frontier, when the run compared methods at KL targets);
 - ``results/<analysis>/data.json`` of each analysis → ``figures/<analysis>.png``.
-A missing source is reported and the script exits with code 1 (the other figures are still made);
+A missing source, or an analysis' data.json from before the analyses ran the main job's protocol, is
+reported and the script exits with code 1 (the other figures are still made);
 a ``--from-run`` folder that is not a finished run is one line on stderr and exit code 2.
 """
 
@@ -74,21 +75,28 @@ def main(argv=None) -> int:
     for run, name in ((args.from_run, "truthfulqa"), (args.from_larger_run, "truthfulqa-larger")):
         if run:
             publish_run(Path(run), results / name)
-    made, missing = [], []
+    made, missing, stale = [], [], []
     if not (results / "truthfulqa" / "results.csv").is_file():
         missing.append(str(results / "truthfulqa"))
     for run in sorted(d for d in results.iterdir() if (d / "results.csv").is_file()) if results.is_dir() else []:
         made += main_job_figures(run, figures, run.name.replace("-", "_"))
     for name, module in ANALYSES.items():
-        if (results / name / "data.json").is_file():
-            made.append(module.plot(load(results / name), figures / f"{name}.png"))
-        else:
+        if not (results / name / "data.json").is_file():
             missing.append(str(results / name / "data.json"))
+            continue
+        data = load(results / name)
+        if "protocol" not in data:  # written before the analyses ran the main job's protocol: not drawn again
+            stale.append(f"{results / name / 'data.json'} predates the main job's protocol (no 'protocol' key); "
+                         f"rerun it: python -m analyses.{name}")
+            continue
+        made.append(module.plot(data, figures / f"{name}.png"))
     for path in made:
         print(f"wrote {path}")
     for path in missing:
         print(f"missing (run its analysis first): {path}", file=sys.stderr)
-    return 1 if missing else 0
+    for line in stale:
+        print(f"stale: {line}", file=sys.stderr)
+    return 1 if missing or stale else 0
 
 
 if __name__ == "__main__":

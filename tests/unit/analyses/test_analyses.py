@@ -185,6 +185,18 @@ def test_make_figures_regenerates_from_saved_results_only(results, tmp_path, mon
     assert make_figures.main(["--results", str(tmp_path / "empty"), "--figures", str(figures)]) == 1
 
 
+def test_make_figures_reports_an_analysis_from_before_the_protocol_and_draws_the_rest(tmp_path, capsys):
+    """An old data.json (no 'protocol' key) is named with the command that remakes it, not drawn (and not a
+    traceback); exit 1."""
+    from real_lens.io import write_json
+
+    write_json(tmp_path / "results" / "overlap" / "data.json", {"config": {}, "between_methods": []})
+    assert make_figures.main(["--results", str(tmp_path / "results"), "--figures", str(tmp_path / "f")]) == 1
+    err = capsys.readouterr().err
+    assert "predates the main job's protocol" in err and "python -m analyses.overlap" in err
+    assert not (tmp_path / "f" / "overlap.png").exists()
+
+
 def test_run_is_refused_by_an_analysis_that_runs_its_own_experiments(tmp_path):
     with pytest.raises(RealLensError, match="runs its own experiments"):
         transfer.main(["--quick", "--run", "runs/truthfulqa", "--out", str(tmp_path)])
