@@ -117,7 +117,7 @@ def table(data: dict) -> list[str]:
                 iti = m["vs_iti"].get(key)  # real's row is "real vs iti" as well
                 cells += [_cell(null), "(ITI itself)" if method == "iti" else _cell(iti)]
                 verdicts.append((verdict(null), verdict(iti) if method != "iti" else "-"))
-            same = ("not distinguished" if all(v == ("n.s.", "n.s.") or v == ("n.s.", "-") for v in verdicts)
+            same = ("not distinguished" if all(set(v) <= {"n.s.", "-"} for v in verdicts)
                     else "yes" if len(set(verdicts)) == 1 else "no")
             lines.append(f"| {method} | {dose} | " + " | ".join(cells) + f" | {same} |")
     lines += ["", "## REAL's AUC per head", "",

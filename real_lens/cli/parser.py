@@ -76,14 +76,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
+def _int_in(text: str, expected: str, *, least: int, most: int | None = None) -> int:
+    """``text`` as an integer in ``[least, most]``; otherwise argparse's one-line "expected ..., got ..."."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value < least or (most is not None and value > most):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_in(text, "a positive integer", least=1)
 
 
 def _token_count(text: str) -> int:
@@ -94,23 +99,11 @@ def _token_count(text: str) -> int:
 
 
 def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed from 0 to {MAX_SEED}, got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected an integer seed from 0 to {MAX_SEED}, got {value}")
-    return value
+    return _int_in(text, f"an integer seed from 0 to {MAX_SEED}", least=0, most=MAX_SEED)
 
 
 def _fold(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fold index (0, 1, ...), got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a fold index (0, 1, ...), got {value}")
-    return value
+    return _int_in(text, "a fold index (0, 1, ...)", least=0)
 
 
 def _finite_float(text: str) -> float:
