@@ -55,6 +55,9 @@ class ExperimentConfig:
     n_test_questions: int | None = 40  # per fold; None = all test questions (a seeded sample otherwise)
     patching_pairs: int = 8  # contrast pairs per fold for activation patching (one forward per pair and head chunk)
     attribution_pairs: int = 64  # contrast pairs per fold for attribution patching (2 forwards + 1 backward per batch)
+    # Its memory: the backward keeps every layer's activations of these tokens (~5 MB per token on a 1.5B model in
+    # float32, ~0.4 MB on SmolLM2-135M), so a large model needs fewer; the scores do not depend on it.
+    attribution_batch_tokens: int = 2048  # tokens per forward+backward of attribution patching (lower it for large models)
     pair_demos: int = 3  # demonstrations per contrast pair (scoring.pairs)
     pair_min_gap: float = 0.5  # nats: pairs whose clean-corrupted gap is smaller are dropped (and counted)
     # real-published's files: the REAL release's rankings (validation/results_dump/head_sorted/*.npy) of this
@@ -129,7 +132,7 @@ class ExperimentConfig:
             raise RealLensError(f"unknown MC prompt {self.mc_prompt!r}; expected one of {list(MC_PROMPT_STYLES)}")
         # Counts the command line passes straight through (real_lens.configs derives one option per field).
         for name in ("questions_per_part", "n_val_questions", "n_test_questions", "patching_pairs", "attribution_pairs",
-                     "pair_demos", "real_epochs",
+                     "attribution_batch_tokens", "pair_demos", "real_epochs",
                      "real_prior_epochs", "real_cross_fit", "real_release_epochs", "real_release_prior_epochs", "side_effect_tokens", "n_boot", "batch_size", "side_effect_texts",
                      "null_draws", "calibration_texts"):
             value, least = getattr(self, name), 0 if name == "side_effect_texts" else 1

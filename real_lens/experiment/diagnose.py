@@ -202,7 +202,8 @@ def _first_order(model, bank, sigma_bank, cfg: ExperimentConfig, *, progress: bo
     pairs = build_contrast_pairs(bank.examples, model, n_pairs=cfg.attribution_pairs, n_demos=cfg.pair_demos,
                                  seed=cfg.seed)
     directions, sigmas = unit_directions(bank, sigma_bank=sigma_bank)
-    effects, metric = direction_effects(model, pairs, directions, sigmas, site=bank.site, progress=progress)
+    effects, metric = direction_effects(model, pairs, directions, sigmas, site=bank.site,
+                                       batch_tokens=cfg.attribution_batch_tokens, progress=progress)
     n = effects.shape[0]
     stderr = (effects.std(0) / n**0.5).tolist() if n > 1 else np.full(tuple(effects.shape[1:]), np.nan).tolist()
     return {"first_order": effects.mean(0).tolist(), "stderr": stderr, "sigma": sigmas.double().tolist(),

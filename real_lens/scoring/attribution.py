@@ -65,11 +65,11 @@ class AttributionConfig(PairConfig):
 
 def _experiment_options(experiment) -> dict:
     return {"cfg": AttributionConfig(n_pairs=experiment.attribution_pairs, n_demos=experiment.pair_demos,
-                                     min_gap=experiment.pair_min_gap)}
+                                     min_gap=experiment.pair_min_gap, batch_tokens=experiment.attribution_batch_tokens)}
 
 
 @register_scorer(METHOD, config=AttributionConfig, accepts=PairConfig, needs_model=True, progress=True,
-                 experiment_settings=("attribution_pairs", "pair_demos", "pair_min_gap"),
+                 experiment_settings=("attribution_pairs", "pair_demos", "pair_min_gap", "attribution_batch_tokens"),
                  experiment_options=_experiment_options)
 def attribution_scorer(
     bank, *, model=None, seed: int = 0, device=None, cfg: PairConfig | None = None, progress: bool = True
@@ -106,7 +106,13 @@ def attribute_pairs(
             with torch.no_grad():  # activations only
                 clean = run_and_capture(model, clean_rows, names)
             with torch.enable_grad():
-                corrupted = run_and_capture(model, corrupted_rows, names, gradient=True, upstream=_UPSTREAM_HOOK)
+                try:
+                    corrupted = run_and_capture(model, corrupted_rows, names, gradient=True, upstream=_UPSTREAM_HOOK)
+                except torch.OutOfMemoryError as exc:
+                    raise ScoringError(
+                        f"attribution patching ran out of device memory on a backward over {corrupted_rows.tokens.numel()} "
+                        f"tokens (batch_tokens={cfg.batch_tokens}); lower it (--attribution-batch-tokens, e.g. "
+                        f"{max(1, cfg.batch_tokens // 4)}): the scores do not depend on it") from exc
             mask = corrupted_rows.patch_mask.to(device)
             per_layer = []
             for name in names:

@@ -85,11 +85,13 @@ class DirectionAttributionConfig:
 
 def _experiment_options(experiment) -> dict:
     # The main job's attribution settings: the same pairs as attribution patching, so the two sit side by side.
-    return {"cfg": DirectionAttributionConfig(n_pairs=experiment.attribution_pairs, n_demos=experiment.pair_demos)}
+    return {"cfg": DirectionAttributionConfig(n_pairs=experiment.attribution_pairs, n_demos=experiment.pair_demos,
+                                              batch_tokens=experiment.attribution_batch_tokens)}
 
 
 @register_scorer(METHOD, config=DirectionAttributionConfig, needs_model=True, progress=True,
-                 experiment_settings=("attribution_pairs", "pair_demos"), experiment_options=_experiment_options)
+                 experiment_settings=("attribution_pairs", "pair_demos", "attribution_batch_tokens"),
+                 experiment_options=_experiment_options)
 def direction_attribution_scorer(
     bank, *, model=None, seed: int = 0, device=None, cfg: DirectionAttributionConfig | None = None,
     progress: bool = True,

@@ -353,6 +353,28 @@ def test_attribution_batches_do_not_change_the_estimates(tiny_model, pairs):
     assert torch.allclose(one[0], many[0], atol=1e-6) and torch.allclose(one[1], many[1], atol=1e-5)
 
 
+def test_attribution_out_of_memory_names_the_setting_that_bounds_it(tiny_model, pairs, monkeypatch):
+    def out_of_memory(*args, gradient=False, **kwargs):
+        if gradient:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return run_and_capture(*args, **kwargs)
+
+    monkeypatch.setattr("real_lens.scoring.attribution.run_and_capture", out_of_memory)
+    with pytest.raises(ScoringError, match=r"batch_tokens=2048.*--attribution-batch-tokens, e.g. 512"):
+        attribute_pairs(tiny_model, pairs, site="head_z", progress=False)
+
+
+def test_the_run_setting_bounds_both_attribution_scorers_batches():
+    from real_lens.experiment import ExperimentConfig
+    from real_lens.experiment.store import scorer_options
+
+    cfg = ExperimentConfig(attribution_batch_tokens=300)
+    assert scorer_options(cfg, "attribution")["cfg"].batch_tokens == 300
+    assert scorer_options(cfg, "direction-attribution")["cfg"].batch_tokens == 300
+    with pytest.raises(Exception, match="attribution_batch_tokens must be an integer >= 1"):
+        ExperimentConfig(attribution_batch_tokens=0)
+
+
 # --------------------------------------------------------------------------- scorers, metadata, bad input
 @pytest.mark.parametrize("method", ["patching", "attribution"])
 def test_scores_and_metadata(tiny_model, tmp_path, method):
