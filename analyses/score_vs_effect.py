@@ -7,8 +7,9 @@ random null's draws, :func:`real_lens.null.random_null_scores`), and steer each 
 on) at **one matched small dose**: α calibrated per head so that KL(unsteered ‖ steered) on the run's
 held-apart WikiText-2 paragraphs is ``kl`` nats per token (:func:`real_lens.evaluation.dose.calibrate_alpha`,
 the job's settings), so head effects are comparable. Each head is evaluated once, on the fold's
-questions that fitted nothing (val when the run fitted on train only, test when it fitted on
-train+val; the analysis selects nothing), with the run's standard MC prompt, and gets:
+test questions (the run's own sample, which fitted and selected nothing), with the run's standard MC
+prompt, through :class:`real_lens.experiment.HeadEffects`: the cells `real-lens diagnose` writes
+under ``RUN/diagnose/cells``, so a head diagnose has evaluated is reused, not evaluated again. It gets:
 
 - its effect on the task's selection metric (MC2 for TruthfulQA), paired per question against
   unsteered (:func:`real_lens.evaluation.paired.compare_paired`: CI, sign-flip p, Holm across heads);
@@ -24,7 +25,6 @@ over a selected set.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,16 +45,7 @@ from analyses.common import (
     style,
 )
 from real_lens.evaluation.decomposition import answer_deltas, decompose
-from real_lens.evaluation.dose import CALIBRATION, calibrate_alpha
-from real_lens.evaluation.suite import eval_items
-from real_lens.experiment import (
-    METHODS,
-    cached_cell,
-    evaluate_cell,
-    fit_parts,
-    load_config,
-    prepare,
-)
+from real_lens.experiment import METHODS, HeadEffects, load_config
 from real_lens.null import random_null_scores
 from real_lens.plotting import SCORE_UNITS, metric_label, save_figure
 
@@ -68,13 +59,12 @@ class Config:
     n_top: int = 6  # per method
     n_random: int = 8  # random rankings whose top head is evaluated
     kl: float = 0.02  # the matched per-head dose, nats per token on the held-apart paragraphs
-    n_questions: int = 40  # questions of the fold part that fitted nothing
     n_boot: int = 1000
     seed: int = 0
 
 
 CONFIG = Config()
-QUICK = Config(run="", n_top=2, n_random=2, kl=0.001, n_questions=4, n_boot=200)  # tiny model: a tiny dose
+QUICK = Config(run="", n_top=2, n_random=2, kl=0.001, n_boot=200)  # tiny model: a tiny dose
 
 
 def spearman_ci(x, y, *, n_boot: int, seed: int, level: float = 0.95) -> dict:
@@ -98,17 +88,14 @@ def spearman_ci(x, y, *, n_boot: int, seed: int, level: float = 0.95) -> dict:
             "n_boot_valid": int(valid.sum())}
 
 
-def analyse(cfg: Config, run: Path, work: Path, progress: bool = True) -> dict:
+def analyse(cfg: Config, run: Path, progress: bool = True) -> dict:
     run_cfg = load_config(run)
     check_protocol(run_cfg, run)
-    setup = prepare(run_cfg)
-    task, metric, evaluation = setup.task, setup.select_metric, setup.evaluation
-    fold = task.folds[cfg.fold]
-    fitted = fit_parts(run_cfg)
-    split = "val" if "val" not in fitted else "test"  # questions that entered no fitting
-    bank = rl.collect(setup.model, task, site=run_cfg.site, readout=run_cfg.readout, batch_size=run_cfg.batch_size,
-                      progress=progress).select(set().union(*(getattr(fold, p) for p in fitted)))
-    items = eval_items(evaluation, task, getattr(fold, split), cfg.n_questions, cfg.seed)
+    # The heads alone, through the library's own single-head cells (real_lens.experiment.HeadEffects):
+    # `real-lens diagnose` evaluates the same heads the same way, and a head either has evaluated is reused.
+    alone = HeadEffects(run, run_cfg, dose_kl=cfg.kl, progress=progress)
+    task, metric = alone.setup.task, alone.setup.select_metric
+    bank, _ = alone.banks(cfg.fold)
     methods = [m for m in run_cfg.methods if (run / "scores" / f"fold{cfg.fold}" / m).is_dir()]
     scores = {m: rl.ModuleScores.load(run / "scores" / f"fold{cfg.fold}" / m) for m in methods}
     top = {m: [tuple(h) for h in s.ranking()[:cfg.n_top]] for m, s in scores.items()}
@@ -117,23 +104,11 @@ def analyse(cfg: Config, run: Path, work: Path, progress: bool = True) -> dict:
     random_heads = list(dict.fromkeys(tuple(d.ranking()[0]) for d in draws))
     evaluated = list(dict.fromkeys([h for m in methods for h in top[m]] + random_heads))
 
-    def cell(**key):
-        return cached_cell(work, run_cfg, cfg.fold, {"split": split, "n": cfg.n_questions, "seed": cfg.seed,
-                                                               **key})
-
-    base = cell(method="unsteered", k=0, alpha=0.0)(lambda: evaluate_cell(setup, items, None, run_cfg))
-    reference = setup.kl_reference()  # the unsteered log-probs on the held-apart paragraphs, shared by every head
+    base = alone.unsteered(cfg.fold)
     results = []
     for i, head in enumerate(evaluated):
-        unit = rl.build_steering(bank, rl.Selection((head,), (1.0,), "single"), alpha=1.0)
-
-        def compute(unit=unit):
-            dose = calibrate_alpha(setup.model, unit, setup.calibration, cfg.kl, reference=reference,
-                                   max_tokens=run_cfg.side_effect_tokens, **CALIBRATION)
-            return {**evaluate_cell(setup, items, unit.with_alpha(dose.alpha), run_cfg),
-                    "calibration": {k: v for k, v in dataclasses.asdict(dose).items() if k != "trace"}}
-
-        results.append(cell(method=f"L{head[0]}H{head[1]}", k=1, dose=f"kl{cfg.kl:g}")(compute))
+        cell = alone.single_head(cfg.fold, head)
+        results.append({**cell["result"], "calibration": cell["calibration"]})
         if progress:
             c = results[-1]["calibration"]
             print(f"head L{head[0]}H{head[1]}: α {c['alpha']:.3g} (KL {c['kl']:.3g}), "
@@ -169,7 +144,7 @@ def analyse(cfg: Config, run: Path, work: Path, progress: bool = True) -> dict:
                                                            n_boot=cfg.n_boot, seed=cfg.seed)
     random_index = [evaluated.index(h) for h in random_heads]
     return {"run": str(run), "protocol": protocol(run_cfg), "task": task.name, "metric": metric, "fold": cfg.fold,
-            "split": split, "kl": cfg.kl, "n_items": len(items), "n_questions": base["n_questions"],
+            "split": "test", "kl": cfg.kl, "n_items": len(base["per_item"][metric]), "n_questions": base["n_questions"],
             "baseline": base[metric], "heads": heads, "n_matched": len(matched),
             "random_heads": [list(h) for h in random_heads], "top_heads": {m: [list(h) for h in top[m]] for m in methods},
             "mean_effect_random": float(np.mean([heads[i]["effect"] for i in random_index])),
@@ -243,8 +218,7 @@ def plot(data: dict, path) -> Path:
 
 def main(argv=None) -> dict:
     return run_analysis("score_vs_effect", argv, doc=__doc__, config=CONFIG, quick=QUICK, table=table, plot=plot,
-                        compute=lambda cfg, out, work, progress: analyse(cfg, run_dir(cfg.run, out), work,
-                                                                         progress=progress))
+                        compute=lambda cfg, out, work, progress: analyse(cfg, run_dir(cfg.run, out), progress=progress))
 
 
 if __name__ == "__main__":

@@ -31,11 +31,11 @@ _LAZY = {
     "run_experiment": ".loop", "Setup": ".setup", "evaluate_cell": ".setup", "prepare": ".setup", "prepare_task": ".setup",
     "cached_cell": ".store", "cached_scores": ".store", "start_run_dir": ".store",
     "TransferConfig": ".transfer", "load_source_run": ".transfer", "run_transfer": ".transfer",
-    "DiagnoseConfig": ".diagnose", "run_diagnose": ".diagnose",
+    "DiagnoseConfig": ".diagnose", "HeadEffects": ".diagnose", "run_diagnose": ".diagnose",
 }
 _SUBMODULES = ("config", "setup", "store", "loop", "stats", "report", "shard", "transfer", "diagnose")
 
-__all__ = ["METHODS", "PRESETS", "DiagnoseConfig", "Dose", "ExperimentConfig", "Setup", "TransferConfig", "cached_cell", "cached_scores",
+__all__ = ["METHODS", "PRESETS", "DiagnoseConfig", "Dose", "ExperimentConfig", "HeadEffects", "Setup", "TransferConfig", "cached_cell", "cached_scores",
            "config_for", "dose_groups", "evaluate_cell", "fit_parts", "load_config", "load_source_run", "prepare", "prepare_task",
            "run_diagnose", "run_experiment", "run_transfer", "start_run_dir", "task_slug", "val_selects"]
 

@@ -144,22 +144,70 @@ def run_diagnose(dcfg: DiagnoseConfig, *, progress: bool = True, device: str | N
     return out
 
 
+class HeadEffects:
+    """Heads of a finished run steered **alone** at one matched small dose, each cached as a cell.
+
+    The run's model, task and calibration paragraphs (those a KL-dosed run of its configuration draws, also
+    for an α-grid run); per fold, the head's steering (strength 1) built from the fold's fitting bank (σ
+    from the tuning bank under ``--sigma-bank tuning``) exactly as the run steers, α calibrated as the job
+    calibrates to ``dose_kl`` nats per token, evaluated on the fold's test questions (the run's own sample).
+    Cells live under ``RUN/diagnose/cells``, so `real-lens diagnose` and ``analyses.score_vs_effect`` share
+    them: a head either has evaluated is not evaluated again.
+    """
+
+    def __init__(self, run: Path, cfg: ExperimentConfig, *, dose_kl: float = DEFAULT_DOSE_KL,
+                 progress: bool = True, device: str | None = None):
+        self.run, self.cfg, self.dose_kl, self.progress = Path(run), cfg, dose_kl, progress
+        self.out = self.run / DIAGNOSE_DIR
+        self.out.mkdir(exist_ok=True)
+        self.setup = prepare(dataclasses.replace(cfg, kl_grid=cfg.kl_grid or (dose_kl,)), device=device)
+        self.bank = collect_activations(self.setup.model, self.setup.task, site=cfg.site, readout=cfg.readout,
+                                        batch_size=cfg.batch_size, progress=progress)
+        self.tuning = None
+        if cfg.sigma_bank == "tuning":
+            self.tuning = collect_activations(self.setup.model, tuning_examples(self.setup.task.examples),
+                                              site=cfg.site, readout=cfg.readout, batch_size=cfg.batch_size,
+                                              progress=progress)
+
+    def banks(self, fold: int):
+        """The fold's fitting bank and its σ bank (None: σ from the fitting bank)."""
+        groups = fit_groups(self.cfg, self.setup.task.folds[fold])
+        return self.bank.select(groups), None if self.tuning is None else self.tuning.select(groups)
+
+    def test_items(self, fold: int):
+        return eval_items(self.setup.evaluation, self.setup.task, self.setup.task.folds[fold].test,
+                          self.cfg.n_test_questions, self.cfg.seed)
+
+    def unsteered(self, fold: int) -> dict:
+        """The unsteered model's evaluation cell on the fold's test questions."""
+        return cached_cell(self.out, self.cfg, fold, dict(method="unsteered", split="test", k=0, alpha=0.0))(
+            lambda: evaluate_cell(self.setup, self.test_items(fold), None, self.cfg, progress=self.progress))
+
+    def single_head(self, fold: int, module: tuple[int, int | None]) -> dict:
+        """``{"calibration": ..., "result": evaluation cell}`` of ``module`` steered alone in ``fold``."""
+        layer, head = module
+        key = dict(method=SINGLE_HEAD, split="test", k=1, dose=f"kl{self.dose_kl:g}", head=module_label(layer, head))
+        return cached_cell(self.out, self.cfg, fold, key)(lambda: self._single_head(fold, module))
+
+    def _single_head(self, fold: int, module) -> dict:
+        bank, sigma_bank = self.banks(fold)
+        unit = build_steering(bank, Selection((module,), (1.0,), SINGLE_HEAD), alpha=1.0, sigma_bank=sigma_bank)
+        calibration = calibrate_alpha(self.setup.model, unit, self.setup.calibration, self.dose_kl,
+                                      reference=self.setup.kl_reference(), max_tokens=self.cfg.side_effect_tokens,
+                                      **CALIBRATION)
+        result = evaluate_cell(self.setup, self.test_items(fold), unit.with_alpha(calibration.alpha), self.cfg,
+                               progress=self.progress)
+        return {"calibration": {k: v for k, v in dataclasses.asdict(calibration).items() if k != "trace"},
+                "result": result}
+
+
 def _compute(plan: Plan, dose_kl: float, out: Path, *, progress: bool, device) -> list[dict]:
     cfg = plan.cfg
-    # The job's calibration paragraphs: those a KL-dosed run of this configuration draws (also for an α-grid run).
-    setup = prepare(dataclasses.replace(cfg, kl_grid=cfg.kl_grid or (dose_kl,)), device=device)
-    model, task, evaluation = setup.model, setup.task, setup.evaluation
-    bank = collect_activations(model, task, site=cfg.site, readout=cfg.readout, batch_size=cfg.batch_size,
-                               progress=progress)
-    tuning = None
-    if cfg.sigma_bank == "tuning":
-        tuning = collect_activations(model, tuning_examples(task.examples), site=cfg.site, readout=cfg.readout,
-                                     batch_size=cfg.batch_size, progress=progress)
+    heads_alone = HeadEffects(plan.run, cfg, dose_kl=dose_kl, progress=progress, device=device)
+    model, evaluation = heads_alone.setup.model, heads_alone.setup.evaluation
     rows = []
     for fold in plan.folds:
-        groups = fit_groups(cfg, task.folds[fold])
-        fold_bank = bank.select(groups)
-        sigma_bank = None if tuning is None else tuning.select(groups)
+        fold_bank, sigma_bank = heads_alone.banks(fold)
         selections = {}
         for method in plan.methods:
             scores = read_cached_scores(plan.run, cfg, fold, method, fold_bank)
@@ -176,19 +224,13 @@ def _compute(plan: Plan, dose_kl: float, out: Path, *, progress: bool, device) -
         ranks = np.empty(order.size, dtype=int)
         ranks[order] = np.arange(1, order.size + 1)
         ranks = ranks.reshape(effects.shape)
-        test_items = eval_items(evaluation, task, task.folds[fold].test, cfg.n_test_questions, cfg.seed)
-        unsteered = cached_cell(out, cfg, fold, dict(method="unsteered", split="test", k=0, alpha=0.0))(
-            lambda: evaluate_cell(setup, test_items, None, cfg, progress=progress))
+        unsteered = heads_alone.unsteered(fold)
 
         heads = list(dict.fromkeys(m for _, sel in selections.values() for m in sel.modules))
         logger.info("fold %d: %d heads (top %d of %s), each alone at KL %g", fold, len(heads), plan.k,
                     ",".join(plan.methods), dose_kl)
-        singles = {}
-        for layer, head in tqdm(heads, desc=f"fold {fold} heads", unit="head", disable=not progress):
-            key = dict(method=SINGLE_HEAD, split="test", k=1, dose=f"kl{dose_kl:g}", head=module_label(layer, head))
-            singles[(layer, head)] = cached_cell(out, cfg, fold, key)(
-                lambda layer=layer, head=head: _single_head(setup, fold_bank, sigma_bank, (layer, head), test_items,
-                                                            cfg, dose_kl, progress=progress))
+        singles = {module: heads_alone.single_head(fold, module)
+                   for module in tqdm(heads, desc=f"fold {fold} heads", unit="head", disable=not progress)}
         for method, (scores, selection) in selections.items():
             for rank, (layer, head) in enumerate(selection.modules, start=1):
                 index = (layer,) if head is None else (layer, head)
@@ -208,17 +250,6 @@ def _first_order(model, bank, sigma_bank, cfg: ExperimentConfig, *, progress: bo
     stderr = (effects.std(0) / n**0.5).tolist() if n > 1 else np.full(tuple(effects.shape[1:]), np.nan).tolist()
     return {"first_order": effects.mean(0).tolist(), "stderr": stderr, "sigma": sigmas.double().tolist(),
             "n_pairs": n, "mean_metric": float(metric.mean()), "context": "corrupted"}
-
-
-def _single_head(setup, bank, sigma_bank, module, items, cfg: ExperimentConfig, dose_kl: float, *,
-                 progress: bool) -> dict:
-    """The head alone at the α that reaches ``dose_kl`` on the calibration paragraphs, on the test questions."""
-    unit = build_steering(bank, Selection((module,), (1.0,), SINGLE_HEAD), alpha=1.0, sigma_bank=sigma_bank)
-    calibration = calibrate_alpha(setup.model, unit, setup.calibration, dose_kl, reference=setup.kl_reference(),
-                                  max_tokens=cfg.side_effect_tokens, **CALIBRATION)
-    result = evaluate_cell(setup, items, unit.with_alpha(calibration.alpha), cfg, progress=progress)
-    return {"calibration": {k: v for k, v in dataclasses.asdict(calibration).items() if k != "trace"},
-            "result": result}
 
 
 def _row(fold, method, rank, module, score, first, effect, first_rank, single, unsteered, evaluation,

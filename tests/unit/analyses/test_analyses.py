@@ -1,6 +1,7 @@
 """Every analysis script in its QUICK configuration on the tiny model (the main job's protocol: KL-target
 doses, the random null, paired tests), then make_figures from its results."""
 
+import csv
 import json
 import math
 
@@ -130,6 +131,28 @@ def test_score_vs_effect_steers_each_head_once_at_the_matched_dose(results):
             assert rho["n"] <= data["n_matched"]
             if not math.isnan(rho["rho"]):
                 assert -1 <= rho["ci"][0] <= rho["ci"][1] <= 1
+
+
+@needs_data
+def test_score_vs_effect_and_diagnose_share_each_heads_cell(results, monkeypatch):
+    from real_lens.experiment import DiagnoseConfig, HeadEffects, run_diagnose
+
+    root, runs = results
+    data, cfg = runs["score_vs_effect"], score_vs_effect.QUICK
+    run = root / "overlap" / "run"
+
+    def recompute(*args, **kwargs):
+        raise AssertionError("a head score_vs_effect evaluated was evaluated again")
+
+    monkeypatch.setattr(HeadEffects, "_single_head", recompute)
+    out = run_diagnose(DiagnoseConfig(str(run), folds=(cfg.fold,), k=cfg.n_top, dose_kl=cfg.kl), progress=False)
+    with (out / "heads.csv").open() as f:
+        rows = {r["head"]: r for r in csv.DictReader(f)}
+    assert rows
+    by_head = {f"L{h['head'][0]}H{h['head'][1]}": h for h in data["heads"]}
+    for label, row in rows.items():  # the same cell: the same α and the same effect
+        assert float(row["alpha"]) == pytest.approx(by_head[label]["alpha"])
+        assert float(row[f"delta_{data['metric']}"]) == pytest.approx(by_head[label]["effect"], abs=1e-9)
 
 
 @needs_data
