@@ -17,6 +17,7 @@ and with the target's unsteered model: paired bootstrap CI, sign-flip p, Holm ac
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from analyses.common import (
     QUICK_KL,
+    ROOT,
     fmt,
     new_figure,
     null_cells,
@@ -39,6 +41,7 @@ from real_lens.experiment import (
     Dose,
     TransferConfig,
     config_for,
+    load_config,
     run_experiment,
     run_transfer,
     task_slug,
@@ -60,10 +63,17 @@ class Config:
     preset: str | None = None  # None: the main job's defaults for everything not set here (pairs, epochs, texts)
     # Folds per task where not all are run: NQ-Swap's greedy generation is most of the time, so fold 0 only.
     task_folds: tuple[tuple[str, tuple[int, ...]], ...] = (("nq-swap", (0,)),)
+    # Finished main-job runs to use as a task's own run (its diagonal, its null and its test sample) instead of
+    # running one here: (task, run directory). Each must hold this K, these KL targets, these methods and the null;
+    # its own question counts then set the test sample every transfer into it evaluates.
+    runs: tuple[tuple[str, str], ...] = ()
     n_boot: int = 1000
 
 
-CONFIG = Config()
+# The main jobs' own runs (`make run`, and `real-lens run --task nq-swap` / `--task caa:hallucination` with the
+# README's options): their diagonals, nulls and test samples, so only the six transfers are computed here.
+CONFIG = Config(task_folds=(), runs=(("truthfulqa", "runs/truthfulqa"), ("nq-swap", "runs/nq-swap"),
+                                     ("caa:hallucination", "runs/caa-hallucination")))
 # K is fixed (nothing chosen on val), so the scorers fit on train+val.
 QUICK = Config(model="tiny-llama", tasks=("truthfulqa", "caa:refusal"), methods=("real", "iti"), k=2, kl_grid=QUICK_KL,
                null_draws=2, questions_per_part=5, n_test_questions=4, preset="quick", n_boot=200)
@@ -106,10 +116,35 @@ def target_arms(run: Path, rcfg, summary: dict, k: int) -> dict:
     return out
 
 
+def finished_run(cfg: Config, task: str, path: str):
+    """A task's finished main-job run named in ``cfg.runs`` and its configuration, checked to hold what the
+    matrix reads (this K, these KL targets, these methods, the random null); one-line errors otherwise."""
+    run = Path(path) if Path(path).is_absolute() else ROOT / path
+    if not (run / "summary.json").is_file():
+        raise RealLensError(f"{run} is not a finished real-lens run (no summary.json); run `real-lens run --task "
+                            f"{task} --out {path}` first, or leave {task} out of the transfer's runs")
+    rcfg = load_config(run)
+    problems = [what for what, bad in (
+        (f"task {rcfg.task!r}, not {task!r}", rcfg.task != task),
+        (f"model {rcfg.model!r}, not {cfg.model!r}", rcfg.model != cfg.model),
+        (f"K {list(rcfg.k_grid)}, not [{cfg.k}]", tuple(rcfg.k_grid) != (cfg.k,)),
+        (f"KL targets {list(rcfg.kl_grid or ())} without {list(cfg.kl_grid)}", not set(cfg.kl_grid) <= set(rcfg.kl_grid or ())),
+        (f"methods {list(rcfg.methods)} without {[*cfg.methods, 'random']}", not {*cfg.methods, "random"} <= set(rcfg.methods)),
+    ) if bad]
+    if problems:
+        raise RealLensError(f"{run} cannot be {task}'s run in the transfer matrix: it has {'; '.join(problems)}")
+    return run, dataclasses.replace(rcfg, kl_grid=tuple(t for t in rcfg.kl_grid if t in cfg.kl_grid))
+
+
 def analyse(cfg: Config, work: Path, progress: bool = True) -> dict:
-    runs = {t: run_experiment(experiment_config(cfg, t), work / "runs" / task_slug(t), progress=progress)
-            for t in cfg.tasks}
-    configs = {t: experiment_config(cfg, t) for t in cfg.tasks}
+    given = dict(cfg.runs)
+    runs, configs = {}, {}
+    for t in cfg.tasks:
+        if t in given:
+            runs[t], configs[t] = finished_run(cfg, t, given[t])
+        else:
+            configs[t] = experiment_config(cfg, t)
+            runs[t] = run_experiment(configs[t], work / "runs" / task_slug(t), progress=progress)
     summaries = {t: read_json(runs[t] / "summary.json") for t in cfg.tasks}
     metrics = {t: summaries[t]["select_metric"] for t in cfg.tasks}
     own = {t: target_arms(runs[t], configs[t], summaries[t], cfg.k) for t in cfg.tasks}
@@ -122,7 +157,10 @@ def analyse(cfg: Config, work: Path, progress: bool = True) -> dict:
                           for t in cfg.kl_grid}
                 described = summaries[target]["methods"]
             else:
-                out = run_transfer(TransferConfig(str(runs[source]), target, methods=methods, folds=_folds(cfg, target)),
+                target_cfg = configs[target]  # its own test sample: its question counts and folds
+                out = run_transfer(TransferConfig(str(runs[source]), target, methods=methods, folds=target_cfg.folds,
+                                                  n_test_questions=target_cfg.n_test_questions,
+                                                  questions_per_part=target_cfg.questions_per_part),
                                    work / "transfer" / f"{task_slug(source)}-to-{task_slug(target)}", progress=progress)
                 transferred = read_json(out / "summary.json")
                 values = {(m, Dose("kl", t).label): (transferred["per_item"][f"{m} @ KL {t:g}"]["group"],

@@ -350,7 +350,7 @@ def cmd_transfer(args) -> None:
 
     source_cfg, _ = load_source_run(args.source_run)
     tcfg = TransferConfig(args.source_run, args.task, methods=_grid(args.methods, str),
-                          n_test_questions=args.test_questions)
+                          n_test_questions=args.test_questions, questions_per_part=args.questions_per_part)
     out = args.out if args.out is not None else f"runs/transfer-{task_slug(source_cfg.task)}-to-{task_slug(args.task)}"
     out = run_transfer(tcfg, _check_run_out(out), progress=not args.quiet, **_rank_device(args))
     if args.ranks.is_main:

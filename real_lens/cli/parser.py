@@ -313,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="the target task (see `real-lens tasks`)")
     p.add_argument("--methods", default=None, help="comma-separated subset of the source run's methods")
     p.add_argument("--test-questions", type=_positive_int, default=None, help="per fold (default: as the source run)")
+    p.add_argument("--questions-per-part", type=_positive_int, default=None,
+                   help="the target's questions per fold part (default: as the source run); with --test-questions, "
+                        "a target run's own values evaluate exactly its test sample")
     p.add_argument("--out", default=None, help="output directory (default runs/transfer-<source>-to-<task>)")
     p.set_defaults(run=commands.cmd_transfer)
 

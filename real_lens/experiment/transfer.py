@@ -49,6 +49,8 @@ class TransferConfig:
     target: str  # a task name (see `real-lens tasks`)
     methods: tuple[str, ...] | None = None  # None = every method of the source run
     n_test_questions: int | None = None  # None = the source run's setting (its test sample size)
+    # None = the source run's; give the target run's own (with its n_test_questions) to evaluate exactly its test sample
+    questions_per_part: int | None = None
     folds: tuple[int, ...] | None = None  # target folds to evaluate; None = all of the target's folds
 
     def __post_init__(self):
@@ -56,6 +58,10 @@ class TransferConfig:
         unknown = [m for m in self.methods or () if m not in known]
         if unknown:
             raise RealLensError(f"unknown method(s) {unknown}; expected some of {list(known)}")
+        for name in ("n_test_questions", "questions_per_part"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise RealLensError(f"{name} must be a positive integer or None (the source run's); got {value!r}")
 
 
 def load_source_run(source_dir) -> tuple[ExperimentConfig, list[dict]]:
@@ -120,7 +126,8 @@ def _run_transfer(tcfg: TransferConfig, out_dir, *, progress: bool = True, devic
     timer, started = Timer(), time.perf_counter()
     t = time.perf_counter()
     tgt_cfg = dataclasses.replace(src_cfg, task=tcfg.target, folds=tcfg.folds, select_metric=None,
-                                  n_test_questions=tcfg.n_test_questions or src_cfg.n_test_questions)
+                                  n_test_questions=tcfg.n_test_questions or src_cfg.n_test_questions,
+                                  questions_per_part=tcfg.questions_per_part or src_cfg.questions_per_part)
     target = prepare(tgt_cfg, device=device)
     source = prepare(dataclasses.replace(src_cfg, side_effect_texts=0), model=target.model)  # CE/KL texts: target's
     timer.add("load model + data", t)

@@ -189,6 +189,25 @@ def test_transfer_matrix_is_complete_and_paired_with_the_targets_null(results):
 
 
 @needs_data
+def test_transfer_reads_finished_task_runs_and_refuses_one_that_lacks_what_it_needs(results, monkeypatch):
+    import dataclasses
+
+    from real_lens.experiment import task_slug
+
+    root, runs = results
+    work = root / "transfer"
+    given = tuple((t, str(work / "runs" / task_slug(t))) for t in transfer.QUICK.tasks)
+    cfg = dataclasses.replace(transfer.QUICK, runs=given)
+    monkeypatch.setattr(transfer, "run_experiment", lambda *a, **k: pytest.fail("a given run must not be run again"))
+    again = transfer.analyse(cfg, work, progress=False)
+    assert [c["value"] for c in again["cells"]] == [c["value"] for c in runs["transfer"]["cells"]]
+    with pytest.raises(RealLensError, match=r"cannot be truthfulqa's run .* K \[2\], not \[5\]"):
+        transfer.analyse(dataclasses.replace(cfg, k=5), work, progress=False)
+    with pytest.raises(RealLensError, match="not a finished real-lens run"):
+        transfer.analyse(dataclasses.replace(cfg, runs=(("truthfulqa", str(root / "nowhere")),)), work, progress=False)
+
+
+@needs_data
 def test_make_figures_regenerates_from_saved_results_only(results, tmp_path, monkeypatch):
     root, _ = results
     from real_lens import models

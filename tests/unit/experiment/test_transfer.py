@@ -44,3 +44,11 @@ def test_transfer_from_a_directory_that_is_not_a_run(tmp_path):
 
     with pytest.raises(RealLensError, match="not a finished real-lens run"):
         run_transfer(TransferConfig(str(tmp_path), "truthfulqa"), tmp_path / "out")
+
+
+@pytest.mark.parametrize("name,value", [("questions_per_part", 0), ("n_test_questions", -1)])
+def test_transfer_question_counts_must_be_positive_integers(name, value):
+    from real_lens.experiment import TransferConfig
+
+    with pytest.raises(RealLensError, match=f"{name} must be a positive integer or None"):
+        TransferConfig("runs/truthfulqa", "caa:refusal", **{name: value})
