@@ -265,10 +265,41 @@ def test_two_model_verdict_reads_both_runs_side_by_side(results, tmp_path):
             assert same(row, paired[(method, "iti", dose)]) and method != "iti"
         assert model["vs_null"] and all(same(paired[(k.split(" @ ")[0], "random null", k.split(" @ ")[1])], r)
                                         for k, r in model["vs_null"].items())
+        truth = {(r["method"], r["dose"]): r for r in summary["truth_length"] if r["vs"] == "random null"}
+        assert truth and {tuple(k.split(" @ ")): r for k, r in model["truth_vs_null"].items()} == truth
     text = (tmp_path / "v" / "table.md").read_text()
-    assert "| patching | KL" in text and "| A: vs null | A: vs ITI |" in text
+    assert "| patching | KL" in text and "| A: vs null | A: vs ITI |" in text and "| A: β_truth vs null |" in text
     assert two_model_verdict.verdict({"p_holm": 0.01, "difference": -0.1}) == "below"
     assert two_model_verdict.verdict({"p_holm": 0.01, "difference": 0.1}) == "above"
     assert two_model_verdict.verdict({"p_holm": 0.2, "difference": 0.1}) == "n.s."
     with pytest.raises(RealLensError, match="not a finished"):
         two_model_verdict.main(["--runs", f"A={tmp_path},B={run}", "--out", str(tmp_path / "w")])
+
+
+def test_two_model_verdict_tests_the_difference_between_models_not_the_verdicts():
+    """'above' on one model and 'n.s.' on the other is no difference; the between-model z-test says whether
+    the effect itself differs (independent samples: SEs add in quadrature), with Holm across the table."""
+    from scipy.stats import norm
+
+    from analyses import two_model_verdict
+
+    def mc2(difference, p_holm):
+        return {"difference": difference, "sd_diff": 0.2, "n": 100, "p_holm": p_holm}
+
+    def truth(beta, p_holm):
+        return {"beta_truth": beta, "ci_truth": [beta - 0.392, beta + 0.392], "p_truth_holm": p_holm}
+
+    models = {"A": {"vs_null": {"x @ KL 0.1": mc2(0.05, 0.01), "y @ KL 0.1": mc2(0.10, 0.001)},
+                    "truth_vs_null": {"x @ KL 0.1": truth(0.5, 0.01)}},
+              "B": {"vs_null": {"x @ KL 0.1": mc2(0.03, 0.2), "y @ KL 0.1": mc2(-0.10, 0.001)},
+                    "truth_vs_null": {"x @ KL 0.1": truth(-0.5, 0.2)}}}
+    between = two_model_verdict.between_models(models)
+    x, y = between["mc2"]["x @ KL 0.1"], between["mc2"]["y @ KL 0.1"]
+    se = (0.02**2 + 0.02**2) ** 0.5
+    assert x["difference"] == pytest.approx(0.02) and x["se"] == pytest.approx(se)
+    assert x["p"] == pytest.approx(2 * norm.sf(0.02 / se)) and x["p_holm"] >= x["p"]
+    assert x["p_holm"] > 0.05  # A "above", B "n.s.": the verdicts differ, the effects are not distinguished
+    assert y["difference"] == pytest.approx(0.20) and y["p_holm"] < 0.05
+    t = between["truth"]["x @ KL 0.1"]  # SE from the CI: 0.392 / 1.96 = 0.2 per model
+    assert t["difference"] == pytest.approx(1.0) and t["se"] == pytest.approx(0.2 * 2**0.5, rel=1e-3)
+    assert two_model_verdict.between_models({"A": models["A"]}) == {}
