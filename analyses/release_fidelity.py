@@ -6,13 +6,15 @@ into real-lens: a separate Python process imports its ``validation/OneForAll.py`
 stand-ins for the three repo-local modules it imports at the top (``utils``, ``hl_config``,
 ``hl_paths``; scoring never calls them), and calls ``train_single_adaptor(layer, head, acts, labels,
 cfg=...)`` with the configuration its ``get_top_heads_vq`` builds from its CLI defaults (30 VQ
-epochs, 6 GRU epochs, codebook 32, 8 units, per_ratio 0.0, seed 42 or 43). It sees exactly the
+epochs, 6 GRU epochs, codebook 32, 8 units, per_ratio 0.0, their seeds 42-45). It sees exactly the
 activations real-lens scores: the embedded model's fold-0 train+val TruthfulQA bank (first
 ``n_examples`` examples, whole questions), ``n_heads`` heads spread evenly over the model.
 
-Reported: Spearman of their seed 42 vs their seed 43 (their own noise), ours vs theirs (each of their
-seeds), ours vs `real`; and per ranking the share of heads at AUC exactly 0.5, mean and max AUC.
-Target: ours vs theirs >= their seed-to-seed rho - 0.05.
+Reported, over every pair of seeds: Spearman of their seeds with each other (their own noise), of
+ours (`real-release` at real-lens seeds 0-3) with theirs, of ours with each other, and `real` with
+theirs; per ranking the share of heads at AUC exactly 0.5, mean, median and max AUC, and per
+statistic the two sides' seed values against each other (ours within theirs' range; Welch t-test).
+Target: mean ours-vs-theirs rho >= their mean seed-to-seed rho - 0.05.
 
     python -m analyses.release_fidelity --release /path/to/REAL_ICLR     # -> results/release_fidelity/
     python -m analyses.release_fidelity --release PATH --heads 40 --n-examples 3000 --out DIR  # the whole fold
@@ -27,12 +29,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import itertools
 import json
 import math
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +46,6 @@ from analyses.common import ROOT, RESULTS, run_main, save
 from real_lens.errors import RealLensError
 
 NAME = "release_fidelity"
-# `real-release` with OneForAll's CLI epochs (30 VQ-AE, 6 prior) instead of its defaults; not part of the target.
-RELEASE_EPOCHS_ROW = "real-release at 30/6 epochs"
 NOISE_RHO = 0.2  # the release's seed-to-seed rho below which "within their seed noise" is no test at all
 ONEFORALL = Path("validation") / "OneForAll.py"
 # The three repo-local modules OneForAll.py imports at the top; train_single_adaptor uses none of them.
@@ -69,8 +71,10 @@ class Config:
     # scores 70 % of heads exactly 0.5 (570 codebook updates, too few for its EMA start), so its seeds agree at rho 0.
     n_examples: int = 1500
     n_heads: int = 40  # heads scored by their code, evenly spaced over all (layer, head)
-    seeds: tuple[int, ...] = (42, 43)  # their per-head seeds come from mix_seed(seed, layer, head)
-    our_seed: int = 0  # real-lens's seed for `real-release` and `real`
+    # Their per-head seeds come from mix_seed(seed, layer, head); four of theirs and four of ours, so each
+    # side's AUC statistics have a seed spread to compare (two bound it poorly).
+    seeds: tuple[int, ...] = (42, 43, 44, 45)
+    our_seeds: tuple[int, ...] = (0, 1, 2, 3)  # real-lens's seeds for `real-release` (`real`: the first)
     data_dir: str | None = None
 
 
@@ -239,33 +243,58 @@ def compute(cfg: Config, work: Path) -> dict:
     for seed, theirs in their_scores(cfg, bank, heads, work).items():
         rankings[f"theirs-{seed}"] = [theirs[h] for h in heads]
     timings = {}
-    for name, method, epochs in (("real-release", "real-release", None), ("real", "real", None),
-                                 (RELEASE_EPOCHS_ROW, "real-release", (30, 6))):
+    for name, method, seed in ([(f"ours-{s}", "real-release", s) for s in cfg.our_seeds]
+                               + [("real", "real", cfg.our_seeds[0])]):
         t = time.perf_counter()
-        rankings[name] = our_scores(bank, method, cfg.our_seed, heads, epochs=epochs)
+        rankings[name] = our_scores(bank, method, seed, heads)
         timings[name] = time.perf_counter() - t
         print(f"ours, {name}: {len(heads)} heads in {timings[name]:.0f} s", flush=True)
-    s42, s43 = (f"theirs-{s}" for s in cfg.seeds[:2])
-    rho = {
-        f"{s42} vs {s43}": spearman(rankings[s42], rankings[s43]),
-        f"real-release vs {s42}": spearman(rankings["real-release"], rankings[s42]),
-        f"real-release vs {s43}": spearman(rankings["real-release"], rankings[s43]),
-        "real-release vs real": spearman(rankings["real-release"], rankings["real"]),
-        f"real vs {s42}": spearman(rankings["real"], rankings[s42]),
-        f"{RELEASE_EPOCHS_ROW} vs {s42}": spearman(rankings[RELEASE_EPOCHS_ROW], rankings[s42]),
-        f"{RELEASE_EPOCHS_ROW} vs {s43}": spearman(rankings[RELEASE_EPOCHS_ROW], rankings[s43]),
-    }
-    ours_vs_theirs = float(np.mean([rho[f"real-release vs {s42}"], rho[f"real-release vs {s43}"]]))
-    target = rho[f"{s42} vs {s43}"] - 0.05
+    theirs = [f"theirs-{s}" for s in cfg.seeds]
+    ours = [f"ours-{s}" for s in cfg.our_seeds]
+    pairs = {"theirs vs theirs": list(itertools.combinations(theirs, 2)),
+             "ours vs theirs": list(itertools.product(ours, theirs)),
+             "ours vs ours": list(itertools.combinations(ours, 2)),
+             "real vs theirs": [("real", t) for t in theirs]}
+    rho = {f"{a} vs {b}": spearman(rankings[a], rankings[b]) for group in pairs.values() for a, b in group}
+    groups = {name: [rho[f"{a} vs {b}"] for a, b in group] for name, group in pairs.items()}
+    ours_vs_theirs = float(np.nanmean(groups["ours vs theirs"]))
+    target = float(np.nanmean(groups["theirs vs theirs"])) - 0.05
+    summaries = {name: summary(v) for name, v in rankings.items()}
     return {
         "real_lens_commit": git_commit(), "release_commit": release_commit,
         "bank": {"examples": len(bank.examples), "questions": len(set(bank.groups)),
                  "aligned": int(bank.labels.sum()), "digest": bank.digest, "module_shape": list(bank.module_shape)},
-        "heads": [list(h) for h in heads], "rankings": rankings,
-        "summary": {name: summary(v) for name, v in rankings.items()},
-        "spearman": rho, "ours_vs_theirs_mean": ours_vs_theirs, "target": target,
-        "target_met": bool(ours_vs_theirs >= target), "our_seconds": timings,
+        "heads": [list(h) for h in heads], "rankings": rankings, "summary": summaries,
+        "spearman": rho, "spearman_groups": {name: spread(v) for name, v in groups.items()},
+        "ours_vs_theirs_mean": ours_vs_theirs, "target": target, "target_met": bool(ours_vs_theirs >= target),
+        "seed_spread": seed_spread([summaries[t] for t in theirs], [summaries[o] for o in ours]),
+        "our_seconds": timings,
     }
+
+
+STATS = ("share_at_0.5", "mean_auc", "median_auc", "max_auc")
+
+
+def spread(values) -> dict:
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(np.nanmean(v)), "min": float(np.nanmin(v)), "max": float(np.nanmax(v)), "n": int(v.size)}
+
+
+def seed_spread(theirs: list[dict], ours: list[dict]) -> dict:
+    """Per AUC statistic: each side's values over its seeds, whether every one of ours lies within theirs' range,
+    and a Welch t-test of the two sides' seed values (each seed one observation; NaN with fewer than 2 a side)."""
+    from scipy.stats import ttest_ind
+
+    out = {}
+    for stat in STATS:
+        a, b = [s[stat] for s in theirs], [s[stat] for s in ours]
+        with warnings.catch_warnings():  # one side's seeds may agree exactly (e.g. no head at 0.5): a zero variance
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(ttest_ind(b, a, equal_var=False).pvalue) if min(len(a), len(b)) >= 2 and np.ptp(a + b) > 0 \
+                else math.nan
+        out[stat] = {"theirs": a, "ours": b, "within": bool(min(a) <= min(b) and max(b) <= max(a)),
+                     "difference": float(np.mean(b) - np.mean(a)), "welch_p": p}
+    return out
 
 
 def table(data: dict, command: str) -> list[str]:
@@ -277,14 +306,23 @@ def table(data: dict, command: str) -> list[str]:
              "| ranking | heads at AUC exactly 0.5 | mean AUC | median AUC | max AUC |", "|---|---|---|---|---|"]
     for name, s in data["summary"].items():
         lines.append(f"| {name} | {s['share_at_0.5']:.0%} | {s['mean_auc']:.3f} | {s['median_auc']:.3f} | {s['max_auc']:.3f} |")
-    lines += ["", "| Spearman over the heads | rho |", "|---|---|"]
-    lines += [f"| {pair} | {rho:.3f} |" for pair, rho in data["spearman"].items()]
+    groups = data.get("spearman_groups", {})
+    lines += ["", "| Spearman over the heads | mean rho | range | pairs |", "|---|---|---|---|"]
+    lines += [f"| {name} | {g['mean']:.3f} | {g['min']:.3f} to {g['max']:.3f} | {g['n']} |" for name, g in groups.items()]
     verdict = "met" if data["target_met"] else "NOT met"
     lines += ["", f"Target (ours vs theirs >= their seed-to-seed rho - 0.05 = {data['target']:.3f}): mean ours-vs-theirs "
               f"rho {data['ours_vs_theirs_mean']:.3f}, {verdict}."]
+    if data.get("seed_spread"):
+        lines += ["", "AUC statistics over seeds (each seed one value): ours within theirs' range, and a Welch t-test of "
+                  "ours vs theirs.", "",
+                  "| statistic | theirs (seeds) | ours (seeds) | ours − theirs | Welch p | every one of ours within theirs' range |",
+                  "|---|---|---|---|---|---|"]
+        for stat, v in data["seed_spread"].items():
+            lines.append(f"| {stat} | {', '.join(f'{x:.3f}' for x in v['theirs'])} | {', '.join(f'{x:.3f}' for x in v['ours'])} "
+                         f"| {v['difference']:+.3f} | {v['welch_p']:.2g} | {'yes' if v['within'] else 'no'} |")
     seed_rho = data["target"] + 0.05
     if not seed_rho >= NOISE_RHO:
-        lines += ["", f"The target says little here: the release's own two seeds agree at rho {seed_rho:.2f} "
+        lines += ["", f"The target says little here: the release's own seeds agree at mean rho {seed_rho:.2f} "
                   f"(below {NOISE_RHO}), so at this bank size its ranking of these heads is mostly seed noise."]
     n = data["bank"]["examples"]
     lines += ["", f"Their VQ-AE makes {math.ceil(n / 32) * 30} codebook updates per head (30 epochs of batches of 32 "
@@ -299,7 +337,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--release", help="a checkout of liam0949/REAL_ICLR")
     parser.add_argument("--heads", type=int, default=Config.n_heads)
     parser.add_argument("--n-examples", type=int, default=Config.n_examples)
-    parser.add_argument("--seeds", default=",".join(map(str, Config.seeds)), help="their seeds, comma-separated (two)")
+    parser.add_argument("--seeds", default=",".join(map(str, Config.seeds)), help="their seeds, comma-separated (two or more)")
+    parser.add_argument("--our-seeds", default=",".join(map(str, Config.our_seeds)),
+                        help="real-lens's seeds for real-release, comma-separated (one or more; real uses the first)")
     parser.add_argument("--out", default=None, help=f"results folder (default results/{NAME})")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # the separate process running their code
@@ -309,11 +349,17 @@ def main(argv=None) -> dict:
         return {}
     if not args.release:
         raise RealLensError("give --release PATH, a checkout of liam0949/REAL_ICLR (its validation/OneForAll.py is run)")
-    seeds = tuple(int(s) for s in args.seeds.split(","))
-    if len(seeds) != 2:
-        raise RealLensError(f"--seeds takes two of the release's seeds (e.g. 42,43); got {args.seeds!r}")
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+        our_seeds = tuple(int(s) for s in args.our_seeds.split(","))
+    except ValueError:
+        raise RealLensError(f"--seeds and --our-seeds take comma-separated integers (e.g. 42,43); got "
+                            f"{args.seeds!r} and {args.our_seeds!r}") from None
+    if len(seeds) < 2 or len(set(seeds)) < len(seeds) or len(set(our_seeds)) < len(our_seeds):
+        raise RealLensError(f"--seeds takes two or more distinct seeds of the release (e.g. 42,43,44,45) and "
+                            f"--our-seeds distinct ones; got {args.seeds!r} and {args.our_seeds!r}")
     cfg = Config(release=str(Path(args.release).resolve()), n_examples=args.n_examples, n_heads=args.heads, seeds=seeds,
-                 data_dir=args.data_dir)
+                 our_seeds=our_seeds, data_dir=args.data_dir)
     out = Path(args.out) if args.out else RESULTS / NAME
     data = compute(cfg, ROOT / "runs" / "analyses" / NAME)
     command = "python -m analyses.release_fidelity --release PATH" + "".join(

@@ -110,3 +110,26 @@ def test_the_table_says_which_real_release_it_measured():
     lines = rf.table(data, "python -m analyses.release_fidelity --release PATH")
     assert lines[0].startswith("# real-release as of abc1234") and "NOT met" in "\n".join(lines)
     json.dumps(data)  # data.json is plain JSON
+
+
+def test_seed_spread_compares_the_sides_seed_values():
+    theirs = [rf.summary(v) for v in ([0.5, 0.6, 0.7], [0.5, 0.62, 0.72], [0.52, 0.6, 0.68])]
+    inside = [rf.summary(v) for v in ([0.5, 0.61, 0.7], [0.51, 0.6, 0.7])]
+    below = [rf.summary(v) for v in ([0.5, 0.5, 0.55], [0.5, 0.5, 0.56])]
+    near, far = rf.seed_spread(theirs, inside), rf.seed_spread(theirs, below)
+    assert near["max_auc"]["within"] and near["max_auc"]["welch_p"] > 0.05
+    assert not far["max_auc"]["within"] and far["max_auc"]["welch_p"] < 0.05 and far["max_auc"]["difference"] < 0
+    assert far["share_at_0.5"]["ours"] == [2 / 3, 2 / 3]
+    data = {"real_lens_commit": "abc1234", "release_commit": "c93c04f",
+            "bank": {"examples": 16, "questions": 4, "aligned": 8, "module_shape": [3, 4]}, "heads": [[0, 0]],
+            "summary": {}, "spearman_groups": {"theirs vs theirs": rf.spread([0.2, 0.3])}, "target": 0.2,
+            "ours_vs_theirs_mean": 0.3, "target_met": True, "seed_spread": far}
+    text = "\n".join(rf.table(data, "cmd"))
+    assert "| theirs vs theirs | 0.250 | 0.200 to 0.300 | 2 |" in text and "| max_auc |" in text and " met." in text
+
+
+def test_bad_seed_lists_are_one_line(tmp_path, fake_release):
+    with pytest.raises(RealLensError, match="two or more distinct seeds"):
+        rf.main(["--release", str(fake_release), "--seeds", "42"])
+    with pytest.raises(RealLensError, match="comma-separated integers"):
+        rf.main(["--release", str(fake_release), "--our-seeds", "a,b"])
