@@ -68,11 +68,21 @@ def main(argv=None) -> int:
     parser.add_argument("--from-run", default=None, help="first copy this finished main-job run into results/truthfulqa")
     parser.add_argument("--from-larger-run", default=None,
                         help="first copy this finished `real-lens run --larger` into results/truthfulqa-larger")
+    parser.add_argument("--publish", action="append", default=[], metavar="RUN=NAME",
+                        help="first copy this finished run into results/NAME (repeatable), e.g. "
+                             "runs/nq-swap=nq-swap or runs/truthfulqa-qwen1.5b=truthfulqa-qwen1.5b")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--figures", default=str(FIGURES))
     args = parser.parse_args(argv)
     results, figures = Path(args.results), Path(args.figures)
-    for run, name in ((args.from_run, "truthfulqa"), (args.from_larger_run, "truthfulqa-larger")):
+    published = [(args.from_run, "truthfulqa"), (args.from_larger_run, "truthfulqa-larger")]
+    for spec in args.publish:
+        run, sep, name = spec.rpartition("=")
+        if not sep or not run or not name or "/" in name or name in (".", ".."):
+            raise RealLensError(f"--publish takes RUN=NAME (a run folder and a results/ folder name, e.g. "
+                                f"runs/nq-swap=nq-swap); got {spec!r}")
+        published.append((run, name))
+    for run, name in published:
         if run:
             publish_run(Path(run), results / name)
     made, missing, stale = [], [], []

@@ -219,11 +219,14 @@ def test_make_figures_regenerates_from_saved_results_only(results, tmp_path, mon
     figures = tmp_path / "figures"
     # The quick run stands in for the main job: publish it, then draw everything.
     code = make_figures.main(["--from-run", str(root / "overlap" / "run"), "--results", str(root),
-                              "--figures", str(figures)])
+                              "--figures", str(figures), "--publish", f"{root / 'overlap' / 'run'}=other-model"])
     assert code == 0
     names = {p.name for p in figures.glob("*.png")}
     assert {"overlap.png", "score_vs_effect.png", "compare_selection.png", "transfer.png",
-            "truthfulqa_heatmaps_fold0.png", "truthfulqa_mc2_vs_kl.png"} <= names
+            "truthfulqa_heatmaps_fold0.png", "truthfulqa_mc2_vs_kl.png", "other_model_mc2_vs_kl.png"} <= names
+    assert (root / "other-model" / "summary.md").read_text() == (root / "truthfulqa" / "summary.md").read_text()
+    with pytest.raises(RealLensError, match="--publish takes RUN=NAME"):
+        make_figures.main(["--results", str(root), "--figures", str(figures), "--publish", "runs/x"])
     assert make_figures.main(["--results", str(tmp_path / "empty"), "--figures", str(figures)]) == 1
 
 
