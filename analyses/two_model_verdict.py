@@ -39,6 +39,7 @@ NAME = "two_model_verdict"
 ALPHA = 0.05  # family-wise, after each run's Holm adjustment
 REAL_METHODS = ("real", "real-release")
 NORMAL_95 = float(norm.ppf(0.975))
+TITLE = "Does model size change the verdict?"
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def table(data: dict) -> list[str]:
     models = data["models"]
     labels = list(models)
     between = data.get("between") or {}
-    lines = ["# Does model size change the verdict? (TruthfulQA MC2, paired per test question)", ""]
+    lines = [f"# {data.get('title') or TITLE} (TruthfulQA MC2, paired per test question)", ""]
     lines += [f"- **{label}** (`{m['model']}`, run `{m['run']}`): {m['n_items']} pooled test questions, "
               f"unsteered MC2 {m['unsteered_mc2']:.3f}" for label, m in models.items()]
     lines += ["", "Each cell: the method's MC2 minus the comparison's, 95 % paired bootstrap CI, Holm-adjusted p "
@@ -221,6 +222,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default=None, help="LABEL=RUN_DIR,LABEL=RUN_DIR (default: the committed two runs)")
     parser.add_argument("--out", default=None, help=f"results folder (default results/{NAME})")
+    parser.add_argument("--title", default=None, help=f"the table's title, for two runs that differ in something "
+                        f"other than the model (default {TITLE!r}); the two-sample test then ignores that the runs "
+                        "share questions, which makes it conservative")
     args = parser.parse_args(argv)
     cfg = Config()
     if args.runs:
@@ -228,7 +232,7 @@ def main(argv=None) -> dict:
         if any(len(p) != 2 or not all(p) for p in pairs):
             raise RealLensError(f"--runs expects LABEL=RUN_DIR,LABEL=RUN_DIR; got {args.runs!r}")
         cfg = Config(runs=tuple((a, b) for a, b in pairs))
-    data = analyse(cfg)
+    data = {**analyse(cfg), "title": args.title}
     lines = table(data)
     save(Path(args.out or RESULTS / NAME), cfg, data, lines)
     print("\n".join(lines))

@@ -275,6 +275,8 @@ def test_two_model_verdict_reads_both_runs_side_by_side(results, tmp_path):
     assert two_model_verdict.verdict({"p_holm": 0.01, "difference": -0.1}) == "below"
     assert two_model_verdict.verdict({"p_holm": 0.01, "difference": 0.1}) == "above"
     assert two_model_verdict.verdict({"p_holm": 0.2, "difference": 0.1}) == "n.s."
+    two_model_verdict.main(["--runs", f"A={run},B={run}", "--out", str(tmp_path / "t"), "--title", "σ banks"])
+    assert (tmp_path / "t" / "table.md").read_text().startswith("# σ banks (TruthfulQA MC2")
     with pytest.raises(RealLensError, match="not a finished"):
         two_model_verdict.main(["--runs", f"A={tmp_path},B={run}", "--out", str(tmp_path / "w")])
 
