@@ -170,8 +170,9 @@ def table(data: dict) -> list[str]:
               "smallest difference that run detects (80 % power). `vs null`: the mean of random head sets at the "
               "method's own K and dose. `verdicts`: whether the two models' verdicts agree (two n.s. = not "
               "distinguished). " + (f"`{labels[0]} − {labels[1]}`: the first model's difference against its null minus "
-              "the second's, 95 % CI and Holm p of a two-sample z-test (the models answer different questions); "
-              "only this column says whether the effect changes with the model." if between else ""), ""]
+              "the second's, 95 % CI and Holm p of a two-sample z-test (independent samples: right for two models, "
+              "which answer different questions; conservative for two runs that share them); only this column "
+              "says whether the effect changes between the runs." if between else ""), ""]
     extra = f" {labels[0]} − {labels[1]}, vs null |" if between else ""
     header = ("| method | dose | " + " | ".join(f"{label}: vs null | {label}: vs ITI" for label in labels)
               + " | verdicts |" + extra)
