@@ -177,26 +177,19 @@ def worker(spec_path: str) -> None:
 
 
 # ----------------------------------------------------------------------------- ours, and the comparison
-def our_scores(bank, method: str, seed: int, heads, *, epochs: tuple[int, int] | None = None) -> list[float]:
+def our_scores(bank, method: str, seed: int, heads) -> list[float]:
     """``method``'s scores of ``heads`` with its defaults, as ``score_modules(bank, method, seed=seed)`` gives them.
 
     A shardable scorer (the REAL variants) trains only these heads (its ``modules=``, the torchrun
-    share); a module's score does not depend on which others train, so this equals scoring the whole bank.
-    ``epochs``: (VQ-AE, prior) epochs instead of the defaults, passed as the main job passes
-    ``--real-epochs``/``--real-prior-epochs`` (the scorer's ``experiment_options``)."""
-    from real_lens.experiment import ExperimentConfig
+    share); a module's score does not depend on which others train, so this equals scoring the whole bank."""
     from real_lens.scoring import score_modules, scorer_spec
 
     spec = scorer_spec(method)
-    options = {}
-    if epochs is not None:
-        options = spec.options_for(ExperimentConfig(real_epochs=epochs[0], real_prior_epochs=epochs[1]), 0)
     n_heads = bank.module_shape[1]
     if spec.shardable:
-        scores = spec.score(bank, seed=seed, progress=False, modules=[layer * n_heads + head for layer, head in heads],
-                            **options)
+        scores = spec.score(bank, seed=seed, progress=False, modules=[layer * n_heads + head for layer, head in heads])
     else:
-        scores = score_modules(bank, method, seed=seed, progress=False, **options)
+        scores = score_modules(bank, method, seed=seed, progress=False)
     return [float(scores.scores[layer, head]) for layer, head in heads]
 
 

@@ -168,11 +168,14 @@ class HeadEffects:
             self.tuning = collect_activations(self.setup.model, tuning_examples(self.setup.task.examples),
                                               site=cfg.site, readout=cfg.readout, batch_size=cfg.batch_size,
                                               progress=progress)
+        self._banks = {}  # fold -> (fitting bank, σ bank): selected once, not once per head
 
     def banks(self, fold: int):
         """The fold's fitting bank and its σ bank (None: σ from the fitting bank)."""
-        groups = fit_groups(self.cfg, self.setup.task.folds[fold])
-        return self.bank.select(groups), None if self.tuning is None else self.tuning.select(groups)
+        if fold not in self._banks:
+            groups = fit_groups(self.cfg, self.setup.task.folds[fold])
+            self._banks[fold] = (self.bank.select(groups), None if self.tuning is None else self.tuning.select(groups))
+        return self._banks[fold]
 
     def test_items(self, fold: int):
         return eval_items(self.setup.evaluation, self.setup.task, self.setup.task.folds[fold].test,
