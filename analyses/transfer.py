@@ -223,7 +223,9 @@ def table(data: dict) -> list[str]:
              "Cell: the target's test metric minus the target's own random null at the same K and KL target (per item, "
              "the mean over its draws), paired over the target's test items: difference [95% CI], Holm p across the "
              "matrix, and the difference the design detects (80% power). **Bold**: Holm p < 0.05. The diagonal selects "
-             "on the target itself; off-diagonal cells reuse the source's heads, directions, K and calibrated α.", ""]
+             "on the target itself; off-diagonal cells reuse the source's heads, directions, K and calibrated α. —: the method "
+             "could not score the source task (" + (", ".join(f"{m} on {t}" for t, ms in data["unscorable"].items()
+                                                         for m in ms) or "none") + ").", ""]
     for kl in data["kl_grid"]:
         for method in data["methods"]:
             lines += [f"## {method} at KL {kl:g}", "", "| selected on \\ evaluated on | "
@@ -266,7 +268,10 @@ def plot(data: dict, path) -> Path:
             image = ax.imshow(grids[(m, kl)], cmap="RdBu", vmin=-bound, vmax=bound)
             for (row, col), v in np.ndenumerate(grids[(m, kl)]):
                 c = _cell(data, tasks[row], tasks[col], m, kl)
-                significant = c is not None and c["vs_null"]["p_holm"] < 0.05
+                if c is None:  # the method could not score the source task (data["unscorable"])
+                    ax.text(col, row, "unscorable\non source", ha="center", va="center", fontsize=8, color="grey")
+                    continue
+                significant = c["vs_null"]["p_holm"] < 0.05
                 ax.text(col, row, f"{v:+.3f}{'*' if significant else ''}", ha="center", va="center", fontsize=10,
                         fontweight="bold" if row == col else "normal")
             ax.set_xticks(range(len(tasks)), [f"{t}\n({SHORT.get(data['metrics'][t], metric_label(data['metrics'][t]))})"
