@@ -53,8 +53,8 @@ class Config:
     fold: int = 0
     null_draws: int = 2  # per seed, so each item's null is the mean over len(seeds) × null_draws draws
     # Every test question of this sample is evaluated: 40 on fold 0. At 40 per part (80 questions, three
-    # null draws) one (seed, K) run took ≈ 45 min on one core of this CPU and the sweep ≈ 4.5 h; this size
-    # takes about a third of that, and the table states the difference it can still detect.
+    # null draws) one (seed, K) run would take ≈ 45 min on one core of this CPU and the sweep ≈ 4.5 h; at this
+    # size a seed's three runs took ≈ 1 h (docs/analyses.md), and the table states what it can still detect.
     questions_per_part: int = 20
     preset: str | None = None  # None: the main job's defaults for everything not set here (pairs, epochs, texts)
     n_boot: int = 1000
