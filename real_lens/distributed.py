@@ -161,7 +161,8 @@ def distributed_session(device: str | None = None, *, model_parallel: bool = Fal
     finally:
         if created and dist.is_initialized():
             if finished:  # no rank tears its group down while another still holds a connection to it:
-                dist.barrier()  # gloo then aborted a rank at exit ("terminate called without an active exception")
+                dist.barrier()  # gloo then aborted a rank at exit ("terminate called without an active exception";
+                # rarer with the barrier, but it still happens in the teardown after Python: real_lens.cli.entry)
             dist.destroy_process_group()
 
 

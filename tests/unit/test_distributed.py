@@ -218,6 +218,17 @@ def test_commands_that_do_not_shard_are_refused_under_torchrun(monkeypatch, caps
     assert "real-lens hooks (rank 1 of 2): error: only collect, score, run and transfer run under torchrun" in err
 
 
+def test_a_rank_exits_with_mains_code_and_its_output_flushed():
+    """`python -m real_lens` under WORLD_SIZE > 1 leaves through os._exit (real_lens.cli.entry): the exit
+    code is main()'s and nothing it printed is lost, although os._exit flushes no Python buffer."""
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-m", "real_lens", "hooks", "--model", "tiny-llama", "--estimate-only"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.endswith("error: only collect, score, run and transfer run under torchrun; run `real-lens "
+                                "hooks` as one process\n")
+
+
 def test_device_map_with_several_processes_per_node_is_refused(monkeypatch):
     from real_lens.distributed import init_distributed
     from real_lens.errors import RealLensError
