@@ -132,7 +132,9 @@ def _torchrun(argv: list[str], cache: Path) -> list[str]:
 def _launch(argv: list[str], cache: Path, *, ranks: int) -> subprocess.CompletedProcess:
     command = _torchrun(argv, cache) if ranks > 1 else [sys.executable, "-m", "real_lens", "--quiet", *argv]
     done = subprocess.run(command, cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Every rank's one-line error first (a rank that fails first may be far from the end of stderr), then the tails.
+    errors = [line for line in done.stderr.splitlines() if line.startswith("real-lens ") and ": error:" in line]
+    assert done.returncode == 0, "\n".join(errors) + "\n" + done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
 
