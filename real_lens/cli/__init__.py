@@ -37,6 +37,12 @@ DISTRIBUTED_COMMANDS = ("collect", "score", "run", "transfer")
 TORCH_FREE_COMMANDS = ("tasks",)
 
 
+def _world_size() -> int:
+    """``WORLD_SIZE`` as :func:`real_lens.distributed.env_world_size` reads it, without importing torch
+    (``--help``, ``--version`` and ``tasks`` stay fast)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def entry() -> None:
     """The ``real-lens`` script and ``python -m real_lens``: :func:`main`, then exit with its code.
 
@@ -46,12 +52,11 @@ def entry() -> None:
     exception", SIGABRT, and no Python frame on the stack (``PYTHONFAULTHANDLER``), i.e. a C++ thread
     destroyed while still joinable. We measured it in 2 of 46 two-rank launches of the tests' quick run
     on this 2-core CPU kept busy (0 of 40 with this exit), and torchrun then reported the whole job as
-    failed. ``os._exit`` skips
-    those C++ destructors; it also skips ``atexit`` handlers, and real-lens registers none (its
-    temporary folders are context managers, closed by now).
+    failed. ``os._exit`` skips those C++ destructors; it also skips ``atexit`` handlers, and real-lens
+    registers none (its temporary folders are context managers, closed by now).
     """
     code = main()
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if _world_size() > 1:
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()
@@ -61,7 +66,7 @@ def entry() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before torch is imported: --help and --version stay fast
-    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)  # as real_lens.distributed.env_world_size
+    world_size = _world_size()
     where = f" (rank {os.environ.get('RANK', '?')} of {world_size})" if world_size > 1 else ""
     # The library logs under "real_lens"; the CLI shows INFO on stderr for the command's duration
     # (WARNING with --quiet) and, with --log-file, INFO in that file too.

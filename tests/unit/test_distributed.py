@@ -218,9 +218,44 @@ def test_commands_that_do_not_shard_are_refused_under_torchrun(monkeypatch, caps
     assert "real-lens hooks (rank 1 of 2): error: only collect, score, run and transfer run under torchrun" in err
 
 
-def test_a_rank_exits_with_mains_code_and_its_output_flushed():
-    """`python -m real_lens` under WORLD_SIZE > 1 leaves through os._exit (real_lens.cli.entry): the exit
-    code is main()'s and nothing it printed is lost, although os._exit flushes no Python buffer."""
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_entry_exits_with_mains_code_through_os_exit_only_under_torchrun(monkeypatch, world_size):
+    import real_lens.cli as cli
+
+    class Stdout:  # records whether what main() printed was flushed before the process left
+        flushed = False
+
+        def write(self, text):
+            self.flushed = False
+
+        def flush(self):
+            self.flushed = True
+
+    class Left(BaseException):  # os._exit does not return
+        pass
+
+    def fake_exit(code):
+        exits.append((code, stdout.flushed))
+        raise Left
+
+    stdout, exits = Stdout(), []
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    monkeypatch.setattr(cli, "main", lambda: print("outputs in x") or 3)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    if world_size == "1":
+        with pytest.raises(SystemExit) as done:
+            cli.entry()
+        assert done.value.code == 3 and exits == []
+    else:
+        with pytest.raises(Left):
+            cli.entry()
+        assert exits == [(3, True)]
+
+
+def test_a_rank_exits_with_mains_code_and_its_error_line():
+    """`python -m real_lens` under WORLD_SIZE > 1, end to end: main()'s exit code and its one-line error
+    reach the caller through real_lens.cli.entry's exit."""
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-m", "real_lens", "hooks", "--model", "tiny-llama", "--estimate-only"],
                           env=env, capture_output=True, text=True, timeout=300)
